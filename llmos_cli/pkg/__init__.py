@@ -1,0 +1,1 @@
+"""Packages: manifest, archives, checks."""

@@ -1,0 +1,1 @@
+"""Persistent state: the SQLite database, the content-addressed store, the lock."""

@@ -1,0 +1,443 @@
+"""The state database (SQLite, ``$LLMOS_HOME/state.db``).
+
+It is the single source of truth for what is installed.  Payload files live in
+the content-addressed store (``llmos_cli.state.store``); a blob is referenced
+by the ``files`` table and is only deleted once no row references it.
+
+Schema changes go through ``MIGRATIONS`` (forward only).  A database written
+by a newer llmos is refused with ``StateError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmos_cli.errors import LockedError, StateError, from_os_error
+from llmos_cli.paths import Paths
+from llmos_cli.pkg.meta import PackageMeta
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE packages(
+        name TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        meta TEXT NOT NULL,            -- PackageMeta JSON (relations)
+        manifest TEXT NOT NULL,        -- the full manifest as JSON (llmos.toml of the archive)
+        auto INTEGER NOT NULL DEFAULT 0,
+        held INTEGER NOT NULL DEFAULT 0,
+        attached INTEGER NOT NULL DEFAULT 1,
+        scale REAL,                    -- NULL: the manifest's adapter.scale (or 1.0)
+        source TEXT,
+        archive_sha256 TEXT,
+        installed_at TEXT NOT NULL,
+        txid INTEGER
+    );
+    CREATE TABLE files(
+        package TEXT NOT NULL REFERENCES packages(name) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mode INTEGER NOT NULL DEFAULT 420,
+        PRIMARY KEY(package, path)
+    );
+    CREATE INDEX files_sha256 ON files(sha256);
+    CREATE TABLE history(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started TEXT NOT NULL,
+        finished TEXT,
+        command TEXT NOT NULL,
+        argv TEXT NOT NULL,            -- JSON list
+        status TEXT NOT NULL,          -- pending | done | rolled_back
+        actions TEXT NOT NULL          -- JSON list of {action, name, old_version, new_version}
+    );
+    CREATE TABLE sources(
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        kind TEXT NOT NULL,            -- dir | http | hf
+        key TEXT,                      -- pinned ed25519 public key (base64), like apt's Signed-By
+        allow_unsigned INTEGER NOT NULL DEFAULT 0,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        priority INTEGER NOT NULL DEFAULT 0,
+        added TEXT NOT NULL,
+        index_version INTEGER,         -- version counter of the last accepted index (rollback protection)
+        index_created TEXT,
+        updated TEXT
+    );
+    CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE tool_permissions(tool TEXT PRIMARY KEY, allowed INTEGER NOT NULL, changed TEXT NOT NULL);
+    """,
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class InstalledFile:
+    path: str
+    sha256: str
+    size: int
+    mode: int = 0o644
+
+
+@dataclass
+class InstalledPackage:
+    meta: PackageMeta
+    manifest: dict[str, Any]
+    auto: bool
+    held: bool
+    attached: bool
+    scale: float | None
+    source: str | None
+    archive_sha256: str | None
+    installed_at: str
+    files: list[InstalledFile] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    def effective_scale(self) -> float:
+        if self.scale is not None:
+            return float(self.scale)
+        adapter = self.manifest.get("adapter") or {}
+        return float(adapter.get("scale", 1.0))
+
+    def to_json(self) -> dict:
+        return {
+            **self.meta.to_json(),
+            "auto": self.auto,
+            "held": self.held,
+            "attached": self.attached,
+            "scale": self.effective_scale(),
+            "source": self.source,
+            "installed_at": self.installed_at,
+        }
+
+
+@dataclass
+class SourceRow:
+    name: str
+    url: str
+    kind: str
+    key: str | None
+    allow_unsigned: bool
+    enabled: bool
+    priority: int
+    added: str
+    index_version: int | None
+    index_created: str | None
+    updated: str | None
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "kind": self.kind,
+            "signed_by": self.key,
+            "trust": "pinned-key" if self.key else ("unsigned-allowed" if self.allow_unsigned else "untrusted"),
+            "enabled": self.enabled,
+            "priority": self.priority,
+            "index_version": self.index_version,
+            "updated": self.updated,
+        }
+
+
+class StateDB:
+    """Thin wrapper around the sqlite3 connection with typed accessors."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, paths: Paths, *, create: bool = True) -> "StateDB":
+        db = paths.db
+        if not db.exists():
+            store_has_blobs = paths.store.is_dir() and any(paths.store.iterdir())
+            if store_has_blobs:
+                raise StateError(
+                    f"state database {db} is missing but the store holds installed files",
+                    "restore state.db from a backup, or move LLMOS_HOME away to start afresh",
+                )
+            if not create:
+                raise StateError(f"no state database at {db}", "install something first, or check LLMOS_HOME")
+            try:
+                paths.home.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise from_os_error(exc, "creating LLMOS_HOME") from exc
+        try:
+            conn = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            del mode
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {db} is unreadable: {exc}", "it may be corrupt; restore it from a backup") from exc
+        self = cls(conn, db)
+        self._migrate()
+        return self
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        try:
+            has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            current = 0
+            if has_meta:
+                row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                current = int(row[0]) if row else 0
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {self.path} is corrupt: {exc}", "restore it from a backup") from exc
+        if current > SCHEMA_VERSION:
+            raise StateError(
+                f"state database schema {current} is newer than this llmos understands ({SCHEMA_VERSION})",
+                "upgrade llmos",
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            try:
+                with self.transaction():
+                    for stmt in MIGRATIONS[version].split(";"):
+                        if stmt.strip():
+                            self.conn.execute(stmt)
+                    self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(version),))
+            except sqlite3.OperationalError as exc:
+                if "readonly" in str(exc) or "unable to open" in str(exc):
+                    raise from_os_error(PermissionError(13, "read-only database", str(self.path)), "migrating the state database") from exc
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ meta/settings
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM settings WHERE key=?", (key,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES(?, ?)", (key, value))
+
+    # ------------------------------------------------------------ packages
+
+    def _row_to_pkg(self, row: sqlite3.Row, with_files: bool) -> InstalledPackage:
+        pkg = InstalledPackage(
+            meta=PackageMeta.from_json(json.loads(row["meta"])),
+            manifest=json.loads(row["manifest"]),
+            auto=bool(row["auto"]),
+            held=bool(row["held"]),
+            attached=bool(row["attached"]),
+            scale=row["scale"],
+            source=row["source"],
+            archive_sha256=row["archive_sha256"],
+            installed_at=row["installed_at"],
+        )
+        if with_files:
+            pkg.files = self.files(pkg.name)
+        return pkg
+
+    def installed(self, *, with_files: bool = False) -> dict[str, InstalledPackage]:
+        rows = self.conn.execute("SELECT * FROM packages ORDER BY name").fetchall()
+        return {r["name"]: self._row_to_pkg(r, with_files) for r in rows}
+
+    def get(self, name: str, *, with_files: bool = True) -> InstalledPackage | None:
+        row = self.conn.execute("SELECT * FROM packages WHERE name=?", (name,)).fetchone()
+        return self._row_to_pkg(row, with_files) if row else None
+
+    def files(self, name: str) -> list[InstalledFile]:
+        rows = self.conn.execute("SELECT path, sha256, size, mode FROM files WHERE package=? ORDER BY path", (name,)).fetchall()
+        return [InstalledFile(r["path"], r["sha256"], r["size"], r["mode"]) for r in rows]
+
+    def put_package(self, pkg: InstalledPackage, txid: int | None) -> None:
+        """Insert or replace a package and its files (call inside ``transaction()``)."""
+        self.conn.execute("DELETE FROM packages WHERE name=?", (pkg.name,))
+        self.conn.execute(
+            "INSERT INTO packages(name, version, kind, meta, manifest, auto, held, attached, scale, source, archive_sha256, installed_at, txid)"
+            " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                pkg.name,
+                pkg.version,
+                pkg.kind,
+                json.dumps(pkg.meta.to_json(), sort_keys=True),
+                json.dumps(pkg.manifest, sort_keys=True),
+                int(pkg.auto),
+                int(pkg.held),
+                int(pkg.attached),
+                pkg.scale,
+                pkg.source,
+                pkg.archive_sha256,
+                pkg.installed_at,
+                txid,
+            ),
+        )
+        self.conn.executemany(
+            "INSERT INTO files(package, path, sha256, size, mode) VALUES(?,?,?,?,?)",
+            [(pkg.name, f.path, f.sha256, f.size, f.mode) for f in pkg.files],
+        )
+
+    def delete_package(self, name: str) -> None:
+        self.conn.execute("DELETE FROM packages WHERE name=?", (name,))
+
+    def set_flag(self, name: str, column: str, value: Any) -> None:
+        if column not in ("auto", "held", "attached", "scale"):
+            raise ValueError(column)
+        self.conn.execute(f"UPDATE packages SET {column}=? WHERE name=?", (value, name))
+
+    def referenced_blobs(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT sha256 FROM files")}
+
+    # ------------------------------------------------------------ history
+
+    def begin_history(self, command: str, argv: list[str], actions: list[dict]) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO history(started, command, argv, status, actions) VALUES(?,?,?,?,?)",
+            (now_iso(), command, json.dumps(argv), "pending", json.dumps(actions)),
+        )
+        return int(cur.lastrowid)
+
+    def finish_history(self, txid: int, status: str) -> None:
+        self.conn.execute("UPDATE history SET status=?, finished=? WHERE id=?", (status, now_iso(), txid))
+
+    def pending_history(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM history WHERE status='pending' ORDER BY id").fetchall()
+
+    def history(self, limit: int | None = None) -> list[dict]:
+        q = "SELECT * FROM history ORDER BY id DESC"
+        rows = self.conn.execute(q + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        return [
+            {
+                "id": r["id"],
+                "started": r["started"],
+                "finished": r["finished"],
+                "command": r["command"],
+                "argv": json.loads(r["argv"]),
+                "status": r["status"],
+                "actions": json.loads(r["actions"]),
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------ sources
+
+    def sources(self) -> list[SourceRow]:
+        rows = self.conn.execute("SELECT * FROM sources ORDER BY priority DESC, name").fetchall()
+        return [
+            SourceRow(
+                name=r["name"], url=r["url"], kind=r["kind"], key=r["key"], allow_unsigned=bool(r["allow_unsigned"]),
+                enabled=bool(r["enabled"]), priority=r["priority"], added=r["added"], index_version=r["index_version"],
+                index_created=r["index_created"], updated=r["updated"],
+            )
+            for r in rows
+        ]
+
+    def add_source(self, name: str, url: str, kind: str, key: str | None = None, allow_unsigned: bool = False, priority: int = 0) -> None:
+        self.conn.execute(
+            "INSERT INTO sources(name, url, kind, key, allow_unsigned, priority, added) VALUES(?,?,?,?,?,?,?)",
+            (name, url, kind, key, int(allow_unsigned), priority, now_iso()),
+        )
+
+    def remove_source(self, name: str) -> bool:
+        return self.conn.execute("DELETE FROM sources WHERE name=?", (name,)).rowcount > 0
+
+    def mark_source_updated(self, name: str, index_version: int | None, index_created: str | None) -> None:
+        self.conn.execute(
+            "UPDATE sources SET index_version=?, index_created=?, updated=? WHERE name=?",
+            (index_version, index_created, now_iso(), name),
+        )
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def _lock_timeout() -> float:
+    try:
+        return float(os.environ.get("LLMOS_LOCK_TIMEOUT", "30"))
+    except ValueError:
+        return 30.0
+
+
+@contextmanager
+def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = None) -> Iterator[None]:
+    """Serialise every llmos process that changes state.
+
+    The second process waits up to ``LLMOS_LOCK_TIMEOUT`` seconds (default 30)
+    and then fails with ``LockedError`` naming the holder.
+    """
+    from filelock import FileLock, Timeout
+
+    try:
+        paths.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, "creating LLMOS_HOME") from exc
+    lock = FileLock(str(paths.lock), timeout=_lock_timeout() if timeout is None else timeout)
+    owner = paths.home / "lock.owner"
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = ""
+        try:
+            holder = owner.read_text().strip()
+        except OSError:
+            pass
+        raise LockedError(
+            f"another llmos process holds the state lock{f' ({holder})' if holder else ''}",
+            "wait for it to finish, or raise LLMOS_LOCK_TIMEOUT",
+        ) from None
+    except OSError as exc:
+        raise from_os_error(exc, "taking the state lock") from exc
+    try:
+        try:
+            owner.write_text(f"pid {os.getpid()}: {command}, since {time.strftime('%H:%M:%S')}")
+        except OSError:
+            pass
+        yield
+    finally:
+        lock.release()
