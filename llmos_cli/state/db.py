@@ -404,6 +404,15 @@ def _lock_timeout() -> float:
         return 30.0
 
 
+#: lock file -> nesting depth of ``state_lock`` in this process
+_HELD: dict[str, int] = {}
+
+
+def lock_held(paths: Paths) -> bool:
+    """True when this process already holds the state lock."""
+    return bool(_HELD.get(str(paths.lock)))
+
+
 @contextmanager
 def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = None) -> Iterator[None]:
     """Serialise every llmos process that changes state.
@@ -413,6 +422,16 @@ def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = Non
     """
     from filelock import FileLock, Timeout
 
+    key = str(paths.lock)
+    if _HELD.get(key):
+        # Re-entrant within one process: a command holding the lock may call
+        # helpers (e.g. ``update`` on first use) that take it again.
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     try:
         paths.home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -433,6 +452,7 @@ def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = Non
         ) from None
     except OSError as exc:
         raise from_os_error(exc, "taking the state lock") from exc
+    _HELD[key] = 1
     try:
         try:
             owner.write_text(f"pid {os.getpid()}: {command}, since {time.strftime('%H:%M:%S')}")
@@ -440,4 +460,5 @@ def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = Non
             pass
         yield
     finally:
+        _HELD.pop(key, None)
         lock.release()

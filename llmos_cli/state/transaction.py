@@ -1,0 +1,377 @@
+"""Carry out a resolver ``Plan`` all-or-nothing, and recover from a killed run.
+
+The protocol (one switch, the SQLite commit)::
+
+    take the state lock
+    recover()                      roll back any transaction a killed process left
+    journal: history row 'pending', COMMIT
+    fetch every archive, check it is the package the plan names
+    stage every payload file into the content-addressed store (hash-verified)
+    ONE SQLite transaction: packages/files/marks + history 'done' + meta.gc_needed=1, COMMIT
+    gc: delete blobs no file row references, empty staging, clear gc_needed
+
+Blobs of the new set are in the store before the commit, and blobs of the
+old set are deleted only after it, so at every instant each ``files`` row
+points at a complete blob.  A kill before the commit leaves the old set plus
+some unreferenced blobs and a 'pending' row; the next command (``recover``)
+marks it ``rolled_back`` and deletes the orphans.  A kill after the commit
+leaves the new set and ``gc_needed``; the next command finishes the clean-up.
+
+Test hooks: ``LLMOS_TEST_CRASH_AT=<step>`` makes the process ``os._exit(137)``
+at that named step (see ``STEPS``) and ``LLMOS_TEST_STEP_DELAY=<seconds>``
+sleeps at every step, so kill tests can hit each instant of a transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from llmos_cli.errors import (
+    IntegrityError,
+    IOFailure,
+    LlmosError,
+    LockedError,
+    StateError,
+    from_os_error,
+)
+from llmos_cli.paths import Paths
+from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, state_lock
+from llmos_cli.state.store import Store
+
+CRASH_ENV = "LLMOS_TEST_CRASH_AT"
+DELAY_ENV = "LLMOS_TEST_STEP_DELAY"
+
+#: Named instants of a transaction, in order ("db-written" is inside the
+#: SQLite transaction, just before COMMIT).
+STEPS = ("locked", "journal", "fetched", "staging", "staged", "db-written", "committed", "gc", "done")
+
+
+def checkpoint(step: str) -> None:
+    """Test hook: crash or pause at a named step; a no-op in normal use."""
+    delay = os.environ.get(DELAY_ENV)
+    if delay:
+        try:
+            time.sleep(float(delay))
+        except ValueError:
+            pass
+    if os.environ.get(CRASH_ENV) == step:
+        try:
+            sys.stderr.write(f"[test hook] crashing at step {step}\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(137)
+
+
+# ---------------------------------------------------------------- opening state
+
+
+def _sqlite_error(exc: sqlite3.Error, db_path: Any) -> LlmosError:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return LockedError(f"the state database {db_path} is locked by another process", "wait and try again")
+    if "full" in text:
+        return IOFailure(f"no space left on device while writing {db_path}", "free some disk space and try again")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return IOFailure(
+            f"cannot write the state database {db_path} ({exc})",
+            "check the permissions of LLMOS_HOME, or point LLMOS_HOME somewhere writable",
+        )
+    if "disk i/o" in text:
+        return IOFailure(f"disk I/O error on the state database {db_path}")
+    return StateError(f"the state database {db_path} is corrupt: {exc}", "restore state.db from a backup")
+
+
+@contextmanager
+def open_state(paths: Paths, command: str, *, write: bool, reporter: Reporter | None = None) -> Iterator[StateDB]:
+    """Open the state DB for a command, recovering a killed transaction first.
+
+    ``write=True`` holds the state lock for the whole block.  A read-only
+    command recovers only when the lock is free right now (a pending row
+    under a held lock is a transaction still running, not a dead one).
+    SQLite errors inside the block become StateError/LockedError/IOFailure.
+    """
+    rep = reporter or NullReporter()
+    try:
+        if write:
+            with state_lock(paths, command):
+                checkpoint("locked")
+                db = StateDB.open(paths)
+                try:
+                    recover(paths, db, rep)
+                    yield db
+                finally:
+                    db.close()
+        else:
+            db = StateDB.open(paths)
+            try:
+                if needs_recovery(paths, db):
+                    try:
+                        with state_lock(paths, command, timeout=0):
+                            recover(paths, db, rep)
+                    except LockedError:
+                        pass  # a live transaction; its owner cleans up
+                yield db
+            finally:
+                db.close()
+    except sqlite3.Error as exc:
+        raise _sqlite_error(exc, paths.db) from exc
+
+
+# ---------------------------------------------------------------- recovery
+
+
+@dataclass
+class Recovered:
+    txid: int
+    command_line: str
+
+    def message(self) -> str:
+        return f"recovered from an interrupted `{self.command_line}` (transaction {self.txid}): rolled back"
+
+    def to_json(self) -> dict:
+        return {"txid": self.txid, "command": self.command_line, "status": "rolled_back"}
+
+
+def _command_line(row: sqlite3.Row) -> str:
+    try:
+        argv = json.loads(row["argv"])
+        if isinstance(argv, list) and argv:
+            return " ".join(str(a) for a in argv)
+    except (ValueError, TypeError):
+        pass
+    return f"llmos {row['command']}"
+
+
+def needs_recovery(paths: Paths, db: StateDB) -> bool:
+    if db.get_meta("gc_needed"):
+        return True
+    if db.conn.execute("SELECT 1 FROM history WHERE status='pending' LIMIT 1").fetchone():
+        return True
+    try:
+        return paths.staging.is_dir() and any(paths.staging.iterdir())
+    except OSError:
+        return False
+
+
+def recover(paths: Paths, db: StateDB, reporter: Reporter) -> list[Recovered]:
+    """Roll back transactions a killed process left pending; finish clean-ups.
+
+    Call only while holding the state lock.  Idempotent: a kill during
+    recovery is recovered by the next command.
+    """
+    if not needs_recovery(paths, db):
+        return []
+    out: list[Recovered] = []
+    pending = db.pending_history()
+    if pending:
+        with db.transaction():
+            for row in pending:
+                db.finish_history(int(row["id"]), "rolled_back")
+            db.set_meta("gc_needed", "1")
+        for row in pending:
+            rec = Recovered(int(row["id"]), _command_line(row))
+            out.append(rec)
+            reporter.warn(rec.message())
+    collect_garbage(paths, db, reporter)
+    return out
+
+
+def collect_garbage(paths: Paths, db: StateDB, reporter: Reporter) -> int:
+    """Empty staging, delete unreferenced blobs, clear ``gc_needed``."""
+    store = Store(paths)
+    store.clean_staging()
+    removed = store.gc(db.referenced_blobs(), on_delete=lambda _sha: checkpoint("gc"))
+    if removed:
+        reporter.debug(f"removed {removed} unreferenced file(s) from the store")
+    if db.get_meta("gc_needed"):
+        with db.transaction():
+            db.set_meta("gc_needed", None)
+    return removed
+
+
+# ---------------------------------------------------------------- execution
+
+
+@dataclass
+class StagedPackage:
+    """An install/upgrade/downgrade action whose payload is in the store."""
+
+    action: Any  # llmos_cli.resolve.Action
+    manifest: Any  # llmos_cli.pkg.manifest.Manifest
+    files: list[InstalledFile]
+    source: str | None
+    archive_sha256: str | None
+
+
+@dataclass
+class Executed:
+    txid: int
+    actions: list[dict]
+    staged_files: int = 0
+    staged_bytes: int = 0
+    removed_blobs: int = 0
+    archives: list[str] = field(default_factory=list)
+
+
+def action_record(a: Any) -> dict:
+    return {
+        "action": a.op,
+        "name": a.name,
+        "old_version": a.old_version,
+        "new_version": a.new_version,
+        "auto": bool(a.auto),
+        "reason": a.reason,
+    }
+
+
+def _stage_archive(store: Store, archive: Any, action: Any, task: Any) -> list[InstalledFile]:
+    manifest = archive.manifest
+    expected = dict(manifest.files)
+    files: list[InstalledFile] = []
+    seen: set[str] = set()
+    for rel, fobj, rec in archive.iter_payload():
+        if rel in seen or rel not in expected:
+            raise IntegrityError(
+                f"{archive.path.name}: member {rel!r} is not listed in its manifest",
+                "the package is corrupt or was tampered with",
+            )
+        want = expected[rel]
+        if (rec.sha256, rec.size) != (want.sha256, want.size):
+            raise IntegrityError(f"{archive.path.name}: {rel}: record differs from the manifest")
+        try:
+            store.add_stream(fobj, want, progress=task.advance)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{manifest.name} {manifest.version}: {rel}: {exc.message}", exc.hint) from exc
+        seen.add(rel)
+        files.append(InstalledFile(rel, want.sha256, int(want.size), 0o644))
+        checkpoint("staging")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise IntegrityError(
+            f"{archive.path.name}: {len(missing)} file(s) listed in the manifest are missing from the archive, e.g. {missing[0]}",
+            "the package is corrupt or truncated",
+        )
+    return files
+
+
+def execute(
+    paths: Paths,
+    db: StateDB,
+    plan: Any,
+    *,
+    command: str,
+    argv: list[str],
+    fetch: Callable[[Any, Reporter], tuple[Any, str | None]],
+    reporter: Reporter,
+) -> Executed:
+    """Run ``plan`` (a resolver Plan) inside an already-open, locked ``db``.
+
+    ``fetch(action, reporter) -> (PackageArchive, source_name)`` supplies the
+    verified archive of an install/upgrade/downgrade action.
+    """
+    records = [action_record(a) for a in plan.actions]
+    with db.transaction():
+        txid = db.begin_history(command, argv, records)
+    checkpoint("journal")
+    store = Store(paths)
+    result = Executed(txid, records)
+    try:
+        # 1. fetch and check every archive before touching the store
+        fetched: list[tuple[Any, Any, str | None]] = []
+        for a in plan.actions:
+            if a.op in ("install", "upgrade", "downgrade"):
+                archive, source = fetch(a, reporter)
+                m = archive.manifest
+                if (m.name, m.version) != (a.name, a.new_version):
+                    raise IntegrityError(
+                        f"{archive.path.name} holds {m.name} {m.version}, but the index promised {a.name} {a.new_version}",
+                        "the registry is inconsistent; run `llmos index` on it, then `llmos update`",
+                    )
+                fetched.append((a, archive, source))
+                result.archives.append(str(archive.path))
+        checkpoint("fetched")
+        # 2. stage every payload file, hash-verified, into the store
+        staged: list[StagedPackage] = []
+        total = sum(int(r.size) for _a, ar, _s in fetched for r in ar.manifest.files.values())
+        with reporter.task("Unpacking", total=total or None, unit="bytes") as task:
+            for a, archive, source in fetched:
+                task.update(description=f"Unpacking {a.name} {a.new_version}")
+                files = _stage_archive(store, archive, a, task)
+                staged.append(StagedPackage(a, archive.manifest, files, source, archive.sha256))
+                result.staged_files += len(files)
+                result.staged_bytes += sum(f.size for f in files)
+        checkpoint("staged")
+        # 3. the single switch: one SQLite transaction
+        by_name = {s.action.name: s for s in staged}
+        with db.transaction():
+            for a in plan.actions:
+                old = db.get(a.name, with_files=False)
+                if a.op == "remove":
+                    db.delete_package(a.name)
+                elif a.op in ("mark-manual", "mark-auto"):
+                    db.set_flag(a.name, "auto", int(a.op == "mark-auto"))
+                else:
+                    s = by_name[a.name]
+                    db.put_package(
+                        InstalledPackage(
+                            meta=s.manifest.meta,
+                            manifest=s.manifest.raw,
+                            auto=bool(a.auto),
+                            held=old.held if old else False,
+                            attached=old.attached if old else True,
+                            scale=old.scale if old else None,
+                            source=s.source,
+                            archive_sha256=s.archive_sha256,
+                            installed_at=now_iso(),
+                            files=s.files,
+                        ),
+                        txid,
+                    )
+            db.finish_history(txid, "done")
+            db.set_meta("gc_needed", "1")
+            checkpoint("db-written")
+    except BaseException as exc:
+        _abort(paths, db, txid, reporter)
+        if isinstance(exc, OSError):
+            raise from_os_error(exc, "installing") from exc
+        if isinstance(exc, sqlite3.Error):
+            raise _sqlite_error(exc, paths.db) from exc
+        raise
+    checkpoint("committed")
+    # 4. clean up: blobs of the old set that nothing references any more
+    try:
+        result.removed_blobs = collect_garbage(paths, db, reporter)
+    except LlmosError as exc:  # committed already: the next command retries
+        reporter.warn(f"clean-up after transaction {txid} failed ({exc.message}); it will be retried")
+    checkpoint("done")
+    return result
+
+
+def _abort(paths: Paths, db: StateDB, txid: int, reporter: Reporter) -> None:
+    """Roll back in-process after a failure before the commit (best effort)."""
+    try:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        with db.transaction():
+            db.finish_history(txid, "rolled_back")
+            db.set_meta("gc_needed", "1")
+        collect_garbage(paths, db, reporter)
+    except (sqlite3.Error, OSError, LlmosError) as exc:  # the next command recovers
+        reporter.debug(f"in-process rollback of transaction {txid} incomplete: {exc}")
+
+
+def record_simple(db: StateDB, command: str, argv: list[str], records: list[dict], apply: Callable[[], None]) -> int:
+    """A change that touches only the database (hold/unhold): one commit, one history row."""
+    with db.transaction():
+        txid = db.begin_history(command, argv, records)
+        apply()
+        db.finish_history(txid, "done")
+    return txid
