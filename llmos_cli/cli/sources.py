@@ -1,0 +1,152 @@
+"""``llmos source list|add|remove`` and ``llmos update``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+
+
+def _with_db(fn, *, lock: str | None):
+    """Open the state DB (under the state lock when ``lock`` names the command) and call ``fn(paths, db)``."""
+    from llmos_cli.paths import get_paths
+    from llmos_cli.state.db import StateDB, state_lock
+
+    paths = get_paths()
+    if lock is None:
+        db = StateDB.open(paths)
+        try:
+            return fn(paths, db)
+        finally:
+            db.close()
+    with state_lock(paths, lock):
+        db = StateDB.open(paths)
+        try:
+            return fn(paths, db)
+        finally:
+            db.close()
+
+
+def _trust_label(d: dict) -> str:
+    if d.get("signed_by"):
+        return f"pinned key {d['signed_by'][:16]}…"
+    return "unsigned allowed" if d.get("trust") == "unsigned-allowed" else "unsigned (refused for installs)"
+
+
+def register(app: typer.Typer) -> None:
+    source_app = typer.Typer(
+        help="Manage package sources (registries).", no_args_is_help=True, rich_markup_mode=None
+    )
+    app.add_typer(source_app, name="source", rich_help_panel="Sources")
+
+    @source_app.command("list")
+    def source_list(json: JsonOpt = False) -> None:
+        """List sources with their trust (pinned key or unsigned-allowed)."""
+        rep = reporter(json)
+
+        def work() -> Any:
+            from llmos_cli.registry.lists import list_sources
+
+            return _with_db(list_sources, lock=None)
+
+        def human(rows: Any) -> None:
+            from rich.table import Table
+
+            t = Table(box=None, pad_edge=False)
+            for col in ("name", "kind", "url", "trust", "priority", "index", "updated"):
+                t.add_column(col)
+            for d in rows:
+                t.add_row(
+                    d["name"],
+                    d["kind"],
+                    d["url"] + (f" ({d['path']})" if d["url"] == "embedded:" else ""),
+                    _trust_label(d),
+                    str(d["priority"]),
+                    "-" if d["index_version"] is None else str(d["index_version"]),
+                    d["updated"] or "never",
+                )
+            out().print(t)
+
+        execute("source list", json, work, human, rep=rep)
+
+    @source_app.command("add")
+    def source_add(
+        name: Annotated[str, typer.Argument(help="Name for the source.")],
+        url: Annotated[str, typer.Argument(help="Folder path, file://, http(s):// or hf://owner/repo[@revision].")],
+        key: Annotated[
+            Optional[str], typer.Option("--key", help="Pin the ed25519 public key (base64, or a .pub file) that must sign the index.")
+        ] = None,
+        allow_unsigned: Annotated[
+            bool, typer.Option("--allow-unsigned", help="Allow installs from this source although its index is not signed.")
+        ] = False,
+        priority: Annotated[int, typer.Option("--priority", help="Higher wins when sources offer the same version.")] = 0,
+        json: JsonOpt = False,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+    ) -> None:
+        """Add a source.  Run `llmos update` afterwards to fetch its index."""
+        rep = reporter(json)
+
+        def work() -> Any:
+            from llmos_cli.registry.lists import add_source
+
+            return _with_db(
+                lambda p, db: add_source(p, db, name, url, key=key, allow_unsigned=allow_unsigned, priority=priority, simulate=simulate),
+                lock="source add",
+            )
+
+        def human(res: Any) -> None:
+            d = res.to_json()["source"]
+            verb = "would add" if res.simulated else "added"
+            out().print(f"{verb} source {d['name']} ({d['kind']}) {d['url']}: {_trust_label(d)}", markup=False)
+            if not res.simulated:
+                err().print("run `llmos update` to fetch its index", markup=False)
+
+        execute("source add", json, work, human, rep=rep)
+
+    @source_app.command("remove")
+    def source_remove(
+        name: Annotated[str, typer.Argument(help="Source to remove.")],
+        json: JsonOpt = False,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+    ) -> None:
+        """Remove a source and its local index copy (installed packages stay)."""
+        rep = reporter(json)
+
+        def work() -> Any:
+            from llmos_cli.registry.lists import remove_source
+
+            return _with_db(lambda p, db: remove_source(p, db, name, simulate=simulate), lock="source remove")
+
+        def human(res: Any) -> None:
+            verb = "would remove" if res.simulated else "removed"
+            out().print(f"{verb} source {res.source.name} ({res.source.url})", markup=False)
+
+        execute("source remove", json, work, human, rep=rep)
+
+    @app.command(rich_help_panel="Sources")
+    def update(
+        names: Annotated[Optional[list[str]], typer.Argument(help="Only these sources (default: every enabled one).")] = None,
+        json: JsonOpt = False,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+    ) -> None:
+        """Refresh the local copy of every source's index."""
+        rep = reporter(json)
+
+        def work() -> Any:
+            from llmos_cli.registry import lists
+
+            return _with_db(lambda p, db: lists.update(p, db, rep, names or None, simulate=simulate), lock="update")
+
+        def human(res: Any) -> None:
+            for s in res.sources:
+                state = "changed" if s.changed else "unchanged"
+                sig = "signed" if s.signed else "unsigned"
+                verb = "would fetch" if res.simulated else "fetched"
+                out().print(f"{s.name}: {verb} index version {s.version} ({s.packages} package(s), {sig}, {state})", markup=False)
+
+        execute("update", json, work, human, rep=rep)

@@ -1,0 +1,1 @@
+"""Registries: indexes (``index``), source kinds (``sources``) and the local lists (``lists``)."""
