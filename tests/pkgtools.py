@@ -5,7 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import struct
+
 import tomli_w
+
+
+def minimal_gguf(architecture: str = "llama", context_length: int = 2048, general_type: str = "model") -> bytes:
+    """A valid GGUF v3 header with no tensors: readable by ``read_header`` but not runnable.
+
+    Enough for packaging tests (``llmos build`` of a model reads the header);
+    runtime tests need a real tiny model (tests/fixtures_models.py).
+    """
+
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    kvs = [
+        s("general.architecture") + struct.pack("<I", 8) + s(architecture),
+        s("general.type") + struct.pack("<I", 8) + s(general_type),
+        s(f"{architecture}.context_length") + struct.pack("<I", 4) + struct.pack("<I", context_length),
+    ]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    return out + b"\x00" * (-len(out) % 32)
 
 
 def write_source(
@@ -44,7 +66,7 @@ def write_source(
     data: dict[str, Any] = {"schema": 1, "package": pkg}
     files = dict(files or {})
     if kind == "model" and not (extra and "model" in extra):
-        files.setdefault("model.gguf", b"GGUF-placeholder")
+        files.setdefault("model.gguf", minimal_gguf())
         data["model"] = {"file": "model.gguf"}
     if kind == "library" and not files and not extra:
         files["docs/readme.md"] = f"# {name}\n\nSome knowledge about {name}.\n"
