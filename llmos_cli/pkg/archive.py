@@ -373,7 +373,11 @@ def plan_build(src: Path, reporter: Reporter = NullReporter()) -> tuple[Manifest
 
 
 def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullReporter()) -> BuildResult:
-    """Build ``src`` into ``out`` (a folder, default cwd, or a file path); deterministic."""
+    """Build ``src`` into ``out``; deterministic.
+
+    ``out`` is a folder (default: the current one; created if missing) that
+    receives ``<name>_<version>.llmos``, or a file path ending in ``.llmos``.
+    """
     src = Path(src).resolve()
     manifest, payload, notes = plan_build(src, reporter)
     for f in notes:
@@ -406,7 +410,9 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
     if out is None:
         out = Path.cwd()
     out = Path(out)
-    target = out / archive_filename(manifest.name, manifest.version) if out.is_dir() or str(out).endswith(os.sep) else out
+    # a folder (existing, or any path not ending in .llmos) gets <name>_<version>.llmos
+    is_file = out.name.endswith(ARCHIVE_SUFFIX) and not out.is_dir()
+    target = out if is_file else out / archive_filename(manifest.name, manifest.version)
     mtime = _source_date_epoch()
 
     # pass 2: write the archive (re-hashing each file: it must not change under us)
