@@ -1,0 +1,45 @@
+"""The optional ``train`` extra: torch, transformers, peft, sentencepiece, safetensors.
+
+Everything under ``llmos_cli.train`` that needs them calls ``require_train_extra``
+first, so a user without the extra gets one clear line naming it instead of an
+ImportError traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from llmos_cli.errors import ExitCode, LlmosError
+
+TRAIN_MODULES = ("torch", "transformers", "peft", "safetensors", "sentencepiece")
+INSTALL_HINT = "pip install 'llmos[train]'  (CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"
+
+
+class MissingExtra(LlmosError):
+    """An optional dependency group is not installed."""
+
+    exit_code = ExitCode.FAILURE
+    slug = "missing_extra"
+
+
+def require_train_extra(feature: str, modules: tuple[str, ...] = TRAIN_MODULES) -> None:
+    missing: list[str] = []
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise MissingExtra(
+            f"{feature} needs the optional 'train' extra (missing: {', '.join(missing)})",
+            INSTALL_HINT,
+            details={"missing": missing, "extra": "train"},
+        )
+
+
+def set_threads(threads: int | None) -> None:
+    """Bound torch's CPU threads (the default grabs every core)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
