@@ -220,14 +220,26 @@ def previous_version(registry_dir: Path) -> int:
         return 0
 
 
-def _load_signer():
+def _signing():
     try:
         from llmos_cli.registry import signing  # type: ignore[attr-defined]
     except ModuleNotFoundError as exc:
         if exc.name == "llmos_cli.registry.signing":
             raise TrustError("index signing is not available in this llmos (no llmos_cli.registry.signing)", "index without --sign") from None
         raise
-    return signing.sign_index
+    return signing
+
+
+def _resolve_key(signing, sign_key: Path | str) -> Path:
+    """``--sign KEY``: a key file, or (when the signing module resolves names) a key name in LLMOS_HOME/keys."""
+    resolve = getattr(signing, "resolve_private_key", None)
+    if resolve is not None:
+        from llmos_cli.paths import get_paths
+
+        return Path(resolve(sign_key, get_paths().keys))
+    if not Path(sign_key).is_file():
+        raise NotFoundError(f"{sign_key}: no such key file", "create one with `llmos key generate NAME`")
+    return Path(sign_key)
 
 
 def build_index(
@@ -268,7 +280,7 @@ def build_index(
 def write_index(
     registry_dir: Path,
     *,
-    sign_key: Path | None = None,
+    sign_key: Path | str | None = None,
     expires_days: int | None = None,
     reporter: Reporter = NullReporter(),
     simulate: bool = False,
@@ -281,18 +293,17 @@ def write_index(
 
         raise UsageError(f"--expires-days must be positive, not {expires_days}")
     registry_dir = Path(registry_dir)
-    sign = _load_signer() if sign_key is not None else None
-    if sign_key is not None and not Path(sign_key).is_file():
-        raise NotFoundError(f"{sign_key}: no such key file", "create one with `llmos key generate NAME`")
+    signing = _signing() if sign_key is not None else None
+    key_path = _resolve_key(signing, sign_key) if signing is not None and sign_key is not None else None
     index = build_index(registry_dir, expires_days=expires_days, reporter=reporter)
     raw = index.to_bytes()
     target = registry_dir / INDEX_NAME
     sig_path = registry_dir / (INDEX_NAME + SIG_SUFFIX)
     if not simulate:
-        sig = sign(raw, Path(sign_key)) if sign is not None else None
+        sig = signing.sign_index(raw, key_path) if signing is not None and key_path is not None else None
         if sig is None:
             sig_path.unlink(missing_ok=True)  # a stale signature would not match the new index
         write_atomic(target, raw)
         if sig is not None:
             write_atomic(sig_path, sig)
-    return IndexResult(target, index.version, index.created, index.expires, len(index.entries), sign is not None, index.entries)
+    return IndexResult(target, index.version, index.created, index.expires, len(index.entries), key_path is not None, index.entries)
