@@ -1,17 +1,35 @@
-"""Read GGUF headers without llama.cpp (gguf-py's GGUFReader, memory-mapped).
+"""Read GGUF headers without llama.cpp.
 
 Used by ``llmos check`` (adapter architecture), ``llmos build`` of a model
 (architecture, context length, chat template, fingerprint) and the runtime's
 ABI check.  Any unreadable, truncated or non-GGUF file raises
 ``InvalidPackageError`` -- never hand such a file to llama.cpp.
+
+The parser here is a small pure-Python reader of the GGUF header (magic,
+key/value metadata, tensor infos) over a memory map.  gguf-py's
+``GGUFReader`` builds numpy views for every element of every array, which
+takes seconds (tens of seconds on a busy machine) on a 150k-token vocabulary;
+this reader skips arrays it does not need and stays in the tens of
+milliseconds, which matters because ``llmos run`` reads the base header on
+every run with adapters.  It imports neither numpy nor gguf.
+
+Public API:
+
+* ``read_header(path, with_vocab=True) -> GGUFHeader``
+* ``read_metadata(path, prefixes=None) -> dict`` -- every key (or those
+  starting with one of ``prefixes``) with full values, arrays as lists; used
+  by test fixtures to copy a real tokenizer into a tiny model.
+* ``GGUFHeader.fingerprint()`` -- the ABI fingerprint of a base model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from llmos_cli.errors import InvalidPackageError
 
@@ -47,81 +65,345 @@ class GGUFHeader:
         h.update(f"vocab={self.vocab_sha256}\n".encode())
         return "sha256:" + h.hexdigest()
 
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "architecture": self.architecture,
+            "general_type": self.general_type,
+            "adapter_type": self.adapter_type,
+            "lora_alpha": self.lora_alpha,
+            "name": self.name,
+            "context_length": self.context_length,
+            "chat_template": self.chat_template,
+            "tensors": {k: list(v) for k, v in self.tensors.items()},
+            "tensor_types": dict(self.tensor_types),
+            "kv": dict(self.kv),
+            "vocab_sha256": self.vocab_sha256,
+            "vocab_size": self.vocab_size,
+        }
 
-def _field_value(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except Exception:  # pragma: no cover - very old gguf-py
-        return None
+    @classmethod
+    def from_json(cls, d: dict) -> "GGUFHeader":
+        return cls(
+            path=Path(d["path"]),
+            architecture=d.get("architecture"),
+            general_type=d.get("general_type"),
+            adapter_type=d.get("adapter_type"),
+            lora_alpha=d.get("lora_alpha"),
+            name=d.get("name"),
+            context_length=d.get("context_length"),
+            chat_template=d.get("chat_template"),
+            tensors={k: tuple(v) for k, v in (d.get("tensors") or {}).items()},
+            tensor_types=dict(d.get("tensor_types") or {}),
+            kv=dict(d.get("kv") or {}),
+            vocab_sha256=d.get("vocab_sha256"),
+            vocab_size=d.get("vocab_size"),
+        )
 
 
-def read_header(path: str | Path, *, with_vocab: bool = True) -> GGUFHeader:
-    p = Path(path)
+# ---------------------------------------------------------------- the parser
+
+# GGUF value types -> (struct code, size)
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4),
+    6: ("f", 4), 7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8),
+}
+_STRING = 8
+_ARRAY = 9
+
+# ggml tensor types: id -> (name, block size, bytes per block).  Stable ABI of ggml.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+
+DEFAULT_ALIGNMENT = 32
+_MAX_DIMS = 4
+
+
+def _ggml_type(type_id: int) -> tuple[str, int, int]:
+    t = GGML_TYPES.get(type_id)
+    if t is not None:
+        return t
+    try:  # a newer ggml type: ask gguf-py (slower import, rare path)
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        qt = GGMLQuantizationType(type_id)
+        block, size = GGML_QUANT_SIZES[qt]
+        return qt.name, int(block), int(size)
+    except Exception:
+        raise ValueError(f"unknown ggml tensor type {type_id}") from None
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@dataclass
+class _ArrayInfo:
+    etype: int
+    count: int
+    offset: int  # where the elements start
+
+
+@dataclass
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]
+    type_id: int
+    offset: int
+
+
+class _Reader:
+    """Sequential reader over the memory-mapped header."""
+
+    def __init__(self, buf: Any, size: int):
+        self.buf = buf
+        self.size = size
+        self.pos = 0
+        self.e = "<"
+
+    def need(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise _Corrupt(f"header runs past the end of the file (at byte {self.pos})")
+
+    def unpack(self, code: str, n: int) -> Any:
+        self.need(n)
+        v = struct.unpack_from(self.e + code, self.buf, self.pos)[0]
+        self.pos += n
+        return v
+
+    def u32(self) -> int:
+        return self.unpack("I", 4)
+
+    def u64(self) -> int:
+        return self.unpack("Q", 8)
+
+    def raw_string(self) -> bytes:
+        n = self.u64()
+        self.need(n)
+        s = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return bytes(s)
+
+    def string(self) -> str:
+        return self.raw_string().decode("utf-8", errors="replace")
+
+    def skip_value(self, vtype: int) -> None:
+        if vtype in _SCALARS:
+            self.need(_SCALARS[vtype][1])
+            self.pos += _SCALARS[vtype][1]
+        elif vtype == _STRING:
+            n = self.u64()
+            self.need(n)
+            self.pos += n
+        elif vtype == _ARRAY:
+            etype, count = self.u32(), self.u64()
+            self.skip_array(etype, count)
+        else:
+            raise _Corrupt(f"unknown metadata value type {vtype}")
+
+    def skip_array(self, etype: int, count: int) -> None:
+        if etype in _SCALARS:
+            n = _SCALARS[etype][1] * count
+            self.need(n)
+            self.pos += n
+        elif etype == _STRING:
+            buf, pos, size = self.buf, self.pos, self.size
+            unpack = struct.Struct(self.e + "Q").unpack_from
+            for _ in range(count):
+                if pos + 8 > size:
+                    raise _Corrupt("string array runs past the end of the file")
+                pos += 8 + unpack(buf, pos)[0]
+            if pos > size:
+                raise _Corrupt("string array runs past the end of the file")
+            self.pos = pos
+        else:
+            for _ in range(count):
+                self.skip_value(etype)
+
+    def read_value(self, vtype: int, decode_arrays: bool) -> Any:
+        if vtype in _SCALARS:
+            code, n = _SCALARS[vtype]
+            return self.unpack(code, n)
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            etype, count = self.u32(), self.u64()
+            start = self.pos
+            if not decode_arrays:
+                self.skip_array(etype, count)
+                return _ArrayInfo(etype, count, start)
+            return self.read_array(etype, count)
+        raise _Corrupt(f"unknown metadata value type {vtype}")
+
+    def read_array(self, etype: int, count: int) -> list:
+        if etype in _SCALARS:
+            code, n = _SCALARS[etype]
+            self.need(n * count)
+            vals = list(struct.unpack_from(f"{self.e}{count}{code}", self.buf, self.pos))
+            self.pos += n * count
+            return vals
+        if etype == _STRING:
+            return [self.string() for _ in range(count)]
+        return [self.read_value(etype, True) for _ in range(count)]
+
+    def string_array_bytes(self, info: _ArrayInfo) -> list[bytes]:
+        """Raw bytes of each element of a string array (for hashing a vocabulary)."""
+        out: list[bytes] = []
+        buf, pos = self.buf, info.offset
+        unpack = struct.Struct(self.e + "Q").unpack_from
+        for _ in range(info.count):
+            n = unpack(buf, pos)[0]
+            out.append(bytes(buf[pos + 8 : pos + 8 + n]))
+            pos += 8 + n
+        return out
+
+
+@dataclass
+class _Parsed:
+    fields: dict[str, Any]
+    tensors: list[_Tensor]
+    reader: _Reader
+
+
+def _parse(p: Path, mm: Any, size: int, decode: Iterable[str] | None) -> _Parsed:
+    r = _Reader(mm, size)
+    if bytes(mm[:4]) != b"GGUF":
+        raise _Corrupt(f"bad magic {bytes(mm[:4])!r}")
+    r.pos = 4
+    version = r.u32()
+    if version & 0xFFFF == 0 and version != 0:  # written big-endian
+        r.e = ">"
+        r.pos = 4
+        version = r.u32()
+    if version not in (2, 3):
+        raise _Corrupt(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = r.u64(), r.u64()
+    if n_kv > 1_000_000 or n_tensors > 10_000_000:
+        raise _Corrupt(f"implausible counts ({n_kv} keys, {n_tensors} tensors)")
+    prefixes = tuple(decode) if decode is not None else None
+    fields: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        vtype = r.u32()
+        want = prefixes is not None and (not prefixes or key.startswith(prefixes))
+        fields[key] = r.read_value(vtype, decode_arrays=want)
+    tensors: list[_Tensor] = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.u32()
+        if n_dims > _MAX_DIMS:
+            raise _Corrupt(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(r.u64() for _ in range(n_dims))
+        tensors.append(_Tensor(name, shape, r.u32(), r.u64()))
+    align = fields.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise _Corrupt(f"invalid general.alignment {align!r}")
+    data_start = (r.pos + align - 1) // align * align
+    for t in tensors:
+        try:
+            _tname, block, bsize = _ggml_type(t.type_id)
+        except ValueError as exc:
+            raise _Corrupt(f"tensor {t.name}: {exc}") from None
+        n = 1
+        for d in t.shape:
+            n *= d
+        nbytes = n // block * bsize
+        if data_start + t.offset + nbytes > size:
+            raise InvalidPackageError(f"{p}: truncated GGUF (tensor {t.name} runs past the end of the file)", "the file is truncated; download or copy it again")
+    return _Parsed(fields, tensors, r)
+
+
+def _open(p: Path):
     try:
         size = p.stat().st_size
     except FileNotFoundError:
         raise InvalidPackageError(f"{p}: no such GGUF file") from None
+    if p.is_dir():
+        raise InvalidPackageError(f"{p}: is a directory, not a GGUF file")
     if size < 24:
         raise InvalidPackageError(f"{p}: not a GGUF file (only {size} bytes)", "the file is empty or truncated")
     with open(p, "rb") as fh:
         magic = fh.read(4)
-    if magic != b"GGUF":
-        raise InvalidPackageError(f"{p}: not a GGUF file (bad magic {magic!r})")
-    try:
-        from gguf import GGUFReader
+        if magic != b"GGUF":
+            raise InvalidPackageError(f"{p}: not a GGUF file (bad magic {magic!r})")
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return mm, size
 
-        reader = GGUFReader(str(p), "r")
-        tensors: dict[str, tuple[int, ...]] = {}
-        types: dict[str, str] = {}
-        for t in reader.tensors:
-            tensors[t.name] = tuple(int(x) for x in t.shape)
-            types[t.name] = t.tensor_type.name
-            # a truncated file leaves tensor data past EOF
-            if int(t.data_offset) + int(t.n_bytes) > size:
-                raise InvalidPackageError(f"{p}: truncated GGUF (tensor {t.name} runs past the end of the file)")
+
+def _parse_file(p: Path, decode: Iterable[str] | None) -> _Parsed:
+    mm, size = _open(p)
+    try:
+        return _parse(p, mm, size, decode)
     except InvalidPackageError:
         raise
-    except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors on junk
-        raise InvalidPackageError(f"{p}: unreadable GGUF ({type(exc).__name__}: {exc})", "the file is corrupt or truncated") from None
+    except (_Corrupt, struct.error, UnicodeError, OverflowError, MemoryError, ValueError) as exc:
+        raise InvalidPackageError(f"{p}: unreadable GGUF ({exc})", "the file is corrupt or truncated") from None
 
-    arch = _field_value(reader, "general.architecture")
-    kv: dict[str, Any] = {}
-    for key in reader.fields:
-        if arch and key.startswith(f"{arch}.") or key.startswith("general.") or key.startswith("adapter."):
-            v = _field_value(reader, key)
-            if isinstance(v, (int, float, str, bool)):
-                kv[key] = v
-    vocab_sha = None
-    vocab_size = None
-    if with_vocab:
-        toks = reader.fields.get("tokenizer.ggml.tokens")
-        if toks is not None:
+
+def read_metadata(path: str | Path, prefixes: Iterable[str] | None = None) -> dict[str, Any]:
+    """Every metadata key (or those starting with one of ``prefixes``) with full values.
+
+    Arrays come back as Python lists; keys outside ``prefixes`` are left out.
+    """
+    p = Path(path)
+    pre = tuple(prefixes) if prefixes is not None else ()
+    parsed = _parse_file(p, pre)
+    try:
+        return {k: v for k, v in parsed.fields.items() if not pre or k.startswith(pre)}
+    finally:
+        parsed.reader.buf.close()
+
+
+def read_header(path: str | Path, *, with_vocab: bool = True) -> GGUFHeader:
+    p = Path(path)
+    parsed = _parse_file(p, None)
+    fields, r = parsed.fields, parsed.reader
+    try:
+        def scalar(key: str) -> Any:
+            v = fields.get(key)
+            return None if isinstance(v, _ArrayInfo) else v
+
+        arch = scalar("general.architecture")
+        kv: dict[str, Any] = {}
+        for key, v in fields.items():
+            if (arch and key.startswith(f"{arch}.")) or key.startswith(("general.", "adapter.")):
+                if isinstance(v, (int, float, str, bool)):
+                    kv[key] = v
+        vocab_sha = None
+        vocab_size = None
+        toks = fields.get("tokenizer.ggml.tokens")
+        if with_vocab and isinstance(toks, _ArrayInfo) and toks.etype == _STRING:
             h = hashlib.sha256()
-            model = _field_value(reader, "tokenizer.ggml.model") or ""
+            model = scalar("tokenizer.ggml.model") or ""
             h.update(str(model).encode() + b"\n")
-            n = 0
-            for idx in toks.data:
-                h.update(bytes(toks.parts[idx]) + b"\x00")
-                n += 1
+            items = r.string_array_bytes(toks)
+            h.update(b"".join(t + b"\x00" for t in items))
             vocab_sha = h.hexdigest()
-            vocab_size = n
-    alpha = _field_value(reader, "adapter.lora.alpha")
-    ctx = _field_value(reader, f"{arch}.context_length") if arch else None
-    return GGUFHeader(
-        path=p,
-        architecture=arch,
-        general_type=_field_value(reader, "general.type"),
-        adapter_type=_field_value(reader, "adapter.type"),
-        lora_alpha=float(alpha) if alpha is not None else None,
-        name=_field_value(reader, "general.name"),
-        context_length=int(ctx) if ctx is not None else None,
-        chat_template=_field_value(reader, "tokenizer.chat_template"),
-        tensors=tensors,
-        tensor_types=types,
-        kv=kv,
-        vocab_sha256=vocab_sha,
-        vocab_size=vocab_size,
-    )
+            vocab_size = len(items)
+        alpha = scalar("adapter.lora.alpha")
+        ctx = scalar(f"{arch}.context_length") if arch else None
+        return GGUFHeader(
+            path=p,
+            architecture=arch,
+            general_type=scalar("general.type"),
+            adapter_type=scalar("adapter.type"),
+            lora_alpha=float(alpha) if isinstance(alpha, (int, float)) else None,
+            name=scalar("general.name"),
+            context_length=int(ctx) if isinstance(ctx, int) else None,
+            chat_template=scalar("tokenizer.chat_template"),
+            tensors={t.name: t.shape for t in parsed.tensors},
+            tensor_types={t.name: _ggml_type(t.type_id)[0] for t in parsed.tensors},
+            kv=kv,
+            vocab_sha256=vocab_sha,
+            vocab_size=vocab_size,
+        )
+    finally:
+        r.buf.close()
