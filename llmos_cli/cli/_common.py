@@ -128,7 +128,7 @@ class RichReporter:
         else:
             cols += [MofNCompleteColumn()]
         cols.append(TimeRemainingColumn())
-        progress = Progress(*cols, console=err(), transient=True, disable=self.quiet)
+        progress = Progress(*cols, console=err(), transient=True, disable=self.quiet or not err().is_terminal)  # no bars (nor blank lines) in logs and pipes
         with progress:
             tid = progress.add_task(description, total=total)
 
