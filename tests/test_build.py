@@ -25,6 +25,7 @@ def _lib(root: Path, write_source, **kw) -> Path:
         "docs/b.md": "# B\n\nBeta facts.\n",
         "glossary.toml": '[terms]\nalpha = "the first letter"\n',
         "bin/tool.sh": "#!/bin/sh\necho hi\n",
+        "docs/" + "long-name-" * 12 + "é.md": "# Ünïcode and a path over 100 bytes (PAX header)\n",
     }
     extra = {"knowledge": {"documents": ["docs/*.md"]}, "glossary": {"file": "glossary.toml"}}
     folder = write_source(root, "demo", files=files, extra=extra, **kw)
