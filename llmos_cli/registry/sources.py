@@ -56,7 +56,7 @@ class Source(ABC):
 
 SOURCE_KINDS: dict[str, type[Source]] = {}
 #: modules that define (and register) a kind, imported on first use
-KIND_MODULES: dict[str, str] = {}
+KIND_MODULES: dict[str, str] = {"hf": "llmos_cli.registry.hub"}
 
 
 def register_kind(kind: str, cls: type[Source]) -> None:
