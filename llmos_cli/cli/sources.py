@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:
 
         def human(res: Any) -> None:
             for s in res.sources:
+                if s.version is None:
+                    out().print(f"{s.name}: no index (offers no packages)", markup=False)
+                    continue
                 state = "changed" if s.changed else "unchanged"
                 sig = "signed" if s.signed else "unsigned"
                 verb = "would fetch" if res.simulated else "fetched"
