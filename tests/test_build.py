@@ -68,6 +68,10 @@ def test_build_layout_and_files_table(tmp_path, write_source):
     data = _manifest_of(res.path)
     assert data["package"]["name"] == "demo"
     assert set(data["files"]) == set(payload)  # every payload file, generated ones included
+    import importlib.util
+
+    if importlib.util.find_spec("llmos_cli.knowledge.indexer"):  # the build hook adds the search index
+        assert any(n.startswith(".llmos/") for n in payload)
     with tarfile.open(res.path, "r:gz") as tf:
         for name in payload:
             content = tf.extractfile(name).read()
@@ -372,3 +376,12 @@ def test_cli_build_refusal_exit_code_and_no_leftovers(tmp_path, write_source, cl
     assert list(out.iterdir()) == []
     r = cli("build", tmp_path / "nope")
     assert r.exit_code == 3, r
+
+
+def test_cli_build_unwritable_output_is_an_io_error(tmp_path, write_source, cli):
+    src = write_source(tmp_path, "demo")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = cli("build", src, "-o", blocker / "sub")
+    assert r.exit_code == 9, r
+    assert "error:" in r.stderr
