@@ -3,7 +3,7 @@
 ``download_to_cache`` is what the HTTP source uses for archives:
 
 * the file streams into ``$LLMOS_HOME/cache/<sha16>-<name>.incomplete`` (unique
-  per content; a per-file lock keeps two processes from writing it at once);
+  per content; the cache's lock file keeps two processes from writing it at once);
 * a partial left by an earlier, killed or failed run is resumed with an HTTP
   ``Range`` request (a server that ignores ``Range`` restarts it from zero);
 * the sha256 is computed while streaming, so a finished download is verified
@@ -37,6 +37,8 @@ from llmos_cli.progress import NullReporter, Reporter
 
 CHUNK = 1 << 20
 INCOMPLETE = ".incomplete"
+#: one lock for the cache folder: two processes never write the same partial file
+LOCK_NAME = ".lock"
 #: largest index or signature file accepted (an endless-data guard for the small files)
 MAX_INDEX_BYTES = 64 << 20
 USER_AGENT = "llmos"
@@ -195,7 +197,7 @@ def download_to_cache(
         raise from_os_error(exc, "creating the download cache") from exc
     final = cache_dir / cache_name(sha256, filename)
     part = final.with_name(final.name + INCOMPLETE)
-    with FileLock(str(final.with_name(final.name + ".lock"))):
+    with FileLock(str(cache_dir / LOCK_NAME)):
         if final.exists():
             try:
                 verify_file(final, size, sha256, name)
@@ -370,7 +372,7 @@ def list_cache(cache_dir: Path) -> CacheReport:
     entries = []
     if cache_dir.is_dir():
         for p in sorted(cache_dir.iterdir()):
-            if p.name.endswith(".lock") or not p.is_file():
+            if p.name.startswith(".") or not p.is_file():
                 continue
             st = p.stat()
             entries.append(
@@ -394,7 +396,6 @@ def clean_cache(cache_dir: Path, *, incomplete_only: bool = False, simulate: boo
     try:
         for e in report.entries:
             (cache_dir / e.file).unlink(missing_ok=True)
-            (cache_dir / (e.file.removesuffix(INCOMPLETE) + ".lock")).unlink(missing_ok=True)
     except OSError as exc:
         raise from_os_error(exc, "cleaning the download cache") from exc
     report.removed = True
