@@ -208,9 +208,9 @@ def report_error(command: str, exc: LlmosError, json_mode: bool) -> int:
     if json_mode:
         print_json(envelope(command, error=exc))
     msg = f"[bold red]error:[/] {_escape(exc.message)}"
-    err().print(msg)
+    err().print(msg, soft_wrap=True)  # one line, even in a narrow terminal or a log
     if exc.hint:
-        err().print(f"[dim]hint:[/] {_escape(exc.hint)}")
+        err().print(f"[dim]hint:[/] {_escape(exc.hint)}", soft_wrap=True)
     return int(exc.exit_code)
 
 
