@@ -1,0 +1,311 @@
+"""Runtime commands: run, stack, attach, detach, import-model, default-model, doctor.
+
+Parsing and rendering only; the work is in ``llmos_cli.runtime`` (imported
+inside each command: llama_cpp is never loaded by ``llmos --help``).
+``run`` streams the answer to stdout as it is generated; every message goes
+to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmos_cli.cli._common import STATE, JsonOpt, SimulateOpt, YesOpt, confirm, err, execute, out, reporter
+
+PANEL = "Runtime"
+
+
+def _print(line: str) -> None:
+    out().print(line, markup=False, highlight=False)
+
+
+def _note(line: str) -> None:
+    err().print(line, markup=False, highlight=False)
+
+
+def _fmt_scale(v: float) -> str:
+    return f"{v:g}"
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def _render_stack(stack: Any) -> None:
+    from rich.table import Table
+
+    m = stack.model
+    ver = f" {m.version}" if m.version else ""
+    ctx = f", context {m.context_length}" if m.context_length else ""
+    _print(f"model: {m.name}{ver} ({m.architecture or 'unknown architecture'}{ctx}; {m.origin})")
+    if m.fingerprint:
+        _print(f"fingerprint: {m.fingerprint}")
+    if stack.selection == "none":
+        _print("libraries: none (--no-libs)")
+    elif not stack.libraries:
+        _print("libraries: none attached")
+    if stack.libraries or stack.left_out:
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for col in ("LIBRARY", "VERSION", "SCALE", "ADAPTER", "FITS", "USED"):
+            table.add_column(col)
+        for lib, used in [(lib, "yes") for lib in stack.libraries] + [(lib, "no" if lib.attached else "detached") for lib in stack.left_out]:
+            fits = "-" if lib.fits is None else ("yes" if lib.fits else "NO")
+            table.add_row(lib.name, lib.version, _fmt_scale(lib.scale), "yes" if lib.adapter else "no", fits, used)
+        out().print(table)
+    for lib in stack.libraries + stack.left_out:
+        for p in lib.problems[:3]:
+            _note(f"{lib.name}: {p}")
+    for n in stack.notes:
+        _note(n)
+
+
+def _render_attach(result: Any) -> None:
+    verb = "attached" if result.command == "attach" else "detached"
+    for c in result.changed:
+        scale = f" at scale {_fmt_scale(c['scale'])}" if result.command == "attach" else ""
+        _note(f"{'would be ' if result.simulated else ''}{verb}: {c['name']} {c['version']}{scale}")
+    for n in result.unchanged:
+        _note(f"{n} is already {verb}")
+    if result.simulated:
+        _note("Simulation only: nothing was changed.")
+
+
+def _render_default(result: Any) -> None:
+    if result.name is None:
+        _note("no default model (none installed, or several and none chosen)")
+        return
+    if result.changed:
+        _note(f"{'would set' if result.simulated else 'default model:'} {result.name} {result.version}")
+        if result.simulated:
+            _note("Simulation only: nothing was changed.")
+    else:
+        _print(f"{result.name} {result.version}" + (" (the only installed model)" if result.implicit else ""))
+
+
+def _render_import(result: Any) -> None:
+    ctx = f", context {result.context_length}" if result.context_length else ""
+    tmpl = "with" if result.has_chat_template else "WITHOUT"
+    _note(f"{result.file.name}: {result.architecture}{ctx}, {tmpl} a chat template")
+    if result.simulated:
+        _print(f"import {result.name} {result.version} into {result.registry} and install it")
+        _note("Simulation only: nothing was changed.")
+        return
+    _note(f"built {result.archive} in the local registry (source 'local')")
+    _note(f"installed {result.name} {result.version}" + ("; it is now the default model" if result.default_set else ""))
+
+
+def _render_doctor(report: Any) -> None:
+    lc = report.llama_cpp
+    _print(f"llmos {report.llmos} (Python {report.python}, {report.platform})")
+    if lc.get("importable"):
+        _print(f"llama-cpp-python {lc.get('version')}: GPU offload {'yes' if lc.get('gpu_offload') else 'no'}, max devices {lc.get('max_devices')}")
+        _print(f"  {lc.get('system_info')}")
+    else:
+        _print(f"llama-cpp-python: NOT usable ({lc.get('error')})")
+    t = report.threads
+    _print(f"threads: {t['usable']} usable of {t['cpu_count']} cores; llama.cpp default {t['default_threads']}")
+    for key, d in report.paths.items():
+        state = "ok" if d["exists"] and d["writable"] else ("missing" if not d["exists"] else "read-only")
+        _print(f"{key}: {d['path']} ({state})")
+    db = report.database
+    _print(f"database: {db['path']} ({db.get('integrity')})")
+    _print(f"default model: {report.default_model or '-'}")
+    for c in report.checks:
+        (_print if c.ok else _note)(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.message}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _stdin_text() -> str | None:
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        return sys.stdin.read()
+    except (OSError, ValueError):
+        return None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(rich_help_panel=PANEL)
+    def run(
+        prompt: Annotated[Optional[str], typer.Argument(help="The question; piped stdin text is put before it.")] = None,
+        system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+        max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full).")] = 256,
+        temperature: Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")] = 0.8,
+        top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")] = 0.95,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
+        stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
+        lib: Annotated[Optional[list[str]], typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Use exactly these libraries (repeatable).")] = None,
+        no_libs: Annotated[bool, typer.Option("--no-libs", help="Use the bare base model.")] = False,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
+        gpu_layers: Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
+        ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
+        json: JsonOpt = False,
+    ) -> None:
+        """Answer a prompt with the model and its attached libraries (streams to stdout)."""
+        rep = reporter(json)
+        stdin_text = _stdin_text()
+        streamed: list[str] = []
+
+        def on_text(chunk: str) -> None:
+            try:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                from llmos_cli.errors import Aborted
+
+                raise Aborted("stdout was closed; generation stopped") from None
+            streamed.append(chunk)
+
+        def work():
+            from llmos_cli.runtime.engine import SamplingParams
+            from llmos_cli.runtime.run import RunRequest
+            from llmos_cli.runtime.run import run as do_run
+
+            req = RunRequest(
+                prompt=prompt,
+                stdin_text=stdin_text,
+                system=system,
+                model=model,
+                libs=list(lib) if lib else None,
+                no_libs=no_libs,
+                sampling=SamplingParams(
+                    max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or [])
+                ),
+                device=device,
+                gpu_layers=gpu_layers,
+                n_ctx=ctx,
+                threads=threads,
+                verbose=STATE.verbose,
+            )
+            return do_run(req, on_text=None if json else on_text, reporter=rep)
+
+        def human(result: Any) -> None:
+            text = "".join(streamed)
+            if not text.endswith("\n"):
+                try:
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    pass
+            if STATE.verbose:
+                t, u = result.timings, result.usage
+                _note(
+                    f"[{result.model['name']}; {u['prompt_tokens']} prompt + {u['completion_tokens']} generated tokens; "
+                    f"load {t['load_s']:.3f}s, prompt {t['prompt_s']:.3f}s, generate {t['generate_s']:.3f}s; {result.finish_reason}]"
+                )
+
+        execute("run", json, work, human, rep=rep)
+
+    @app.command(rich_help_panel=PANEL)
+    def stack(
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the default model).")] = None,
+        lib: Annotated[Optional[list[str]], typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Show exactly these libraries.")] = None,
+        no_libs: Annotated[bool, typer.Option("--no-libs", help="Show the bare base.")] = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """Show what a run would use: model, libraries, scales, and whether each adapter fits."""
+        rep = reporter(json)
+
+        def work():
+            from llmos_cli.runtime.stack import show_stack
+
+            return show_stack(model=model, libs=list(lib) if lib else None, no_libs=no_libs, reporter=rep)
+
+        execute("stack", json, work, _render_stack, rep=rep)
+
+    @app.command(rich_help_panel=PANEL)
+    def attach(
+        names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
+        scale: Annotated[Optional[float], typer.Option("--scale", help="Adapter scale (default: keep the current one).")] = None,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """Put libraries back into runs (optionally at a new scale)."""
+        rep = reporter(json)
+
+        def work():
+            from llmos_cli.runtime.stack import attach as do_attach
+
+            return do_attach(list(names), scale=scale, simulate=simulate, reporter=rep)
+
+        execute("attach", json, work, _render_attach, rep=rep)
+
+    @app.command(rich_help_panel=PANEL)
+    def detach(
+        names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """Keep libraries installed but leave them out of runs."""
+        rep = reporter(json)
+
+        def work():
+            from llmos_cli.runtime.stack import detach as do_detach
+
+            return do_detach(list(names), simulate=simulate, reporter=rep)
+
+        execute("detach", json, work, _render_attach, rep=rep)
+
+    @app.command("import-model", rich_help_panel=PANEL)
+    def import_model(
+        file: Annotated[str, typer.Argument(metavar="FILE.gguf", help="A local GGUF model file.")],
+        name: Annotated[Optional[str], typer.Option("--name", help="Package name (default: from the file name).")] = None,
+        version: Annotated[str, typer.Option("--version", help="Package version.")] = "1.0.0",
+        summary: Annotated[Optional[str], typer.Option("--summary", help="One-line summary.")] = None,
+        license: Annotated[str, typer.Option("--license", help="The model's license.")] = "unknown",
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """Turn a local GGUF into a model package (local registry) and install it."""
+        rep = reporter(json)
+
+        def ask(proposal: Any) -> None:
+            if proposal.needs_confirmation:
+                confirm("Do you want to continue?", yes)
+
+        def work():
+            from llmos_cli.runtime.models import import_model as do_import
+
+            return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
+
+        execute("import-model", json, work, _render_import, rep=rep)
+
+    @app.command("default-model", rich_help_panel=PANEL)
+    def default_model(
+        name: Annotated[Optional[str], typer.Argument(help="Installed model to make the default; none: show it.")] = None,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """Show or set the model `llmos run` uses without --model."""
+        rep = reporter(json)
+
+        def work():
+            from llmos_cli.runtime import models
+
+            if name is None:
+                return models.get_default_model(reporter=rep)
+            return models.set_default_model(name, simulate=simulate, reporter=rep)
+
+        execute("default-model", json, work, _render_default, rep=rep)
+
+    @app.command(rich_help_panel=PANEL)
+    def doctor(json: JsonOpt = False) -> None:
+        """Check the llama.cpp build, GPU offload, threads, data directories and the state database."""
+        rep = reporter(json)
+
+        def work():
+            from llmos_cli.runtime.doctor import doctor as do_doctor
+
+            return do_doctor(reporter=rep)
+
+        execute("doctor", json, work, _render_doctor, rep=rep)

@@ -1,0 +1,242 @@
+"""``llmos run``: one prompt through the model and its stacked libraries.
+
+The run is a pipeline of plain steps over one ``RunContext``::
+
+    RunRequest ──► stack (model + libraries + scales, ABI-checked)
+               ──► messages (system text, stdin + prompt as the user turn)
+               ──► engine (load the model once, set the adapter set)
+               ──► stages (each ``stage(ctx)`` may edit ctx.system_parts,
+                   ctx.messages, ctx.tools, ctx.grammar, ctx.extra)
+               ──► prompt tokens (the model's own chat template; context check)
+               ──► ctx.generate(ctx, on_text) ──► RunResult
+
+Stages are where knowledge libraries act (retrieval, glossary, budget ...).
+They come from ``run(..., stages=[...])`` or, by default, from each module in
+``STAGE_PROVIDERS`` that exists: its ``run_stages(ctx) -> list[Stage]`` is
+called once the engine is loaded (a missing module is skipped).  A stage that
+needs several model turns (a tool loop) replaces ``ctx.generate``; the
+default ``single_generation`` renders ``ctx.final_messages()`` and generates
+once.  ``ctx.extra`` ends up in the JSON result under ``extra``.
+
+The JSON object (``RunResult.to_json``, schema documented in docs/runtime.md)::
+
+    {"text", "finish_reason", "model": {"name", "version", "fingerprint"},
+     "libraries": [{"name", "version", "scale", "adapter"}],
+     "usage": {"prompt_tokens", "completion_tokens", "total_tokens"},
+     "timings": {"load_s", "adapters_s", "prompt_s", "generate_s", "total_s"},
+     "device": {"device", "n_gpu_layers", "n_ctx", "threads"}, "seed", "extra"}
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from llmos_cli.errors import UsageError
+from llmos_cli.paths import Paths, get_paths
+from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.runtime.engine import EngineOptions, Generation, SamplingParams
+
+#: modules whose ``run_stages(ctx)`` adds pre-generation stages (skipped when absent)
+STAGE_PROVIDERS = ["llmos_cli.knowledge.stages"]
+
+
+@dataclass
+class RunRequest:
+    prompt: str | None = None
+    stdin_text: str | None = None
+    system: str | None = None
+    model: str | None = None  # name, provided virtual name, or a .gguf path; None: the default
+    libs: list[str] | None = None  # ["name", "name:0.5"]; None: every attached library
+    no_libs: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    device: str = "auto"
+    gpu_layers: int | None = None
+    n_ctx: int = 0
+    threads: int | None = None
+    verbose: int = 0
+
+    def user_text(self) -> str:
+        """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""
+        parts = [t.strip("\n") for t in (self.stdin_text, self.prompt) if t and t.strip()]
+        if not parts:
+            raise UsageError("nothing to ask", 'give a prompt (llmos run "question") or pipe text into llmos run')
+        return "\n\n".join(parts)
+
+
+Stage = Callable[["RunContext"], None]
+
+
+@dataclass
+class RunContext:
+    request: RunRequest
+    paths: Paths
+    stack: Any  # runtime.stack.Stack
+    engine: Any  # an Engine
+    reporter: Reporter
+    messages: list[dict[str, Any]]  # the conversation without the system message
+    system_parts: list[str] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    grammar: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    generate: Callable[["RunContext", Callable[[str], None] | None], Generation] | None = None
+
+    def final_messages(self) -> list[dict[str, Any]]:
+        system = "\n\n".join(p.strip() for p in self.system_parts if p and p.strip())
+        return ([{"role": "system", "content": system}] if system else []) + list(self.messages)
+
+
+def single_generation(ctx: RunContext, on_text: Callable[[str], None] | None) -> Generation:
+    tokens = ctx.engine.prompt_tokens(ctx.final_messages(), tools=ctx.tools)
+    ctx.engine.check_fits(len(tokens))
+    return ctx.engine.generate(tokens, ctx.request.sampling, on_text=on_text, grammar=ctx.grammar)
+
+
+@dataclass
+class RunResult:
+    text: str
+    finish_reason: str
+    model: dict[str, Any]
+    libraries: list[dict[str, Any]]
+    usage: dict[str, int]
+    timings: dict[str, float]
+    device: dict[str, Any]
+    seed: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+            "libraries": self.libraries,
+            "usage": self.usage,
+            "timings": self.timings,
+            "device": self.device,
+            "seed": self.seed,
+            "extra": self.extra,
+        }
+
+
+def _provider_stages(ctx: RunContext) -> list[Stage]:
+    out: list[Stage] = []
+    for mod_name in STAGE_PROVIDERS:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        fn = getattr(mod, "run_stages", None)
+        if fn is not None:
+            out.extend(fn(ctx))
+    return out
+
+
+def _validate(req: RunRequest) -> None:
+    s = req.sampling
+    if s.max_tokens is not None and s.max_tokens < 0:
+        raise UsageError(f"--max-tokens must be 0 (until the context is full) or more, not {s.max_tokens}")
+    if s.temperature < 0:
+        raise UsageError(f"--temperature must be 0 or more, not {s.temperature}")
+    if not 0.0 < s.top_p <= 1.0:
+        raise UsageError(f"--top-p must be in (0, 1], not {s.top_p}")
+    if req.n_ctx < 0:
+        raise UsageError(f"--ctx must be positive, not {req.n_ctx}")
+    if req.threads is not None and req.threads <= 0:
+        raise UsageError(f"--threads must be positive, not {req.threads}")
+
+
+def run(
+    req: RunRequest,
+    *,
+    on_text: Callable[[str], None] | None = None,
+    stages: list[Stage] | None = None,
+    reporter: Reporter | None = None,
+    paths: Paths | None = None,
+) -> RunResult:
+    """Answer one prompt; ``on_text`` receives the text as it is generated."""
+    from llmos_cli.runtime.engine import LlamaCppEngine, plan_device
+    from llmos_cli.runtime.stack import build_stack, require_fits
+    from llmos_cli.state import transaction as tx
+
+    t_start = time.perf_counter()
+    rep = reporter or NullReporter()
+    paths = paths or get_paths()
+    _validate(req)
+    user = req.user_text()
+    # the device is checked before any work: a GPU on a CPU-only build fails fast
+    device = plan_device(req.device, req.gpu_layers)
+    if req.verbose:
+        rep.info(f"device: {device.note}")
+
+    with tx.open_state(paths, "run", write=False, reporter=rep) as db:
+        stack = build_stack(db, paths, model=req.model, libs=req.libs, no_libs=req.no_libs, reporter=rep)
+    for note in stack.notes:
+        rep.debug(note)
+    require_fits(stack)
+
+    options = EngineOptions(
+        n_ctx=req.n_ctx,
+        device=req.device,
+        gpu_layers=req.gpu_layers,
+        n_threads=req.threads,
+        verbose=req.verbose >= 2,
+    )
+    engine = LlamaCppEngine(stack.model.path, options, reporter=rep)
+    try:
+        load_s = engine.load_s
+        t_ad = time.perf_counter()
+        engine.set_adapters(stack.adapters)
+        adapters_s = time.perf_counter() - t_ad
+        ctx = RunContext(
+            request=req,
+            paths=paths,
+            stack=stack,
+            engine=engine,
+            reporter=rep,
+            messages=[{"role": "user", "content": user}],
+            system_parts=[req.system] if req.system else [],
+            generate=single_generation,
+        )
+        for stage in stages if stages is not None else _provider_stages(ctx):
+            stage(ctx)
+        gen_fn = ctx.generate or single_generation
+        gen = gen_fn(ctx, on_text)
+        device_info = {
+            "device": engine.device.device,
+            "n_gpu_layers": engine.device.n_gpu_layers,
+            "n_ctx": engine.n_ctx,
+            "threads": engine.n_threads,
+        }
+    finally:
+        engine.close()
+    total_s = time.perf_counter() - t_start
+    return RunResult(
+        text=gen.text,
+        finish_reason=gen.finish_reason,
+        model={"name": stack.model.name, "version": stack.model.version, "fingerprint": stack.model.ensure_fingerprint()},
+        libraries=[
+            {"name": lib.name, "version": lib.version, "scale": lib.scale, "adapter": lib.adapter is not None}
+            for lib in stack.libraries
+        ],
+        usage={
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        },
+        timings={
+            "load_s": round(load_s, 6),
+            "adapters_s": round(adapters_s, 6),
+            "prompt_s": round(gen.prompt_s, 6),
+            "generate_s": round(gen.generate_s, 6),
+            "total_s": round(total_s, 6),
+        },
+        device=device_info,
+        seed=req.sampling.seed,
+        extra=ctx.extra,
+        notes=list(stack.notes),
+    )
