@@ -355,9 +355,14 @@ def convert_hf_to_gguf(
     *,
     dtype: str = "f16",
     name: str | None = None,
+    vocab_only: bool = False,
     reporter: Reporter | None = None,
 ) -> Path:
-    """Write a llama.cpp base model GGUF from a transformers Llama checkpoint folder."""
+    """Write a llama.cpp base model GGUF from a transformers Llama checkpoint folder.
+
+    ``vocab_only`` writes the metadata and tokenizer without tensors: enough for
+    llama.cpp's tokenizer (``Llama(..., vocab_only=True)``), which training uses.
+    """
     import numpy as np
 
     from llmos_cli.train._deps import require_train_extra
@@ -382,7 +387,7 @@ def convert_hf_to_gguf(
         )
     hp = LlamaHParams.from_hf(cfg)
     tok = read_hf_tokenizer(hf_dir, cfg)
-    weights = _load_safetensors(hf_dir)
+    weights = {} if vocab_only else _load_safetensors(hf_dir)
 
     tmp = _atomic_target(out_path)
     try:
@@ -422,7 +427,7 @@ def convert_hf_to_gguf(
             w.add_chat_template(tok.chat_template)
 
         names = [n for n in hf_tensor_names(hp.n_layer) if n in weights]
-        missing = [n for n in hf_tensor_names(hp.n_layer) if n not in weights and n != "lm_head.weight"]
+        missing = [] if vocab_only else [n for n in hf_tensor_names(hp.n_layer) if n not in weights and n != "lm_head.weight"]
         if missing:
             raise InvalidPackageError(f"{hf_dir}: checkpoint lacks tensor {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
         with rep.task("converting tensors", total=len(names)) as task:
@@ -449,7 +454,8 @@ def convert_hf_to_gguf(
     finally:
         if tmp.exists():
             tmp.unlink()
-    rep.info(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {hp.n_layer} layers, vocabulary {len(tok.tokens)})")
+    if not vocab_only:
+        rep.info(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {hp.n_layer} layers, vocabulary {len(tok.tokens)})")
     return out_path
 
 
@@ -514,7 +520,7 @@ def gguf_state_dict(path: str | Path) -> tuple[LlamaHParams, dict[str, Any]]:
             data = unpermute_qk(data, hp.n_head, hp.n_head)
         elif hf.endswith("self_attn.k_proj.weight"):
             data = unpermute_qk(data, hp.n_head, hp.n_head_kv)
-        out[hf] = np.ascontiguousarray(data)
+        out[hf] = np.array(data, dtype=np.float32, order="C", copy=True)
     if hp.tie_embeddings:
         out.pop("lm_head.weight", None)
     return hp, out

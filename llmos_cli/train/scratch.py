@@ -131,3 +131,42 @@ def save_hf_checkpoint(
         (out / "chat_template.jinja").write_text(chat_template)
     (out / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
     return out
+
+
+#: ChatML with Hermes-style tool calls: tools are listed in the system turn (name,
+#: argument names, description); the model answers ``<tool_call>{"name": ...,
+#: "arguments": {...}}</tool_call>``; results come back as
+#: ``<tool_response>...</tool_response>`` in a user turn.  Whitespace is explicit,
+#: so ``trim_blocks``/``lstrip_blocks`` do not change the output.
+CHATML_TOOLS_TEMPLATE = (
+    "{%- set sys = messages[0].content if messages and messages[0].role == 'system' else '' -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if sys -%}{{- sys + '\\n\\n' -}}{%- endif -%}"
+    "{{- 'Tools:\\n' -}}"
+    "{%- for tool in tools -%}{%- set f = tool.function if tool.function is defined else tool -%}"
+    "{%- set props = (f.parameters.properties if f.parameters is defined and f.parameters.properties is defined else {}) -%}"
+    "{{- '- ' + f.name + '(' + (props | list | join(', ')) + '): ' + (f.description or '') + '\\n' -}}"
+    "{%- endfor -%}"
+    "{{- 'Call a tool as <tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call><|im_end|>\\n' -}}"
+    "{%- elif sys -%}"
+    "{{- '<|im_start|>system\\n' + sys + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}"
+    "{%- elif m.role == 'tool' -%}"
+    "{{- '<|im_start|>user\\n<tool_response>' + (m.content | string) + '</tool_response><|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' + (m.content or '') -}}"
+    "{%- for tc in (m.tool_calls or []) -%}{%- set f = tc.function if tc.function is defined else tc -%}"
+    "{{- '<tool_call>{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments if f.arguments is string else (f.arguments | tojson)) + '}</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + m.role + '\\n' + (m.content | string) + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+CHAT_CONTROL_TOKENS = ["<|im_start|>", "<|im_end|>"]
+CHAT_USER_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]

@@ -1,0 +1,460 @@
+"""``llmos train DIR --base BASE``: fine-tune a library's LoRA adapter and write it as GGUF.
+
+Steps (``train_library``):
+
+1. read the library's manifest and its ``[train]`` table (rank, alpha, target
+   modules, steps, learning rate, batch size, data files; options override);
+2. find the base: a Hugging Face checkpoint folder, a GGUF file, or an
+   installed model package (whose GGUF is turned back into a transformers
+   model, see ``convert.load_llama_from_gguf``);
+3. build the training mixture (``data.Sampler``: paraphrases, shuffled
+   document sentences, retrieval-style contexts, replay), tokenized by
+   llama.cpp from the base GGUF;
+4. train a peft LoRA with AdamW (warm-up, cosine decay), deterministic for a
+   ``seed`` on a given machine and thread count;
+5. export it with ``export.write_lora_gguf`` into the library (``[adapter]
+   file``), check it against the base with the runtime's ABI check, and
+   report loss before/after and held-out exact match.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
+from llmos_cli.progress import NullReporter, Reporter
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_KNOWN_TARGETS = set(DEFAULT_TARGETS)
+
+
+@dataclass
+class TrainOptions:
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    steps: int = 200
+    lr: float = 2e-3
+    batch_size: int = 16
+    seed: int = 0
+    max_len: int = 512
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    replay_fraction: float = 0.2
+    doc_fraction: float = 0.15
+    context_fraction: float = 0.3
+    data: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+    replay: list[str] = field(default_factory=list)
+    documents: bool = True
+
+    @classmethod
+    def from_manifest(cls, table: dict[str, Any], overrides: dict[str, Any] | None = None) -> "TrainOptions":
+        opts = cls()
+        names = {f.name for f in fields(cls)}
+        merged = {k: v for k, v in (table or {}).items()}
+        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        for key, value in merged.items():
+            if key not in names:
+                continue  # unknown keys are the manifest checker's business
+            default = getattr(opts, key)
+            try:
+                if isinstance(default, bool):
+                    value = bool(value)
+                elif isinstance(default, int):
+                    value = int(value)
+                elif isinstance(default, float):
+                    value = float(value)
+                elif isinstance(default, list):
+                    value = [value] if isinstance(value, str) else [str(x) for x in value]
+            except (TypeError, ValueError):
+                raise InvalidPackageError(f"train.{key}: invalid value {value!r}") from None
+            setattr(opts, key, value)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if self.rank < 1:
+            raise UsageError(f"rank must be at least 1, not {self.rank}")
+        if self.steps < 1:
+            raise UsageError(f"steps must be at least 1, not {self.steps}")
+        if not 0 < self.lr < 1:
+            raise UsageError(f"learning rate must be in (0, 1), not {self.lr}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+        bad = [t for t in self.target_modules if t not in _KNOWN_TARGETS]
+        if bad or not self.target_modules:
+            raise UsageError(
+                f"unknown target module {bad[0] if bad else '(none)'!r}",
+                f"choose from {', '.join(DEFAULT_TARGETS)}",
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class BaseModel:
+    label: str
+    gguf: Path  # full model, or vocabulary-only for a HF base
+    hf_dir: Path | None = None
+    name: str | None = None
+    version: str | None = None
+
+    def load_torch(self) -> Any:
+        import torch
+
+        if self.hf_dir is not None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=torch.float32)
+            if getattr(model.config, "model_type", None) != "llama":
+                raise InvalidPackageError(f"{self.hf_dir}: {model.config.model_type!r} models are not supported", "llmos trains Llama-architecture models")
+            return model
+        from llmos_cli.train.convert import load_llama_from_gguf
+
+        return load_llama_from_gguf(self.gguf)
+
+
+@dataclass
+class TrainResult:
+    library: str
+    version: str
+    adapter: Path
+    base: str
+    steps: int
+    seconds: float
+    loss_start: float
+    loss_end: float
+    losses: list[float]
+    options: dict[str, Any]
+    data: dict[str, int]
+    eval_exact_match: float | None = None
+    eval_count: int = 0
+    abi_ok: bool | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "library": self.library,
+            "version": self.version,
+            "adapter": str(self.adapter),
+            "base": self.base,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "loss_start": round(self.loss_start, 4),
+            "loss_end": round(self.loss_end, 4),
+            "eval": {"exact_match": self.eval_exact_match, "questions": self.eval_count},
+            "abi_ok": self.abi_ok,
+            "options": self.options,
+            "data": self.data,
+            "warnings": self.warnings,
+        }
+
+
+# ---------------------------------------------------------------- base model
+
+
+def resolve_base(base: str, workdir: Path, paths: Any = None) -> BaseModel:
+    """A HF checkpoint folder, a ``.gguf`` file, or the name of an installed model package."""
+    p = Path(base).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise NotFoundError(f"{p} is not a Hugging Face checkpoint (no config.json)", "pass a checkpoint folder, a .gguf file or an installed model name")
+        from llmos_cli.train.convert import convert_hf_to_gguf
+
+        vocab = convert_hf_to_gguf(p, workdir / "base-vocab.gguf", vocab_only=True)
+        return BaseModel(str(p), vocab, hf_dir=p)
+    if p.suffix == ".gguf" or p.is_file():
+        if not p.is_file():
+            raise NotFoundError(f"base model {p} not found")
+        return BaseModel(str(p), p)
+    from llmos_cli.paths import get_paths
+    from llmos_cli.state.db import StateDB
+    from llmos_cli.state.store import Store
+
+    paths = paths or get_paths()
+    if not paths.db.exists():
+        raise NotFoundError(f"no model package {base!r} is installed", f"install it first (llmos install {base}) or pass a checkpoint folder or .gguf")
+    db = StateDB.open(paths)
+    try:
+        pkg = db.get(base, with_files=True)
+    finally:
+        db.close()
+    if pkg is None or pkg.kind != "model":
+        raise NotFoundError(f"no model package {base!r} is installed", f"install it first (llmos install {base}) or pass a checkpoint folder or .gguf")
+    fname = (pkg.manifest.get("model") or {}).get("file")
+    rec = next((f for f in pkg.files if f.path == fname), None)
+    if rec is None:
+        raise NotFoundError(f"model package {base} has no GGUF file recorded", f"reinstall it: llmos install --reinstall {base}")
+    return BaseModel(f"{pkg.name} {pkg.version}", Store(paths).path_for(rec.sha256), name=pkg.name, version=pkg.version)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    progress = (step - w) / max(1, total - w)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _mean_loss(model: Any, batches: list[dict[str, Any]]) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            n = int((b["labels"][:, 1:] != -100).sum())
+            if n == 0:
+                continue
+            total += float(model(**b).loss) * n
+            count += n
+    return total / max(count, 1)
+
+
+def normalize_answer(text: str) -> str:
+    """Exact-match normalisation: case, surrounding space and final punctuation, citations."""
+    t = re.sub(r"\[[^\]\s]+:[^\]\s]+#\d+\]", "", text)
+    t = t.strip().strip(" .!\"'").lower()
+    return re.sub(r"\s+", " ", t)
+
+
+def greedy_answers(model: Any, tok: Any, questions: list[str], *, max_new_tokens: int = 24, system: str | None = None) -> list[str]:
+    """Greedy answers of a transformers model to chat questions (for quick held-out checks)."""
+    import torch
+
+    outs: list[str] = []
+    model.eval()
+    with torch.no_grad():
+        for q in questions:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+            ids = tok.encode(tok.render(msgs, add_generation_prompt=True))
+            x = torch.tensor([ids])
+            past = None
+            gen: list[int] = []
+            for _ in range(max_new_tokens):
+                out = model(input_ids=x, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                nxt = int(out.logits[0, -1].argmax())
+                if nxt == tok.eos_id:
+                    break
+                gen.append(nxt)
+                x = torch.tensor([[nxt]])
+            outs.append(tok.decode(gen))
+    return outs
+
+
+def _apply_training_dir(src: Path, opts: TrainOptions) -> dict[str, list[Path]]:
+    def resolve(items: list[str], what: str) -> list[Path]:
+        from llmos_cli.pkg.manifest import safe_relpath
+
+        out = []
+        for it in items:
+            if safe_relpath(it) is None:
+                raise InvalidPackageError(f"train.{what}: {it!r} must be a relative path inside the library")
+            out.append(src / it)
+        return out
+
+    return {"data": resolve(opts.data, "data"), "eval": resolve(opts.eval, "eval"), "replay": resolve(opts.replay, "replay")}
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_library(
+    src: str | Path,
+    base: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    out: str | Path | None = None,
+    evaluate: bool = True,
+    reporter: Reporter | None = None,
+    paths: Any = None,
+) -> TrainResult:
+    """Train the LoRA adapter of the library source folder ``src`` on ``base``."""
+    from llmos_cli.train._deps import require_train_extra
+
+    require_train_extra("llmos train")
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmos_cli.pkg.manifest import load_manifest
+    from llmos_cli.train import data as D
+    from llmos_cli.train.convert import LlamaHParams
+    from llmos_cli.train.export import peft_model_pairs, write_lora_gguf
+
+    rep = reporter or NullReporter()
+    src = Path(src)
+    manifest = load_manifest(src)
+    if manifest.kind != "library":
+        raise InvalidPackageError(f"{manifest.name} is a {manifest.kind} package; only libraries carry adapters")
+    opts = TrainOptions.from_manifest(manifest.section("train"), overrides)
+    adapter_rel = manifest.section("adapter").get("file") or "adapter.gguf"
+    adapter_path = Path(out) if out else src / adapter_rel
+    warnings: list[str] = []
+    if not manifest.section("adapter"):
+        warnings.append(f"llmos.toml has no [adapter] table; add: [adapter] file = \"{adapter_rel}\"")
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "gpu":
+        device = "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device gpu asked for, but torch sees no CUDA device", "use --device cpu, or install a CUDA build of torch")
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(opts.seed)
+
+    files = _apply_training_dir(src, opts)
+    with tempfile.TemporaryDirectory(prefix="llmos-train-") as tmpd:
+        bm = resolve_base(base, Path(tmpd), paths)
+        if manifest.meta.base is not None and bm.name is not None and bm.name != manifest.meta.base.name:
+            warnings.append(f"the library declares base {manifest.meta.base}, but is trained on {bm.label}")
+        rep.info(f"training {manifest.name} {manifest.version} on {bm.label} ({device})")
+        tok = D.GGUFTokenizer(bm.gguf)
+        ts = D.TrainingSet(
+            qa=[],
+            chats=[],
+            replay=D.iter_records(files["replay"]),
+            documents=[],
+            eval=D.iter_records(files["eval"]),
+        )
+        for r in D.iter_records(files["data"]):
+            (ts.qa if r.is_qa else ts.chats).append(r)
+        if opts.documents and manifest.document_globs():
+            from llmos_cli.knowledge.indexer import collect_documents
+
+            ts.documents = collect_documents(manifest, src)
+        if opts.context_fraction > 0:
+            ts.context = D.load_context_source(manifest, src)
+        sampler = D.Sampler(
+            ts,
+            tok,
+            seed=opts.seed,
+            max_len=opts.max_len,
+            replay_fraction=opts.replay_fraction,
+            doc_fraction=opts.doc_fraction,
+            context_fraction=opts.context_fraction,
+        )
+        model = bm.load_torch()
+        hp = LlamaHParams.from_hf(model.config.to_dict())
+        if tok.n_vocab != hp.vocab_size:
+            raise InvalidPackageError(f"the base's tokenizer has {tok.n_vocab} tokens but its embedding {hp.vocab_size}")
+        cfg = LoraConfig(
+            r=opts.rank,
+            lora_alpha=opts.alpha,
+            target_modules=list(opts.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        pm = get_peft_model(model, cfg)
+        pm.to(device)
+
+        def to_dev(b: dict[str, Any]) -> dict[str, Any]:
+            return {k: v.to(device) for k, v in b.items()}
+
+        probe_sampler = D.Sampler(
+            ts, tok, seed=opts.seed + 7919, max_len=opts.max_len,
+            replay_fraction=opts.replay_fraction, doc_fraction=opts.doc_fraction, context_fraction=opts.context_fraction,
+        )
+        probe = [to_dev(D.collate(probe_sampler.batch(min(16, opts.batch_size)))) for _ in range(2)]
+        pm.eval()
+        loss_start = _mean_loss(pm, probe)
+        params = [p for p in pm.parameters() if p.requires_grad]
+        optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        losses: list[float] = []
+        t0 = time.monotonic()
+        pm.train()
+        with rep.task(f"training {manifest.name}  loss {loss_start:.3f}", total=opts.steps) as task:
+            for step in range(opts.steps):
+                for g in optim.param_groups:
+                    g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
+                batch = to_dev(D.collate(sampler.batch(opts.batch_size)))
+                loss = pm(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(float(loss))
+                task.advance()
+                if step % 5 == 4 or step == opts.steps - 1:
+                    recent = sum(losses[-10:]) / len(losses[-10:])
+                    task.update(description=f"training {manifest.name}  loss {recent:.3f}")
+        seconds = time.monotonic() - t0
+        pm.eval()
+        loss_end = _mean_loss(pm, probe)
+        if sampler.too_long:
+            warnings.append(f"{sampler.too_long} examples longer than max_len={opts.max_len} tokens were skipped")
+
+        em = None
+        if evaluate and ts.eval:
+            qa = [r for r in ts.eval if r.is_qa]
+            questions = [q for r in qa for q in r.questions]
+            answers = [r.answer for r in qa for _ in r.questions]
+            if questions:
+                got = greedy_answers(pm, tok, questions)
+                em = sum(normalize_answer(g) == normalize_answer(a) for g, a in zip(got, answers)) / len(questions)
+
+        pm.to("cpu")
+        pairs = peft_model_pairs(pm)
+        export = write_lora_gguf(
+            pairs,
+            hp,
+            adapter_path,
+            name=manifest.name,
+            metadata={"llmos.library": manifest.name, "llmos.library_version": manifest.version, "llmos.base": bm.label},
+        )
+        abi_ok = _abi_check(export.path, bm.gguf if bm.hf_dir is None else None, warnings)
+    rep.info(
+        f"{manifest.name}: loss {loss_start:.3f} -> {loss_end:.3f} in {opts.steps} steps ({seconds:.0f}s)"
+        + (f", held-out exact match {em:.0%}" if em is not None else "")
+        + f"; wrote {export.path}"
+    )
+    for w in warnings:
+        rep.warn(w)
+    return TrainResult(
+        library=manifest.name,
+        version=manifest.version,
+        adapter=export.path,
+        base=bm.label,
+        steps=opts.steps,
+        seconds=seconds,
+        loss_start=loss_start,
+        loss_end=loss_end,
+        losses=losses,
+        options=opts.to_json(),
+        data=ts.counts(),
+        eval_exact_match=em,
+        eval_count=sum(len(r.questions) for r in ts.eval if r.is_qa),
+        abi_ok=abi_ok,
+        warnings=warnings,
+    )
+
+
+def _abi_check(adapter: Path, base_gguf: Path | None, warnings: list[str]) -> bool | None:
+    """The runtime's ABI check of the new adapter against the base (when the base is a full GGUF)."""
+    if base_gguf is None:
+        return None
+    try:
+        from llmos_cli.runtime.abi import check_adapter
+    except ImportError:
+        return None
+    from llmos_cli.gguf_info import read_header
+
+    problems = check_adapter(read_header(adapter), read_header(base_gguf))
+    for p in problems:
+        warnings.append(f"ABI check: {p}")
+    return not problems
