@@ -1,0 +1,180 @@
+"""The knowledge and tool stages of ``llmos run`` (``runtime.run.STAGE_PROVIDERS``).
+
+``run_stages(ctx)`` returns one stage that, once the model is loaded:
+
+1. opens each used library's parts (``LibraryView``: index, glossary,
+   system fragment, tools);
+2. when tools are in play, gathers them (``ToolSet``: built-ins, command
+   tools, MCP servers started) so that their rendering is budgeted;
+3. assembles the prompt (``prompt.assemble``: refinements, retrieval,
+   budget) and writes the system text and user turn back into the context;
+4. replaces the generation with the tool loop (``tools.loop``) when tools are
+   in play, or with nothing at all for ``--explain``.
+
+Everything it reports goes into the run's JSON under ``extra``:
+``knowledge`` (chunks with library, document, score, citation),
+``refinements``, ``budget``, ``parts`` (tokens per part), ``tools`` and
+``tool_calls`` (with their results).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from llmos_cli.errors import UsageError
+
+
+def _options(ctx: Any) -> Any:
+    from llmos_cli.prompt.options import PromptOptions
+
+    opts = getattr(ctx.request, "prompt_options", None)
+    return opts if opts is not None else PromptOptions()
+
+
+def _reserve(ctx: Any) -> int:
+    mt = ctx.request.sampling.max_tokens
+    n_ctx = int(ctx.engine.n_ctx)
+    if not mt or mt <= 0:  # "until the context is full": keep a quarter for the answer
+        return max(1, n_ctx // 4)
+    return int(mt)
+
+
+def _tools_wanted(opts: Any, libraries: list[Any]) -> bool:
+    if opts.tool_choice is not None:
+        return opts.tool_choice != "none"
+    if opts.allow_tools or opts.allow_tool:
+        return True
+    return any(lib.tool_decls() or lib.mcp_decls() for lib in libraries)
+
+
+def _empty_generation(ctx: Any) -> Any:
+    from llmos_cli.runtime.engine import Generation
+
+    return Generation(text="", tokens=[], finish_reason="explain", prompt_tokens=0, completion_tokens=0, prompt_s=0.0, generate_s=0.0)
+
+
+def run_stages(ctx: Any) -> list[Callable[[Any], None]]:
+    return [knowledge_stage]
+
+
+def knowledge_stage(ctx: Any) -> None:
+    from llmos_cli.knowledge.libraries import LibraryView
+    from llmos_cli.prompt.assemble import PromptRequest, assemble, parse_knowledge_option
+
+    opts = _options(ctx)
+    libraries = [LibraryView.from_installed(lib.package, ctx.paths) for lib in ctx.stack.libraries if lib.package is not None]
+    user_turns = [m for m in ctx.messages if m.get("role") == "user"]
+    if len(user_turns) != 1 or len(ctx.messages) != 1:
+        return  # not a one-shot prompt: leave it alone
+    user = str(user_turns[0].get("content") or "")
+    request = PromptRequest(
+        user=user,
+        system="\n\n".join(p.strip() for p in ctx.system_parts if p and p.strip()) or None,
+        knowledge=parse_knowledge_option(opts.knowledge),
+        max_tokens=_reserve(ctx),
+        refine=opts.refine,
+    )
+    toolset = None
+    if _tools_wanted(opts, libraries):
+        toolset = _toolset(ctx, opts, libraries)
+    try:
+        ap = assemble(request, libraries, ctx.engine, toolset.openai() if toolset else None)
+    except BaseException:
+        if toolset is not None:
+            toolset.close()
+        for lib in libraries:
+            lib.close()
+        raise
+    for w in ap.warnings:
+        ctx.reporter.warn(w)
+    ctx.system_parts = [ap.system] if ap.system else []
+    ctx.messages = [{"role": "user", "content": ap.user}]
+    ctx.extra.update(
+        {
+            "knowledge": [h.to_json() for h in ap.knowledge],
+            "refinements": [r.to_json() for r in ap.refinements],
+            "budget": ap.budget.to_json(),
+            "parts": [p.to_json() for p in ap.parts],
+            "tools": [t["function"]["name"] for t in ap.tools],
+        }
+    )
+    if opts.explain:
+        from llmos_cli.prompt.explain import explain_json
+
+        ctx.extra["explain"] = explain_json(ap)
+        if toolset is not None:
+            toolset.close()
+        for lib in libraries:
+            lib.close()
+        ctx.generate = lambda c, on_text: _empty_generation(c)
+        return
+    if toolset is None:
+        for lib in libraries:
+            lib.close()
+        return
+    ctx.generate = _loop_generation(toolset, opts, libraries)
+
+
+def _toolset(ctx: Any, opts: Any, libraries: list[Any]) -> Any:
+    from llmos_cli.tools.registry import ToolSet
+
+    ts = ToolSet.for_run(libraries)
+    for w in ts.warnings:
+        ctx.reporter.warn(w)
+    try:
+        for name in opts.allow_tool:
+            ts.resolve(name)  # a typo in --allow-tool is an error, not a silent no-op
+        if opts.tool_choice not in (None, "auto", "none"):
+            ts.resolve(opts.tool_choice)
+    except BaseException:
+        ts.close()
+        raise
+    return ts
+
+
+def _loop_generation(toolset: Any, opts: Any, libraries: list[Any]) -> Callable[[Any, Any], Any]:
+    def generate(ctx: Any, on_text: Callable[[str], None] | None) -> Any:
+        from llmos_cli.runtime.engine import Generation
+        from llmos_cli.tools.loop import LoopOptions, run_tool_loop
+        from llmos_cli.tools.permissions import Policy, load_stored
+
+        if opts.chain_limit < 0:
+            raise UsageError(f"--chain-limit must be 0 or more, not {opts.chain_limit}")
+        policy = Policy(
+            allow=frozenset(opts.allow_tool),
+            allow_all=opts.allow_tools,
+            stored=load_stored(ctx.paths),
+            ask=opts.ask,
+        )
+        loop_opts = LoopOptions(
+            tool_choice=opts.tool_choice or "auto",
+            chain_limit=opts.chain_limit,
+            params=ctx.request.sampling,
+            policy=policy,
+            on_event=opts.on_event,
+        )
+        try:
+            result = run_tool_loop(ctx.engine, ctx.final_messages(), toolset, loop_opts)
+        finally:
+            toolset.close()
+            for lib in libraries:
+                lib.close()
+        ctx.extra["tool_calls"] = [c.to_json() for c in result.tool_calls]
+        ctx.extra["tool_rounds"] = result.rounds
+        ctx.extra["tool_format"] = result.format
+        ctx.extra["chain_limit_reached"] = result.chain_limit_reached
+        if result.chain_limit_reached:
+            ctx.reporter.warn(f"--chain-limit {opts.chain_limit} reached; the answer was generated without further tool calls")
+        if on_text is not None and result.text:
+            on_text(result.text)
+        return Generation(
+            text=result.text,
+            tokens=[],
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            prompt_s=result.prompt_s,
+            generate_s=result.generate_s,
+        )
+
+    return generate
