@@ -1,0 +1,250 @@
+"""The tool-call loop of a one-shot prompt.
+
+One round: render the conversation and the tools through the model's own
+chat template, generate, parse calls in the model's native syntax
+(``formats``), run each call (``registry.ToolSet.call``, after the
+permission ``Policy`` says yes), append the assistant's calls and the
+results to the conversation, and go again.  The loop ends when a reply holds
+no call, or after ``chain_limit`` rounds of calls (one last generation then
+answers without parsing further calls).
+
+``tool_choice``:
+
+* ``auto`` -- the model decides; its reply is parsed for calls;
+* ``none`` -- no tools are rendered and nothing is parsed;
+* ``NAME`` -- the first round is a call of that tool: the format's call
+  prefix (e.g. ``<tool_call>\\n``) ends the prompt and a grammar built from the
+  tool's JSON schema constrains the rest, so the call is always well formed.
+  Later rounds are ``auto``.
+
+Every offered tool's grammar is built and parsed by llama.cpp before the
+first token is generated, so an inexpressible schema fails early and a
+malformed grammar never reaches the sampler.  What goes wrong inside a round
+(a call that does not parse, an unknown tool name, invalid arguments, a tool
+that fails, hangs, floods or prints junk) is handed back to the model as an
+error result; only a permission that nobody can grant stops the run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from llmos_cli.errors import ToolError, UsageError
+from llmos_cli.tools.formats import CallFormat, ParsedCall, assistant_message, detect_format, prepare_chat, tool_message
+from llmos_cli.tools.permissions import Policy
+from llmos_cli.tools.registry import ToolSet
+from llmos_cli.tools.spec import ToolResult
+
+DEFAULT_CHAIN_LIMIT = 5
+MAX_CHAIN_LIMIT = 50
+#: a result longer than this is cut before the model reads it
+MAX_RESULT_CHARS = 8000
+
+
+@dataclass
+class LoopOptions:
+    tool_choice: str = "auto"
+    chain_limit: int = DEFAULT_CHAIN_LIMIT
+    params: Any = None  # runtime.engine.SamplingParams
+    policy: Policy = field(default_factory=Policy)
+    #: ("call" | "result" | "round", data) for --tools-debug
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+
+
+@dataclass
+class ToolCallRecord:
+    round: int
+    call: ParsedCall
+    source: str | None
+    result: ToolResult
+
+    def to_json(self) -> dict[str, Any]:
+        d = {
+            "round": self.round,
+            "id": self.call.id,
+            "name": self.call.name,
+            "library": None if self.source in (None, "builtin") else self.source,
+            "builtin": self.source == "builtin",
+            "arguments": self.call.arguments,
+        }
+        d.update(self.result.to_json())
+        return d
+
+
+@dataclass
+class LoopResult:
+    text: str
+    finish_reason: str
+    tool_calls: list[ToolCallRecord]
+    rounds: int
+    chain_limit_reached: bool
+    format: str
+    messages: list[dict[str, Any]]
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_s: float
+    generate_s: float
+    #: the rendered prompt of every generation (for --tools-debug and tests)
+    prompts: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "format": self.format,
+            "rounds": self.rounds,
+            "chain_limit_reached": self.chain_limit_reached,
+            "tool_calls": [c.to_json() for c in self.tool_calls],
+        }
+
+
+def parse_tool_choice(value: str | None) -> str:
+    v = (value or "auto").strip()
+    if not v:
+        raise UsageError("--tool-choice takes auto, none or a tool name")
+    return v
+
+
+def _vocab(engine: Any) -> Any:
+    llm = getattr(engine, "llm", None)
+    if llm is None:
+        return None
+    import llama_cpp
+
+    return llama_cpp.llama_model_get_vocab(llm.model)
+
+
+def prepare_grammars(engine: Any, toolset: ToolSet, fmt: CallFormat) -> dict[str, str]:
+    """A validated call grammar for every tool; raises before any generation."""
+    from llmos_cli.tools.grammar import call_grammar, validate_grammar
+
+    grammars = {s.name: call_grammar(s.name, s.parameters, fmt.args_key) for s in toolset.specs}
+    vocab = _vocab(engine)
+    if vocab is not None:
+        for g in grammars.values():
+            validate_grammar(vocab, g)
+    return grammars
+
+
+def _cap(text: str) -> str:
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"... [cut: {len(text) - MAX_RESULT_CHARS} more characters]"
+
+
+def run_tool_loop(
+    engine: Any,
+    messages: Sequence[dict[str, Any]],
+    toolset: ToolSet,
+    options: LoopOptions,
+) -> LoopResult:
+    """Generate an answer to ``messages``, letting the model call ``toolset``'s tools."""
+    from llmos_cli.runtime.engine import SamplingParams
+
+    params = options.params or SamplingParams()
+    if not 0 <= options.chain_limit <= MAX_CHAIN_LIMIT:
+        raise UsageError(f"--chain-limit must be between 0 and {MAX_CHAIN_LIMIT}, not {options.chain_limit}")
+    choice = parse_tool_choice(options.tool_choice)
+    fmt = detect_format(getattr(engine, "chat_template", None))
+    use_tools = choice != "none" and bool(toolset.specs)
+    forced = None
+    grammars: dict[str, str] = {}
+    if use_tools:
+        if choice != "auto":
+            forced = toolset.resolve(choice)
+            if options.chain_limit == 0:
+                raise UsageError(f"--tool-choice {choice} forces a call but --chain-limit is 0")
+        grammars = prepare_grammars(engine, toolset, fmt)
+        if forced is not None and not options.policy.check(forced):
+            raise ToolError(f"--tool-choice {forced.name}: the tool is denied", f"allow it: llmos tools allow {forced.key}")
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        if options.on_event is not None:
+            options.on_event(kind, data)
+
+    convo = [copy.deepcopy(dict(m)) for m in messages]
+    tools_oa = toolset.openai() if use_tools else None
+    records: list[ToolCallRecord] = []
+    prompts: list[str] = []
+    rounds = 0
+    completion = 0
+    prompt_s = gen_s = 0.0
+    last_prompt_tokens = 0
+    limit_reached = False
+    while True:
+        force_now = forced if rounds == 0 else None
+        parse_calls = use_tools and rounds < options.chain_limit
+        msgs, ttools = prepare_chat(fmt, convo, tools_oa)
+        text_prompt = engine.apply_chat_template(msgs, tools=ttools)
+        tokens = engine.prompt_tokens(msgs, tools=ttools)
+        grammar = None
+        if force_now is not None:
+            text_prompt += fmt.prefix
+            if fmt.prefix:
+                tokens = tokens + engine.tokenize(fmt.prefix, add_bos=False)
+            grammar = grammars[force_now.name]
+        prompts.append(text_prompt)
+        event("round", {"round": rounds + 1, "prompt_tokens": len(tokens), "forced": force_now.name if force_now else None})
+        gen = engine.generate(tokens, params, grammar=grammar)
+        completion += gen.completion_tokens
+        prompt_s += gen.prompt_s
+        gen_s += gen.generate_s
+        last_prompt_tokens = gen.prompt_tokens
+        reply = gen.text
+        if force_now is not None:
+            reply = fmt.prefix + reply + fmt.suffix
+        calls = fmt.parse(reply) if parse_calls else []
+        if not calls:
+            if use_tools and not parse_calls and rounds >= options.chain_limit and rounds > 0:
+                limit_reached = True
+            return LoopResult(
+                text=reply.strip() if force_now is None else reply,
+                finish_reason=gen.finish_reason,
+                tool_calls=records,
+                rounds=rounds,
+                chain_limit_reached=limit_reached,
+                format=fmt.name,
+                messages=convo + [{"role": "assistant", "content": reply}],
+                prompt_tokens=last_prompt_tokens,
+                completion_tokens=completion,
+                prompt_s=prompt_s,
+                generate_s=gen_s,
+                prompts=prompts,
+            )
+        rounds += 1
+        good = [c for c in calls if c.error is None]
+        bad = [c for c in calls if c.error is not None]
+        results: list[tuple[ParsedCall, ToolResult]] = []
+        for call in good:
+            spec = toolset.get(call.name)
+            event("call", {"round": rounds, "name": call.name, "arguments": call.arguments})
+            if spec is None:
+                result = ToolResult(False, error=f"unknown tool {call.name!r}; the tools are: {', '.join(toolset.names())}")
+            elif not options.policy.check(spec):
+                result = ToolResult(False, error=f"the user did not allow tool {call.name!r} to run")
+            else:
+                result = toolset.call(spec, call.arguments)
+            event("result", {"round": rounds, "name": call.name, **result.to_json()})
+            records.append(ToolCallRecord(rounds, call, spec.source if spec else None, result))
+            results.append((call, result))
+        for call in bad:
+            result = ToolResult(False, error=f"the tool call could not be read: {call.error}")
+            event("result", {"round": rounds, "name": call.name or "?", **result.to_json()})
+            records.append(ToolCallRecord(rounds, call, None, result))
+        content_before = reply.split(fmt.prefix)[0].strip() if fmt.prefix and fmt.prefix in reply else ""
+        if results:
+            if fmt.name == "llama3":
+                # its template takes one call per assistant turn
+                for call, result in results:
+                    convo.append(assistant_message(fmt, [call]))
+                    convo.append(tool_message(call, _cap(result.model_text())))
+            else:
+                convo.append(assistant_message(fmt, [c for c, _ in results], content_before))
+                for call, result in results:
+                    convo.append(tool_message(call, _cap(result.model_text())))
+        if bad:
+            errors = "; ".join(c.error or "" for c in bad)
+            convo.append({"role": "assistant", "content": reply})
+            convo.append({"role": "user", "content": f"Your tool call could not be read ({errors}). Answer directly or make a valid call."})
