@@ -7,7 +7,9 @@ and the helpers ``raise_exception(msg)`` and ``strftime_now(fmt)``.  They run in
 jinja2's immutable sandbox with ``trim_blocks``/``lstrip_blocks``, as
 transformers does, so the same template renders the same prompt here.
 
-A model without a template gets a plain fallback (system text, a blank line,
+A template that refuses a system turn (Gemma's "System role not supported")
+gets the system text folded into the first user turn instead.  A model
+without a template gets a plain fallback (system text, a blank line,
 then the user text), and ``render_chat`` says so through ``used_fallback``.
 """
 
@@ -69,6 +71,18 @@ def _compile(template: str) -> Any:
 class ChatPrompt:
     text: str
     used_fallback: bool
+    folded_system: bool = False  # the template refused a system turn; it was put into the first user turn
+
+
+def _fold_system(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """System text moved into the first user turn (for templates without a system role)."""
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    if not system or not rest or rest[0].get("role") != "user":
+        return None
+    text = "\n\n".join(str(m.get("content") or "") for m in system)
+    rest[0]["content"] = f"{text}\n\n{rest[0].get('content') or ''}"
+    return rest
 
 
 def fallback_prompt(messages: Sequence[dict[str, Any]]) -> str:
@@ -106,6 +120,13 @@ def render_chat(
     try:
         return ChatPrompt(compiled.render(**ctx), False)
     except _TemplateRaised as exc:
+        merged = _fold_system(messages)
+        if merged is not None:  # e.g. Gemma: "System role not supported"
+            try:
+                ctx["messages"] = merged
+                return ChatPrompt(compiled.render(**ctx), False, folded_system=True)
+            except Exception:
+                pass
         raise RuntimeFailure(f"the model's chat template refused the conversation: {exc}") from None
     except Exception as exc:
         raise RuntimeFailure(f"the model's chat template failed: {type(exc).__name__}: {exc}") from None
