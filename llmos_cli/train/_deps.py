@@ -23,8 +23,19 @@ class MissingExtra(LlmosError):
 
 
 def require_train_extra(feature: str, modules: tuple[str, ...] = TRAIN_MODULES) -> None:
+    import importlib.util
+
     missing: list[str] = []
     for mod in modules:
+        if missing and mod in ("transformers", "peft"):
+            # without torch these only print noise on import; presence is enough to know
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(mod)
+            continue
         try:
             importlib.import_module(mod)
         except ImportError:

@@ -1,0 +1,111 @@
+"""``llmos train`` and ``llmos merge``: making library adapters (optional ``train`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(rich_help_panel="Libraries")
+    def train(
+        src: Annotated[Path, typer.Argument(help="Library source folder (llmos.toml with a [train] table).")],
+        base: Annotated[
+            str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")
+        ],
+        steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (overrides [train] steps).")] = None,
+        rank: Annotated[Optional[int], typer.Option("--rank", "-r", help="LoRA rank.")] = None,
+        alpha: Annotated[Optional[float], typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank).")] = None,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per step.")] = None,
+        target: Annotated[
+            Optional[list[str]], typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
+        ] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
+        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
+        no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out exact-match check.")] = False,
+        json: JsonOpt = False,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+    ) -> None:
+        """Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library."""
+        rep = reporter(json)
+        overrides: dict[str, Any] = {
+            "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
+            "target_modules": list(target) if target else None, "seed": seed,
+        }
+
+        def work() -> Any:
+            if device not in ("auto", "cpu", "gpu", "cuda"):
+                from llmos_cli.errors import UsageError
+
+                raise UsageError(f"--device must be auto, cpu or gpu, not {device!r}")
+            if simulate:
+                from llmos_cli.pkg.manifest import load_manifest
+                from llmos_cli.train.lora import TrainOptions
+
+                m = load_manifest(src)
+                opts = TrainOptions.from_manifest(m.section("train"), overrides)
+                target_file = output or (src / (m.section("adapter").get("file") or "adapter.gguf"))
+                return {"simulated": True, "library": m.name, "version": m.version, "base": base, "adapter": str(target_file), "options": opts.to_json()}
+            from llmos_cli.train.lora import train_library
+
+            return train_library(src, base, overrides=overrides, device=device, threads=threads, out=output, evaluate=not no_eval, reporter=rep)
+
+        def human(res: Any) -> None:
+            if isinstance(res, dict):
+                out().print(f"would train {res['library']} {res['version']} on {res['base']} -> {res['adapter']}", markup=False)
+                o = res["options"]
+                out().print(f"  rank {o['rank']}, alpha {o['alpha']}, {o['steps']} steps, lr {o['lr']}, batch {o['batch_size']}, targets {' '.join(o['target_modules'])}", markup=False)
+                return
+            out().print(str(res.adapter), markup=False)
+
+        execute("train", json, work, human, rep=rep)
+
+    @app.command(rich_help_panel="Libraries")
+    def merge(
+        libs: Annotated[list[str], typer.Argument(help="Libraries to merge: source folders, .llmos archives or installed names.")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged library's source.")],
+        method: Annotated[str, typer.Option("--method", "-m", help="cat (exact), linear, ties or dare_ties.")] = "cat",
+        name: Annotated[Optional[str], typer.Option("--name", help="Merged library name (default: the output folder's name).")] = None,
+        version: Annotated[str, typer.Option("--version", help="Merged library version.")] = "1.0.0",
+        weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Weight per library, in order (repeatable; default 1).")] = None,
+        density: Annotated[float, typer.Option("--density", help="Fraction kept by ties/dare_ties.")] = 0.5,
+        rank: Annotated[Optional[int], typer.Option("--rank", help="Rank of a ties/dare_ties result (default: sum of ranks).")] = None,
+        base: Annotated[Optional[str], typer.Option("--base", help="Base model (installed name or .gguf) if not the libraries' installed base.")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed for dare_ties' random drop.")] = 0,
+        force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+        json: JsonOpt = False,
+        simulate: SimulateOpt = False,
+        yes: YesOpt = False,
+    ) -> None:
+        """Merge several libraries into one (adapters, documents, glossaries, tools); then `llmos build` it."""
+        rep = reporter(json)
+
+        def work() -> Any:
+            from llmos_cli.train.merge import merge_libraries
+
+            return merge_libraries(
+                libs, output, method=method, name=name, version=version, weights=weight, density=density,
+                rank=rank, base=base, seed=seed, force=force, simulate=simulate, reporter=rep,
+            )
+
+        def human(res: Any) -> None:
+            srcs = ", ".join(f"{s['name']} {s['version']}" for s in res.sources)
+            if res.warnings and res.warnings[0].startswith("simulated"):
+                out().print(f"would merge {srcs} ({res.method}) into {res.out} as {res.name} {res.version}", markup=False)
+                return
+            out().print(str(res.out), markup=False)
+            err().print(
+                f"merged {srcs} ({res.method}): adapter rank {res.rank}, {res.documents} documents, "
+                f"{res.glossary_terms} glossary terms, {res.tools} tools",
+                markup=False,
+            )
+
+        execute("merge", json, work, human, rep=rep)
