@@ -477,26 +477,50 @@ def autoremove(
     confirm: Callable[[Proposal], None] | None = None,
     paths: Paths | None = None,
 ) -> TxResult:
-    """Remove packages installed as dependencies that nothing needs any more."""
-    from llmos_cli.resolve import Request, autoremovable, resolve
+    """Remove packages installed as dependencies that nothing needs any more.
+
+    Like apt's autoremove this is a mark-and-sweep over the installed set
+    (``autoremovable``), not a solve: what it removes is by definition needed
+    by nothing that stays.
+    """
+    from llmos_cli.resolve import autoremovable
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
     with tx.open_state(paths, "autoremove", write=True, reporter=rep) as db:
+        installed = db.installed()
         infos = _installed_infos(db)
         names = list(autoremovable(infos))
-        if names:
-            plan = resolve([], infos, Request(remove=names))
-        else:
-            plan = _empty_plan()
+        plan = _removal_plan([installed[n].meta for n in names], "no longer needed")
         # autoremove names nothing itself: apt asks before removing, so do we
         return _run_plan(paths, db, "autoremove", [], plan, set(), simulate=simulate, reporter=rep, confirm=confirm)
 
 
-def _empty_plan() -> Any:
-    from llmos_cli.resolve import Plan
+def _removal_plan(metas: list[PackageMeta], reason: str) -> Any:
+    """Remove ``metas``, dependents before what they depend on."""
+    from llmos_cli.resolve import Action, Plan
 
-    return Plan(actions=[], unneeded=[])
+    left = {m.name: m for m in metas}
+
+    def needed_inside(name: str) -> bool:
+        provided = {name, *left[name].provides}
+        for other in left.values():
+            if other.name == name:
+                continue
+            for dep in other.all_depends():
+                if any(alt.name in provided for alt in dep.alternatives):
+                    return True
+        return False
+
+    order: list[str] = []
+    while left:
+        free = sorted(n for n in left if not needed_inside(n)) or sorted(left)[:1]  # a cycle: break it by name
+        for n in free:
+            order.append(n)
+            left.pop(n)
+    by_name = {m.name: m for m in metas}
+    actions = [Action("remove", n, by_name[n].version, None, None, True, reason) for n in order]
+    return Plan(actions=actions, unneeded=[])
 
 
 def upgrade(
