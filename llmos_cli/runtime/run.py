@@ -57,6 +57,8 @@ class RunRequest:
     n_ctx: int = 0
     threads: int | None = None
     verbose: int = 0
+    #: options of the knowledge/tool stages (``prompt.options.PromptOptions``); None: their defaults
+    prompt_options: Any = None
 
     def user_text(self) -> str:
         """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""
