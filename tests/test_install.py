@@ -325,3 +325,25 @@ def test_json_error_envelope_on_failure(reg, cli, llmos_home):
     env = r.json()
     assert env["ok"] is False and env["error"]["code"] == "not_found" and env["error"]["exit_code"] == 3
     json.dumps(env)
+
+
+def test_confirmation_rule():
+    """apt's rule: ask when the plan does anything the user did not name, or removes/downgrades unasked."""
+    from llmos_cli.pkg.ops import Proposal
+    from llmos_cli.resolve import Action, Plan
+
+    def act(op, name):
+        return Action(op, name, "1.0.0", "2.0.0", None, False, "requested")
+
+    def needs(command, requested, *acts):
+        return Proposal(command, Plan(actions=list(acts), unneeded=[]), set(requested)).needs_confirmation
+
+    assert not needs("install", {"a"}, act("install", "a"))
+    assert needs("install", {"a"}, act("install", "a"), act("install", "b"))
+    assert needs("install", {"a"}, act("install", "a"), act("remove", "c"))
+    assert not needs("remove", {"a", "b"}, act("remove", "a"), act("remove", "b"))
+    assert needs("autoremove", set(), act("remove", "a"))
+    assert not needs("upgrade", {"a", "b"}, act("upgrade", "a"))
+    assert needs("upgrade", {"a", "b"}, act("upgrade", "a"), act("remove", "b"))
+    assert needs("upgrade", {"a"}, act("downgrade", "a"))
+    assert not needs("install", {"a"}, act("downgrade", "a"))  # `install a<2` asked for it

@@ -108,8 +108,16 @@ class Proposal:
     requested: set[str]
 
     def extras(self) -> list[Any]:
-        """Actions on packages the user did not name (new dependencies, removals, ...)."""
-        return [a for a in self.plan.actions if a.name not in self.requested]
+        """Actions the user did not ask for: other packages, or a removal/downgrade nobody named as one."""
+
+        def extra(a: Any) -> bool:
+            if a.name not in self.requested:
+                return True
+            if a.op == "remove" and self.command != "remove":
+                return True  # e.g. an upgrade that must remove a conflicting package
+            return a.op == "downgrade" and self.command == "upgrade"
+
+        return [a for a in self.plan.actions if extra(a)]
 
     @property
     def needs_confirmation(self) -> bool:
