@@ -79,13 +79,12 @@ def snapshot(home: Path) -> dict[str, Any]:
 
 
 def installed_set(home: Path) -> dict[str, str]:
-    rows = db_rows(home).get("packages", [])
+    """name -> version straight from the database (no recovery runs)."""
     conn = sqlite3.connect(f"file:{home / 'state.db'}?mode=ro", uri=True)
     try:
         return {r[0]: r[1] for r in conn.execute("SELECT name, version FROM packages")}
     finally:
         conn.close()
-    del rows
 
 
 def check_consistent(home: Path) -> dict[str, str]:

@@ -336,7 +336,8 @@ def _universe(paths: Paths, db: StateDB, reporter: Reporter) -> list[Any]:
 
 
 def looks_like_archive(spec: str) -> bool:
-    return spec.endswith(ARCHIVE_SUFFIX) or os.sep in spec or spec.startswith(".")
+    """A path (``.llmos`` suffix or a slash), not a package name (names have neither)."""
+    return spec.endswith(ARCHIVE_SUFFIX) or "/" in spec or os.sep in spec
 
 
 def _open_local(spec: str) -> Any:
@@ -363,7 +364,7 @@ def parse_specs(specs: Iterable[str]) -> tuple[list[Req], list[Any]]:
         spec = spec.strip()
         if not spec:
             raise UsageError("empty package name", "name a package, e.g. `llmos install med-lib`")
-        if looks_like_archive(spec) or Path(spec).is_file():
+        if looks_like_archive(spec):
             archive = _open_local(spec)
             locals_.append(archive)
             m = archive.manifest
@@ -417,7 +418,12 @@ def _run_plan(
         confirm(proposal)
 
     def fetch(action: Any, rep: Reporter):
-        origin = action.candidate.origin
+        origin = getattr(action.candidate, "origin", None)
+        if origin is None or not hasattr(origin, "fetch"):
+            raise NotFoundError(
+                f"no source offers {action.name} {action.new_version} any more",
+                "run `llmos update`, or install it from its .llmos archive",
+            )
         return origin.fetch(paths, rep), origin.source_name
 
     done = tx.execute(paths, db, plan, command=command, argv=_argv(command, args), fetch=fetch, reporter=reporter)
