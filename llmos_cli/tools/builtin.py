@@ -31,7 +31,7 @@ def calculator_spec() -> ToolSpec:
 
 def lookup_spec(library_names: Sequence[str]) -> ToolSpec:
     props: dict[str, Any] = {
-        "query": {"type": "string", "maxLength": 200, "description": "words to search for"},
+        "query": {"type": "string", "minLength": 1, "maxLength": 100, "description": "words to search for"},
     }
     if len(library_names) > 1:
         props["library"] = {"type": "string", "enum": sorted(library_names), "description": "search only this library"}

@@ -154,9 +154,10 @@ def _eval(node: ast.AST, depth: int) -> int | float:
             return _CONSTANTS[node.id]
         raise CalcError(f"unknown name {node.id!r}")
     if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS or node.keywords:
-            name = node.func.id if isinstance(node.func, ast.Name) else "this"
-            raise CalcError(f"unknown function {name!r} (known: {', '.join(sorted(_FUNCS))})")
+        if not isinstance(node.func, ast.Name) or node.keywords:
+            raise CalcError(f"unsupported call (only these functions: {', '.join(sorted(_FUNCS))})")
+        if node.func.id not in _FUNCS:
+            raise CalcError(f"unknown function {node.func.id!r} (known: {', '.join(sorted(_FUNCS))})")
         fn, lo, hi = _FUNCS[node.func.id]
         if not lo <= len(node.args) <= hi:
             raise CalcError(f"{node.func.id}() takes {lo}{'' if lo == hi else f' to {hi}'} argument(s)")

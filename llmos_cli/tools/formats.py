@@ -190,11 +190,25 @@ def prepare_chat(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Messages and ``tools`` argument for the chat template.
 
-    Native formats hand both to the template unchanged.  The generic format
+    Native formats hand both to the template unchanged (Llama 3 gets a JSON
+    object result as an object: its template JSON-encodes what it is given).  The generic format
     (a template that knows no tools) gets the tool list described in its
     system message, assistant calls written out as ``<tool_call>`` text and
     tool results as user turns in ``<tool_response>`` tags.
     """
+    if fmt.name == "llama3":
+        # its template writes a string result through tojson (quoted twice); hand it the object
+        out_l3 = []
+        for m in messages:
+            if m.get("role") == "tool" and isinstance(m.get("content"), str):
+                try:
+                    value = json.loads(m["content"])
+                except ValueError:
+                    value = None
+                if isinstance(value, dict):
+                    m = {**m, "content": value}
+            out_l3.append(m)
+        return out_l3, (tools or None)
     if not fmt.describe_tools:
         return messages, (tools or None)
     out: list[dict[str, Any]] = []

@@ -12,9 +12,12 @@ Supported JSON-schema subset: ``type`` (one or a list), ``properties``,
 ``items``, ``minItems``/``maxItems``, ``enum``, ``const``, ``anyOf``/``oneOf``,
 a one-element ``allOf``, local ``$ref`` to ``$defs``/``definitions``, string
 ``minLength``/``maxLength`` and ``format`` date/time/date-time/uuid, integer
-and number (sign left out when ``minimum >= 0``, digits bounded by
-``maximum``).  Bounds the grammar only approximates are checked again with
-``jsonschema`` after parsing.  Anything else (``pattern``, ``not``,
+and number (integer ranges up to 1000 values and numbers within [0, 1] are
+exact; otherwise the sign is left out when ``minimum >= 0`` and the digits are
+bounded by ``maximum``).  Bounds the grammar only approximates (wide numeric
+ranges, ``multipleOf``, ``uniqueItems``, long strings) are checked again with
+``jsonschema`` after parsing, and a call that fails goes back to the model
+as an error result.  Anything else (``pattern``, ``not``,
 ``if``/``then``, ``patternProperties``, ...) raises ``SchemaNotExpressible``
 before any generation: a grammar that silently ignored them would let
 invalid calls through, and a malformed grammar crashes llama-cpp-python.
@@ -23,6 +26,7 @@ invalid calls through, and a malformed grammar crashes llama-cpp-python.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -48,7 +52,9 @@ _FORMATS = {
     "uuid": r'"\"" [0-9a-f]{8} "-" [0-9a-f]{4} "-" [0-9a-f]{4} "-" [0-9a-f]{4} "-" [0-9a-f]{12} "\""',
 }
 #: explicit repetition bounds above this become ``*`` (and are checked after parsing)
-MAX_EXPLICIT_REPEAT = 64
+MAX_EXPLICIT_REPEAT = 256
+#: integer ranges up to this span are written out exactly as alternatives
+MAX_INT_ALTERNATIVES = 1000
 MAX_RULES = 2000
 
 _PRIMITIVES = {
@@ -243,24 +249,44 @@ class _Builder:
         return self.add(f"{hint}-str", f'"\\"" {rep} "\\""')
 
     def numeric(self, schema: dict[str, Any], t: str, hint: str) -> str:
-        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
-        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
-        nonneg = isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo >= 0
-        nonpos = isinstance(hi, (int, float)) and not isinstance(hi, bool) and hi <= 0
-        width = 16
-        if isinstance(hi, (int, float)) and isinstance(lo, (int, float)):
-            width = max(_digits_bound(hi), _digits_bound(lo))
-        elif nonneg and isinstance(hi, (int, float)):
-            width = _digits_bound(hi)
-        sign = "" if nonneg else ('"-" ' if nonpos else '"-"? ')
-        zero = '"0"' if not nonpos else '"0"'
-        ints = f'( {zero} | [1-9] [0-9]{{0,{width - 1}}} )' if width > 1 else "[0-9]"
+        def num(key: str) -> float | int | None:
+            v = schema.get(key)
+            return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        lo = num("minimum")
+        hi = num("maximum")
+        xlo = num("exclusiveMinimum")
+        xhi = num("exclusiveMaximum")
         if t == "integer":
-            if not isinstance(lo, (int, float)) and not isinstance(hi, (int, float)):
-                return self.primitive("integer")
+            a = lo if lo is not None else (math.floor(xlo) + 1 if xlo is not None else None)
+            b = hi if hi is not None else (math.ceil(xhi) - 1 if xhi is not None else None)
+            if a is not None and b is not None and 0 <= b - a <= MAX_INT_ALTERNATIVES:
+                a, b = math.ceil(a), math.floor(b)
+                if a > b:
+                    raise self.fail(hint, "integer range is empty")
+                values = sorted(range(a, b + 1), key=lambda v: (-len(str(v)), v))
+                return self.add(f"{hint}-int", " | ".join(gbnf_literal(str(v)) for v in values))
+        else:
+            a = lo if lo is not None else xlo
+            b = hi if hi is not None else xhi
+            if a is not None and b is not None and 0 <= a and b <= 1:
+                frac = '( "." [0-9]{1,15} )?'
+                return self.add(f"{hint}-unit", f'"0" {frac} | "1" ( "." "0"{{1,15}} )?')
+        low = lo if lo is not None else xlo
+        high = hi if hi is not None else xhi
+        nonneg = low is not None and low >= 0
+        nonpos = high is not None and high <= 0
+        width = 16
+        if low is not None and high is not None:
+            width = max(_digits_bound(high), _digits_bound(low))
+        elif nonneg and high is not None:
+            width = _digits_bound(high)
+        sign = "" if nonneg else ('"-" ' if nonpos else '"-"? ')
+        ints = f'( "0" | [1-9] [0-9]{{0,{width - 1}}} )' if width > 1 else "[0-9]"
+        if low is None and high is None:
+            return self.primitive("integer" if t == "integer" else "number")
+        if t == "integer":
             return self.add(f"{hint}-int", f"{sign}{ints}")
-        if not isinstance(lo, (int, float)) and not isinstance(hi, (int, float)):
-            return self.primitive("number")
         return self.add(f"{hint}-num", f'{sign}{ints} ( "." [0-9]{{1,15}} )?')
 
     def array(self, schema: dict[str, Any], path: str, hint: str) -> str:

@@ -134,6 +134,38 @@ def _cap(text: str) -> str:
     return text[:MAX_RESULT_CHARS] + f"... [cut: {len(text) - MAX_RESULT_CHARS} more characters]"
 
 
+def execute_calls(
+    calls: Sequence[ParsedCall],
+    toolset: ToolSet,
+    policy: Policy,
+    round_no: int = 1,
+    event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[ToolCallRecord]:
+    """Run parsed calls; every failure becomes an error result for the model.
+
+    Raises only ``ToolError`` from the policy (a tool nobody may allow).
+    """
+    emit = event or (lambda kind, data: None)
+    out: list[ToolCallRecord] = []
+    for call in calls:
+        if call.error is not None:
+            result = ToolResult(False, error=f"the tool call could not be read: {call.error}")
+            emit("result", {"round": round_no, "name": call.name or "?", **result.to_json()})
+            out.append(ToolCallRecord(round_no, call, None, result))
+            continue
+        spec = toolset.get(call.name)
+        emit("call", {"round": round_no, "name": call.name, "arguments": call.arguments})
+        if spec is None:
+            result = ToolResult(False, error=f"unknown tool {call.name!r}; the tools are: {', '.join(toolset.names()) or 'none'}")
+        elif not policy.check(spec):
+            result = ToolResult(False, error=f"the user did not allow tool {call.name!r} to run")
+        else:
+            result = toolset.call(spec, call.arguments)
+        emit("result", {"round": round_no, "name": call.name, **result.to_json()})
+        out.append(ToolCallRecord(round_no, call, spec.source if spec else None, result))
+    return out
+
+
 def run_tool_loop(
     engine: Any,
     messages: Sequence[dict[str, Any]],
@@ -214,25 +246,10 @@ def run_tool_loop(
                 prompts=prompts,
             )
         rounds += 1
-        good = [c for c in calls if c.error is None]
-        bad = [c for c in calls if c.error is not None]
-        results: list[tuple[ParsedCall, ToolResult]] = []
-        for call in good:
-            spec = toolset.get(call.name)
-            event("call", {"round": rounds, "name": call.name, "arguments": call.arguments})
-            if spec is None:
-                result = ToolResult(False, error=f"unknown tool {call.name!r}; the tools are: {', '.join(toolset.names())}")
-            elif not options.policy.check(spec):
-                result = ToolResult(False, error=f"the user did not allow tool {call.name!r} to run")
-            else:
-                result = toolset.call(spec, call.arguments)
-            event("result", {"round": rounds, "name": call.name, **result.to_json()})
-            records.append(ToolCallRecord(rounds, call, spec.source if spec else None, result))
-            results.append((call, result))
-        for call in bad:
-            result = ToolResult(False, error=f"the tool call could not be read: {call.error}")
-            event("result", {"round": rounds, "name": call.name or "?", **result.to_json()})
-            records.append(ToolCallRecord(rounds, call, None, result))
+        records_now = execute_calls(calls, toolset, options.policy, rounds, event)
+        records.extend(records_now)
+        results = [(r.call, r.result) for r in records_now if r.call.error is None]
+        bad = [r.call for r in records_now if r.call.error is not None]
         content_before = reply.split(fmt.prefix)[0].strip() if fmt.prefix and fmt.prefix in reply else ""
         if results:
             if fmt.name == "llama3":
