@@ -388,6 +388,33 @@ def write_lora(
     return TinyLora(p, float(alpha or 0.0), rank, pairs)
 
 
+def model_stub(path: str | Path) -> TinyModel:
+    """A ``TinyModel`` for an existing Llama GGUF with zero-memory placeholder weights.
+
+    Enough for ``write_lora`` (which only needs shapes) on big models that are
+    cached on disk, e.g. in bench scripts.  Not for ``reference_logits``.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from llmos_cli.gguf_info import read_header
+
+    hdr = read_header(path, with_vocab=False)
+    kv = hdr.kv
+    arch = hdr.architecture
+    n_embd = int(kv[f"{arch}.embedding_length"])
+    hp = HParams(
+        n_vocab=int(hdr.tensors["token_embd.weight"][1]),
+        n_embd=n_embd,
+        n_layer=int(kv[f"{arch}.block_count"]),
+        n_head=int(kv[f"{arch}.attention.head_count"]),
+        n_head_kv=int(kv.get(f"{arch}.attention.head_count_kv", kv[f"{arch}.attention.head_count"])),
+        n_ff=int(kv[f"{arch}.feed_forward_length"]),
+        n_ctx=int(kv.get(f"{arch}.context_length", 0)),
+    )
+    # GGUF shapes are [in, out]; numpy layout is (out, in)
+    weights = {name: np.broadcast_to(np.float32(0), tuple(reversed(shape))) for name, shape in hdr.tensors.items()}
+    return TinyModel(Path(path), hp, weights)  # type: ignore[arg-type]
+
+
 def merged_weights(base: TinyModel, adapters: Sequence[tuple[TinyLora, float]]) -> dict[str, np.ndarray]:
     """``W + sum(s * alpha/r * B @ A)`` for every adapted tensor (float64 accumulation)."""
     out = {k: v.copy() for k, v in base.weights.items()}

@@ -1,0 +1,161 @@
+"""Whole ``llmos run`` process vs a minimal llama-cpp-python script, same model, same tokens.
+
+Two generated Llama models (random weights, written with gguf-py): the tiny
+test model (~50k parameters) and a ~100M-parameter one (f16, ~200 MB).  Both
+are imported with ``llmos import-model`` into a throw-away LLMOS_HOME.  Each
+repetition runs, alternately, as separate processes:
+
+* ``llmos run PROMPT --model NAME --no-libs --temperature 0 -n T --json``
+* ``python -c SCRIPT``: ``Llama(path, n_ctx=N, verbose=False)`` then
+  ``create_completion(prompt, max_tokens=T, temperature=0)`` on the same
+  chat-templated prompt text (what llmos renders)
+
+and the generated texts are checked to be identical (same tokens; llmos
+shows an invalid UTF-8 byte as U+FFFD where llama-cpp-python drops it, so
+those are ignored in the comparison).  The figure is the ratio of median
+wall times (minimums shown too: the machine is shared); target: llmos <=
+1.2x the script.
+The generated models are cached under $LLMOS_TEST_CACHE/bench (default
+~/.cache/llmos-tests/bench).
+
+    python bench/run_overhead.py [--reps 5] [--tokens 32] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+from _report import table, write_section  # noqa: E402
+
+PROMPT = "Explain what a knowledge library is, in one sentence."
+
+SCRIPT = r"""
+import sys, json
+from llama_cpp import Llama
+path, n_ctx, n_tok, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+llm = Llama(path, n_ctx=n_ctx, verbose=False)
+out = llm.create_completion(prompt, max_tokens=n_tok, temperature=0.0, seed=1)
+print(json.dumps({"text": out["choices"][0]["text"], "usage": out["usage"]}))
+"""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("LLMOS_TEST_CACHE") or Path.home() / ".cache" / "llmos-tests") / "bench"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def bench_models() -> dict[str, dict]:
+    """The two models, generated once and cached."""
+    import numpy as np
+
+    from fixtures_models import write_tiny_llama
+
+    d = cache_dir()
+    specs = {
+        "tiny": dict(n_ctx=256),
+        # 12 x (4*768^2 + 3*768*2688) + 2*539*768 = 102.6M parameters
+        "m100": dict(n_embd=768, n_layer=12, n_head=12, n_head_kv=12, n_ff=2688, n_ctx=2048, dtype=np.float16, name="bench-100m"),
+    }
+    out = {}
+    for name, hp in specs.items():
+        p = d / f"{name}.gguf"
+        if not p.exists():
+            print(f"generating {p} ...", file=sys.stderr)
+            write_tiny_llama(p, seed=1, **hp)
+        out[name] = {"path": p, "n_ctx": hp["n_ctx"]}
+    return out
+
+
+def n_params(path: Path) -> int:
+    from llmos_cli.gguf_info import read_header
+
+    total = 0
+    for shape in read_header(path, with_vocab=False).tensors.values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd[:6])}...\n{p.stderr[-2000:]}")
+    return dt, p.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    models = bench_models()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, LLMOS_HOME=str(Path(tmp) / "home"), NO_COLOR="1")
+        llmos = [sys.executable, "-m", "llmos_cli"]
+        for name, m in models.items():
+            subprocess.run([*llmos, "import-model", str(m["path"]), "--name", name, "-y"], env=env, check=True, capture_output=True)
+        from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine
+
+        for name, m in models.items():
+            with LlamaCppEngine(m["path"], EngineOptions(n_ctx=m["n_ctx"])) as e:
+                prompt_text = e.apply_chat_template([{"role": "user", "content": PROMPT}])
+            run_cmd = [*llmos, "run", PROMPT, "--model", name, "--no-libs", "--temperature", "0", "--seed", "1",
+                       "-n", str(args.tokens), "--ctx", str(m["n_ctx"]), "--json"]
+            script_cmd = [sys.executable, "-c", SCRIPT, str(m["path"]), str(m["n_ctx"]), str(args.tokens), prompt_text]
+            # warm the page cache and both code paths once
+            timed(run_cmd, env)
+            timed(script_cmd, env)
+            t_llmos, t_script = [], []
+            texts = set()
+            tokens = None
+            for _ in range(args.reps):
+                dt, so = timed(run_cmd, env)
+                t_llmos.append(dt)
+                data = json.loads(so)["data"]
+                texts.add(("llmos", data["text"].replace("\ufffd", "")))
+                tokens = data["usage"]["completion_tokens"]
+                dt, so = timed(script_cmd, env)
+                t_script.append(dt)
+                texts.add(("script", json.loads(so)["text"]))
+            same = len({t for _, t in texts}) == 1
+            ml, ms = statistics.median(t_llmos), statistics.median(t_script)
+            nl, ns = min(t_llmos), min(t_script)
+            rows.append([
+                name, f"{n_params(m['path']) / 1e6:.2f}M", tokens, f"{ms:.3f}", f"{ml:.3f}", f"{ml / ms:.2f}x",
+                f"{ns:.3f} / {nl:.3f} ({nl / ns:.2f}x)", "yes" if same else "NO",
+            ])
+            print(rows[-1], file=sys.stderr)
+    body = (
+        f"`llmos run` as a whole process against a minimal llama-cpp-python script (`Llama(...)` + "
+        f"`create_completion` on the same chat-templated prompt), {args.reps} alternating repetitions after one warm-up, "
+        f"greedy, {args.tokens} tokens at most, llama.cpp's default threads; median wall time in seconds.  "
+        "Target: llmos at most 1.2x the script.  CPU only: no GPU is available in this task.\n\n"
+        + table(["model", "params", "tokens", "script s (median)", "llmos run s (median)", "ratio", "min script / llmos", "same tokens"], rows)
+    )
+    if args.no_write:
+        print(body)
+    else:
+        write_section("run_overhead", "llmos run overhead", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
