@@ -41,6 +41,13 @@ def _attr(obj: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from anyio task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class McpServer:
     def __init__(self, library: Any, decl: dict[str, Any]):
         self.library = library
@@ -75,10 +82,12 @@ class McpServer:
             self.close()
             raise ToolError(f"{self.label} did not start within {timeout:g} s", "check the server command, or run it by hand")
         if self._error is not None:
-            err = self._error
+            err = _leaf(self._error)
             tail = self._stderr_tail()
             self.close()
-            raise ToolError(f"{self.label} failed to start: {err}{f' ({tail})' if tail else ''}") from None
+            if isinstance(err, ToolError):
+                raise err
+            raise ToolError(f"{self.label} failed to start: {err or type(err).__name__}{f' ({tail})' if tail else ''}") from None
         return self.tools
 
     def _stderr_tail(self) -> str:
