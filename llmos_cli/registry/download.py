@@ -94,9 +94,13 @@ def _open(url: str, settings: HttpSettings, start: int = 0) -> http.client.HTTPR
             raise _Transient(f"HTTP {status}") from None
         raise NetworkError(f"the server answered HTTP {status} for {url}") from None
     except urllib.error.URLError as exc:
+        import ssl
+
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise _Transient("timed out connecting") from None
+        if isinstance(reason, ssl.SSLError):  # retrying cannot fix a certificate
+            raise NetworkError(f"TLS failed for {url}: {reason}", "check the server's certificate and the system CA store") from None
         raise _Transient(str(reason)) from None
     except (TimeoutError, socket.timeout):
         raise _Transient("timed out waiting for the server") from None

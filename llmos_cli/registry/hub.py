@@ -139,7 +139,7 @@ def _progress_class(reporter: Reporter, label: str) -> type:
 
 
 def hub_download(
-    loc: HubLocation, filename: str, *, reporter: Reporter = NullReporter(), missing_ok: bool = False, fresh: bool = False
+    loc: HubLocation, filename: str, *, reporter: Reporter = NullReporter(), missing_ok: bool = False
 ) -> Path | None:
     """One file of the repository, through the Hub cache.  ``None`` if it does not exist and ``missing_ok``.
 
@@ -159,7 +159,7 @@ def hub_download(
                 return Path(hit)
             if hit is not None and missing_ok:  # cached "does not exist"
                 return None
-        extra: dict[str, Any] = {"endpoint": endpoint(), "local_files_only": offline(), "force_download": fresh}
+        extra: dict[str, Any] = {"endpoint": endpoint(), "local_files_only": offline()}
         if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
             extra["tqdm_class"] = _progress_class(reporter, Path(filename).name)
         try:
