@@ -56,14 +56,15 @@ class IndexOrigin:
     def source_name(self) -> str:
         return self.source.name
 
-    def fetch(self, paths: Paths, reporter: Reporter):
-        from llmos_cli.pkg.archive import PackageArchive
+    @property
+    def sha256(self) -> str:
+        return self.entry.sha256
+
+    def fetch(self, paths: Paths, reporter: Reporter) -> Path:
+        """The archive on disk, its size and sha256 checked against the index (by the source)."""
         from llmos_cli.registry.sources import make_source
 
-        path = make_source(self.source).fetch_archive(self.entry, paths.cache, reporter)
-        archive = PackageArchive.open(Path(path))
-        archive.verify()
-        return archive
+        return Path(make_source(self.source).fetch_archive(self.entry, paths.cache, reporter))
 
     def to_json(self) -> dict:
         e = self.entry
@@ -80,8 +81,12 @@ class LocalOrigin:
     def source_name(self) -> str:
         return LOCAL_SOURCE
 
-    def fetch(self, paths: Paths, reporter: Reporter):
-        return self.archive
+    @property
+    def sha256(self) -> str:
+        return self.archive.sha256
+
+    def fetch(self, paths: Paths, reporter: Reporter) -> Path:
+        return Path(self.archive.path)
 
     def to_json(self) -> dict:
         a = self.archive
@@ -424,7 +429,7 @@ def _run_plan(
                 f"no source offers {action.name} {action.new_version} any more",
                 "run `llmos update`, or install it from its .llmos archive",
             )
-        return origin.fetch(paths, rep), origin.source_name
+        return origin.fetch(paths, rep), origin.source_name, origin.sha256
 
     done = tx.execute(paths, db, plan, command=command, argv=_argv(command, args), fetch=fetch, reporter=reporter)
     result.txid = done.txid

@@ -31,10 +31,10 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llmos_cli.errors import (
-    IntegrityError,
     IOFailure,
     LlmosError,
     LockedError,
@@ -45,6 +45,7 @@ from llmos_cli.paths import Paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, state_lock
 from llmos_cli.state.store import Store
+from llmos_cli.state.unpack import stage_archive
 
 CRASH_ENV = "LLMOS_TEST_CRASH_AT"
 DELAY_ENV = "LLMOS_TEST_STEP_DELAY"
@@ -232,36 +233,6 @@ def action_record(a: Any) -> dict:
     }
 
 
-def _stage_archive(store: Store, archive: Any, action: Any, task: Any) -> list[InstalledFile]:
-    manifest = archive.manifest
-    expected = dict(manifest.files)
-    files: list[InstalledFile] = []
-    seen: set[str] = set()
-    for rel, fobj, rec in archive.iter_payload():
-        if rel in seen or rel not in expected:
-            raise IntegrityError(
-                f"{archive.path.name}: member {rel!r} is not listed in its manifest",
-                "the package is corrupt or was tampered with",
-            )
-        want = expected[rel]
-        if (rec.sha256, rec.size) != (want.sha256, want.size):
-            raise IntegrityError(f"{archive.path.name}: {rel}: record differs from the manifest")
-        try:
-            store.add_stream(fobj, want, progress=task.advance)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{manifest.name} {manifest.version}: {rel}: {exc.message}", exc.hint) from exc
-        seen.add(rel)
-        files.append(InstalledFile(rel, want.sha256, int(want.size), 0o644))
-        checkpoint("staging")
-    missing = sorted(set(expected) - seen)
-    if missing:
-        raise IntegrityError(
-            f"{archive.path.name}: {len(missing)} file(s) listed in the manifest are missing from the archive, e.g. {missing[0]}",
-            "the package is corrupt or truncated",
-        )
-    return files
-
-
 def execute(
     paths: Paths,
     db: StateDB,
@@ -269,13 +240,14 @@ def execute(
     *,
     command: str,
     argv: list[str],
-    fetch: Callable[[Any, Reporter], tuple[Any, str | None]],
+    fetch: Callable[[Any, Reporter], tuple[Path, str | None, str | None]],
     reporter: Reporter,
 ) -> Executed:
     """Run ``plan`` (a resolver Plan) inside an already-open, locked ``db``.
 
-    ``fetch(action, reporter) -> (PackageArchive, source_name)`` supplies the
-    verified archive of an install/upgrade/downgrade action.
+    ``fetch(action, reporter) -> (archive path, source name, archive sha256)``
+    supplies the archive of an install/upgrade/downgrade action, already
+    checked against its index entry; its content is checked while staging.
     """
     records = [action_record(a) for a in plan.actions]
     with db.transaction():
@@ -284,30 +256,25 @@ def execute(
     store = Store(paths)
     result = Executed(txid, records)
     try:
-        # 1. fetch and check every archive before touching the store
-        fetched: list[tuple[Any, Any, str | None]] = []
+        # 1. fetch every archive (downloads, checked against the index) before touching the store
+        fetched: list[tuple[Any, Path, str | None, str | None]] = []
         for a in plan.actions:
             if a.op in ("install", "upgrade", "downgrade"):
-                archive, source = fetch(a, reporter)
-                m = archive.manifest
-                if (m.name, m.version) != (a.name, a.new_version):
-                    raise IntegrityError(
-                        f"{archive.path.name} holds {m.name} {m.version}, but the index promised {a.name} {a.new_version}",
-                        "the registry is inconsistent; run `llmos index` on it, then `llmos update`",
-                    )
-                fetched.append((a, archive, source))
-                result.archives.append(str(archive.path))
+                path, source, sha = fetch(a, reporter)
+                fetched.append((a, Path(path), source, sha))
+                result.archives.append(str(path))
         checkpoint("fetched")
-        # 2. stage every payload file, hash-verified, into the store
+        # 2. stage every payload file into the store: one streaming pass per archive, every file hash-verified
         staged: list[StagedPackage] = []
-        total = sum(int(r.size) for _a, ar, _s in fetched for r in ar.manifest.files.values())
-        with reporter.task("Unpacking", total=total or None, unit="bytes") as task:
-            for a, archive, source in fetched:
+        with reporter.task("Unpacking", total=None, unit="bytes") as task:
+            for a, path, source, sha in fetched:
                 task.update(description=f"Unpacking {a.name} {a.new_version}")
-                files = _stage_archive(store, archive, a, task)
-                staged.append(StagedPackage(a, archive.manifest, files, source, archive.sha256))
-                result.staged_files += len(files)
-                result.staged_bytes += sum(f.size for f in files)
+                st = stage_archive(
+                    store, path, name=a.name, version=a.new_version, progress=task.advance, on_file=lambda: checkpoint("staging")
+                )
+                staged.append(StagedPackage(a, st.manifest, st.files, source, sha))
+                result.staged_files += len(st.files)
+                result.staged_bytes += sum(f.size for f in st.files)
         checkpoint("staged")
         # 3. the single switch: one SQLite transaction
         by_name = {s.action.name: s for s in staged}
