@@ -25,11 +25,15 @@ class Group:
     """One hard constraint, in words and in clauses."""
 
     kind: str  # request | remove | held | depends | base | conflicts | one-version
-    name: str  # the package whose choice triggers it ("" for a request on a virtual name)
-    text: str  # the relation as written (dependency, conflict, request)
+    name: str  # the package whose choice triggers it ("" for a request)
+    rel: object  # the relation (Dependency, Req or name); rendered only when explaining
     cand: Candidate | None = None
     targets: list[Candidate] = field(default_factory=list)
     clauses: list[list[int]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return str(self.rel)
 
 
 def minimal_core(groups: list[Group], solver_name: str) -> list[Group]:
@@ -105,14 +109,14 @@ def render(core: list[Group], pool: Pool) -> list[str]:
         key = (g.kind, g.name, g.text) if g.kind in ("depends", "base", "conflicts") else (g.kind, g.name, g.text, id(g))
         merged.setdefault(key, []).append(g)
     lines: list[_Line] = []
-    for key, gs in merged.items():
+    for gs in merged.values():
         g = gs[0]
         cands = sorted((x.cand for x in gs if x.cand is not None), key=lambda c: c.meta.parsed_version)
         all_versions = len(cands) > 1 and len(cands) == len(pool.versions(g.name))
         who = f"{g.name} {_versions(cands)}" if cands else g.name
         if all_versions:
             who = f"every version of {g.name} ({_versions(cands)})"
-        plural = len(cands) > 1
+        plural = len(cands) > 1 and not all_versions
         targets: list[Candidate] = []
         for x in gs:
             targets += [t for t in x.targets if t not in targets]

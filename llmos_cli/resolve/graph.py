@@ -35,7 +35,7 @@ class InstalledSet:
         if meta is not None and req.spec.contains(meta.parsed_version, prereleases=True):
             if not model_only or meta.kind == "model":
                 out.append(req.name)
-        if not str(req.spec):
+        if not len(req.spec):
             for prov in self.provided.get(req.name, ()):
                 if not model_only or self.metas[prov].kind == "model":
                     out.append(prov)

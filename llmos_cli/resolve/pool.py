@@ -32,7 +32,7 @@ class Pool:
         self.installed = dict(installed)
         self._sorted: dict[str, list[Candidate]] = {}
         self._installed_cand: dict[str, Candidate] = {}
-        self._sat_cache: dict[tuple[str, bool], list[Candidate]] = {}
+        self._sat_cache: dict[tuple[int, bool], tuple[Req, list[Candidate]]] = {}
         # installed packages that no source lists still count as candidates
         for name, info in self.installed.items():
             if not any(c.meta.parsed_version == info.meta.parsed_version for c in self._raw.get(name, ())):
@@ -94,13 +94,18 @@ class Pool:
         return out
 
     def satisfiers(self, req: Req, model_only: bool = False) -> list[Candidate]:
-        key = (str(req), model_only)
-        got = self._sat_cache.get(key)
-        if got is None:
-            got = [c for c in self.versions(req.name) if req.spec.contains(c.meta.parsed_version, prereleases=True)]
-            if not str(req.spec):
-                got += self.providers(req.name)
-            if model_only:
-                got = [c for c in got if c.meta.kind == "model"]
-            self._sat_cache[key] = got
+        # keyed by identity: hashing a SpecifierSet costs more than filtering
+        key = (id(req), model_only)
+        hit = self._sat_cache.get(key)
+        if hit is not None and hit[0] is req:
+            return hit[1]
+        versions = self.versions(req.name)
+        if len(req.spec):
+            ok = set(req.spec.filter([c.meta.parsed_version for c in versions], prereleases=True))
+            got = [c for c in versions if c.meta.parsed_version in ok]
+        else:
+            got = versions + self.providers(req.name)
+        if model_only:
+            got = [c for c in got if c.meta.kind == "model"]
+        self._sat_cache[key] = (req, got)
         return got

@@ -1,0 +1,301 @@
+"""The resolution problem as weighted MaxSAT, built lazily over a growing scope.
+
+Variables: one boolean per candidate (package version) of every name in
+*scope*.  Hard clauses, each tagged with a ``Group`` so a failure can be
+explained (``explain.py``):
+
+* at most one version of a name;
+* ``C -> s1 | s2 | ...`` for each dependency of C (the satisfiers of every
+  alternative: apt's rules for provides and versioned relations);
+* ``C -> model satisfiers of C.base`` (the base-model constraint);
+* ``not (C and T)`` for each conflict of C and each T it names, so a
+  conflict binds whichever side declares it;
+* requests: a satisfier of each install requirement; no version of a
+  removed name; held packages stay at their installed version.
+
+Soft clauses, lexicographic (each level outweighs all the levels below it
+together):
+
+1. keep every installed package installed;
+2. packages being upgraded: newest version (penalty = rank from newest);
+3. other installed packages: keep their version;
+4. alternatives ``a | b`` that no installed package satisfies: prefer the
+   first that can be satisfied (apt's choice);
+5. newer versions (penalty = rank from newest);
+6. as few new packages as possible.
+
+Scope.  A registry can be much larger than what a request touches, and the
+names reachable through *every* version, alternative and provider are often
+ten times the closure that gets installed.  So the scope starts with the
+installed names, the requested ones and their *preferred* closure (newest
+and installed versions, first alternative, first provider), and a relation
+whose satisfiers lie partly outside the scope gets one extra "outside"
+variable in its clause.  Choosing an outside variable costs one new package
+(level 6) and nothing else, which never exceeds what really installing an
+outside package would cost at levels 1-5.  The optimum of this relaxed
+problem is therefore a lower bound on levels 1-5; when it uses no outside
+variable it is a real solution and optimal on levels 1-5 (level 6 can be
+off when two relations would share one outside package).  Otherwise the
+needed outside names join the scope and we solve again.  A relaxed problem
+with no solution proves the full one has none, and its core explains why.
+"""
+
+from __future__ import annotations
+
+from .explain import Group
+from .model import Candidate, Request
+from .pool import Pool
+
+SAT_SOLVER = "g3"  # glucose 3: fast on small structured instances, supports assumptions and cores
+
+
+class Scope:
+    """The set of names the encoding covers, grown by preferred closure."""
+
+    def __init__(self, pool: Pool, installed: dict):
+        self.pool = pool
+        self.installed = installed
+        self.names: set[str] = set()
+        self.expanded: set[tuple] = set()
+
+    def preferred(self, name: str) -> list[Candidate]:
+        versions = self.pool.versions(name)
+        out = versions[:1]
+        inst = self.pool.installed_candidate(name)
+        if inst is not None and inst is not out[0]:
+            out.append(inst)
+        return out
+
+    def best(self, reqs, model_only: bool = False) -> Candidate | None:
+        """The satisfier apt would pick first: an installed one, else the first alternative's newest."""
+        first = None
+        for req in reqs:
+            for s in self.pool.satisfiers(req, model_only):
+                if s.meta.name in self.names or s.meta.name in self.installed:
+                    return s
+                if first is None:
+                    first = s
+        return first
+
+    def grow(self, names, cands: list[Candidate] = ()) -> None:
+        todo = [c for c in cands]
+        for name in names:
+            if name not in self.names and self.pool.versions(name):
+                todo += self.preferred(name)
+        while todo:
+            cand = todo.pop()
+            if cand.meta.name not in self.names:
+                self.names.add(cand.meta.name)
+                todo += self.preferred(cand.meta.name)
+            meta = cand.meta
+            for reqs, model_only in [(d.alternatives, False) for d in meta.depends] + (
+                [((meta.base,), True)] if meta.base is not None else []
+            ):
+                pick = self.best(reqs, model_only)
+                if pick is not None and pick.meta.name not in self.names:
+                    todo.append(pick)
+
+
+class Encoding:
+    """One round: hard groups and soft levels over the names in ``scope``."""
+
+    def __init__(self, pool: Pool, installed: dict, request: Request, removing: set[str], upgrading: set[str], scope: set[str]):
+        self.pool = pool
+        self.installed = installed
+        self.request = request
+        self.removing = removing
+        self.upgrading = upgrading
+        self.names = sorted(scope)
+        self.var: dict[int, int] = {}  # id(candidate) -> variable
+        self.cands: list[Candidate] = []  # variable - 1 -> candidate
+        for name in self.names:
+            for cand in pool.versions(name):
+                self.cands.append(cand)
+                self.var[id(cand)] = len(self.cands)
+        self.out_var: dict[tuple[str, ...], int] = {}
+        self.groups: list[Group] = []
+        self.relaxed: list[tuple[Group, int, list[int]]] = []  # (group, out var, in-scope satisfier lits)
+        self._hard()
+
+    def lit(self, cand: Candidate) -> int:
+        return self.var[id(cand)]
+
+    def _outside(self, names: tuple[str, ...]) -> int:
+        v = self.out_var.get(names)
+        if v is None:
+            v = len(self.cands) + len(self.out_var) + 1
+            self.out_var[names] = v
+        return v
+
+    def sats(self, reqs, model_only: bool = False) -> tuple[list[Candidate], list[int], int | None]:
+        """All satisfiers, the in-scope ones as literals, and the outside variable (or None)."""
+        cands: list[Candidate] = []
+        lits: list[int] = []
+        outside: list[str] = []
+        for req in reqs:
+            for s in self.pool.satisfiers(req, model_only):
+                v = self.var.get(id(s))
+                if v is None:
+                    if s.meta.name not in outside:
+                        outside.append(s.meta.name)
+                    cands.append(s)
+                elif v not in lits:
+                    cands.append(s)
+                    lits.append(v)
+        out = self._outside(tuple(sorted(outside))) if outside else None
+        return cands, lits, out
+
+    def _implies(self, kind: str, name: str, rel, cand: Candidate | None, reqs, model_only: bool = False) -> None:
+        targets, lits, out = self.sats(reqs, model_only)
+        head = [-self.lit(cand)] if cand is not None else []
+        group = Group(kind, name, rel, cand, targets, [head + lits + ([out] if out else [])])
+        self.groups.append(group)
+        if out:
+            self.relaxed.append((group, out, lits))
+
+    def _hard(self) -> None:
+        pool, add = self.pool, self.groups.append
+        for name in self.names:
+            versions = pool.versions(name)
+            if len(versions) > 1:
+                lits = [self.lit(c) for c in versions]
+                add(Group("one-version", name, name, clauses=[[-a, -b] for i, a in enumerate(lits) for b in lits[i + 1 :]]))
+            for cand in versions:
+                meta = cand.meta
+                for dep in meta.depends:
+                    self._implies("depends", name, dep, cand, dep.alternatives)
+                if meta.base is not None:
+                    self._implies("base", name, meta.base, cand, (meta.base,), model_only=True)
+                v = self.lit(cand)
+                for conflict in meta.conflicts:
+                    targets = [t for t in pool.satisfiers(conflict) if t.meta.name != name and id(t) in self.var]
+                    if targets:
+                        add(Group("conflicts", name, conflict, cand, targets, [[-v, -self.lit(t)] for t in targets]))
+        for req in self.request.install:
+            self._implies("request", "", req, None, (req,))
+        for name in sorted(self.removing):
+            add(Group("remove", name, name, None, [], [[-self.lit(c)] for c in pool.versions(name)]))
+        for name, info in sorted(self.installed.items()):
+            if info.held:
+                cand = pool.installed_candidate(name)
+                add(Group("held", name, name, cand, [], [[self.lit(cand)]]))
+
+    def soft_levels(self) -> list[dict[tuple[int, ...], int]]:
+        pool = self.pool
+        keep, upgrade, stay, alts, newest, fresh = ({} for _ in range(6))
+        installed_lits = set()
+        for name, info in self.installed.items():
+            cand = pool.installed_candidate(name)
+            installed_lits.add(self.lit(cand))
+            if name in self.removing or info.held:
+                continue
+            keep[tuple(self.lit(c) for c in pool.versions(name))] = 1
+            if name not in self.upgrading:
+                stay[(self.lit(cand),)] = 1
+        for name in self.names:
+            versions = pool.versions(name)
+            rank = upgrade if name in self.upgrading else newest
+            for i, cand in enumerate(versions):
+                if i:
+                    rank[(-self.lit(cand),)] = i
+                if name not in self.installed:
+                    fresh[(-self.lit(cand),)] = 1
+            for cand in versions:
+                for dep in cand.meta.depends:
+                    if len(dep.alternatives) > 1:
+                        self._prefer_first(cand, dep.alternatives, installed_lits, alts)
+        for out in self.out_var.values():
+            fresh[(-out,)] = 1
+        return [keep, upgrade, stay, alts, newest, fresh]
+
+    def _prefer_first(self, cand: Candidate, alternatives, installed_lits: set[int], alts: dict) -> None:
+        per_alt = [self.sats((alt,))[1] for alt in alternatives]
+        if any(lit in installed_lits for lits in per_alt for lit in lits):
+            return  # an installed alternative satisfies it: apt keeps that one
+        head = -self.lit(cand)
+        for k in range(1, len(alternatives)):
+            _t, lits, out = self.sats(alternatives[:k])
+            key = tuple([head] + lits + ([out] if out else []))
+            alts[key] = alts.get(key, 0) + 1
+
+    def optimize(self) -> list[int] | None:
+        """The lexicographic optimum (a model), or None when the hard part is unsatisfiable."""
+        if any(not cl for g in self.groups for cl in g.clauses):
+            return None
+        from pysat.examples.rc2 import RC2Stratified
+        from pysat.formula import WCNF
+
+        wcnf = WCNF()
+        for g in self.groups:
+            for cl in g.clauses:
+                wcnf.append(cl)
+        scale = 1
+        merged: dict[tuple[int, ...], int] = {}
+        for level in reversed(self.soft_levels()):
+            for clause, w in level.items():
+                merged[clause] = merged.get(clause, 0) + w * scale
+            scale *= sum(level.values()) + 1
+        if not merged:  # nothing to optimise (RC2 needs at least one soft clause)
+            from pysat.solvers import Solver
+
+            with Solver(name=SAT_SOLVER, bootstrap_with=wcnf.hard) as solver:
+                return solver.get_model() if solver.solve() else None
+        for clause, w in merged.items():
+            wcnf.append(list(clause), weight=w)
+        with RC2Stratified(wcnf, solver=SAT_SOLVER, adapt=True, exhaust=True, minz=True) as rc2:
+            return rc2.compute()
+
+    def chosen(self, model: list[int]) -> dict[str, Candidate]:
+        out: dict[str, Candidate] = {}
+        for lit in model:
+            if 0 < lit <= len(self.cands):
+                cand = self.cands[lit - 1]
+                out[cand.meta.name] = cand
+        return out
+
+    def needs_outside(self, model: list[int]) -> list[tuple[Group, tuple[str, ...]]]:
+        """Relations the model satisfies only through an outside variable."""
+        true = {lit for lit in model if lit > 0}
+        missing = []
+        names = {v: k for k, v in self.out_var.items()}
+        for group, out, lits in self.relaxed:
+            head_on = group.cand is None or self.lit(group.cand) in true
+            if head_on and not any(lit in true for lit in lits):
+                missing.append((group, names[out]))
+        return missing
+
+
+def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upgrading: set[str]):
+    """Grow the scope until the relaxed optimum needs nothing outside it.
+
+    Returns (chosen name -> candidate, final encoding) or (None, encoding) when
+    there is no solution (the encoding then explains it).
+    """
+    scope = Scope(pool, installed)
+    first: list[Candidate] = []
+    for req in request.install:
+        pick = scope.best((req,))
+        if pick is not None:
+            first.append(pick)
+    scope.grow(list(installed) + sorted(upgrading), first)
+    tried: set[tuple[str, ...]] = set()
+    while True:
+        enc = Encoding(pool, installed, request, removing, upgrading, scope.names)
+        model = enc.optimize()
+        if model is None:
+            return None, enc
+        missing = enc.needs_outside(model)
+        if not missing:
+            return enc.chosen(model), enc
+        grow: list[Candidate] = []
+        more: list[str] = []
+        for group, outside in missing:
+            if outside in tried:
+                more += outside  # the preferred pick was not enough: bring in every outside satisfier
+                continue
+            tried.add(outside)
+            reqs = (group.rel,) if group.kind in ("request", "base") else group.rel.alternatives
+            pick = next((c for r in reqs for c in pool.satisfiers(r, group.kind == "base") if c.meta.name in outside), None)
+            if pick is not None:
+                grow.append(pick)
+        scope.grow(more, grow)
