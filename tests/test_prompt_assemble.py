@@ -166,6 +166,7 @@ def test_explain_shows_every_part_with_tokens(model, cardio):
     assert ap.knowledge[0].citation in text
     js = explain_json(ap)
     assert js["prompt"] == ap.prompt and js["user"] == "troponin"
+    assert explain_text(js) == text
 
 
 def test_auto_mode_keeps_only_relevant_chunks(model, cardio, tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
@@ -150,3 +151,84 @@ def register(app: typer.Typer) -> None:
         """Deny a tool for good (also a built-in); --allow-tools no longer enables it, --allow-tool NAME still does."""
         del yes  # nothing to confirm: denying only takes a permission away
         _change(name, False, simulate, True)
+
+
+# ---------------------------------------------------------------- `llmos run` options (used by cli/runtime.py)
+
+
+def _tools_debug_printer(kind: str, data: dict[str, Any]) -> None:
+    import json as _json
+
+    def short(v: Any) -> str:
+        s = _json.dumps(v, ensure_ascii=False)
+        return s if len(s) <= 500 else s[:499] + "…"
+
+    if kind == "round":
+        forced = f", forced call of {data['forced']}" if data.get("forced") else ""
+        line = f"[tools] round {data['round']}: prompt {data['prompt_tokens']} tokens{forced}"
+    elif kind == "call":
+        line = f"[tools] call {data['name']} {short(data['arguments'])}"
+    else:
+        body = short(data.get("value")) if data.get("ok") else data.get("error")
+        line = f"[tools] {'result' if data.get('ok') else 'error'} {data['name']} ({data.get('seconds', 0):.3f}s): {body}"
+    err().print(line, markup=False, highlight=False)
+
+
+def _ask_on_terminal(spec: Any) -> bool:
+    from rich.prompt import Confirm
+
+    what = f"tool {spec.name!r} from library {spec.source}"
+    if spec.kind == "command":
+        what += f" (runs: {' '.join(spec.command)})"
+    elif spec.kind == "mcp":
+        what += f" (MCP server {spec.server})"
+    return bool(Confirm.ask(f"Allow {what} to run now?", console=err(), default=False))
+
+
+def run_prompt_options(
+    *,
+    knowledge: str,
+    explain: bool,
+    allow_tool: list[str] | None,
+    allow_tools: bool,
+    tool_choice: str | None,
+    chain_limit: int,
+    tools_debug: bool,
+    no_refine: bool = False,
+) -> Any:
+    """``PromptOptions`` for ``llmos run`` from its flags (asks on a terminal only)."""
+    from llmos_cli.errors import UsageError
+    from llmos_cli.prompt.assemble import parse_knowledge_option
+    from llmos_cli.prompt.options import PromptOptions
+
+    if chain_limit < 0:
+        raise UsageError(f"--chain-limit must be 0 or more, not {chain_limit}")
+    interactive = False
+    try:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):
+        interactive = False
+    return PromptOptions(
+        knowledge=parse_knowledge_option(knowledge),
+        refine=not no_refine,
+        explain=explain,
+        tool_choice=tool_choice,
+        allow_tool=list(allow_tool or []),
+        allow_tools=allow_tools,
+        chain_limit=chain_limit,
+        tools_debug=tools_debug,
+        on_event=_tools_debug_printer if tools_debug else None,
+        ask=_ask_on_terminal if interactive else None,
+    )
+
+
+def render_run_extras(result: Any) -> bool:
+    """Print ``--explain`` output; True when it replaces the normal answer output."""
+    explain = (getattr(result, "extra", None) or {}).get("explain")
+    if not explain:
+        return False
+    from llmos_cli.prompt.explain import explain_text
+
+    sys.stdout.write(explain_text(explain))
+    sys.stdout.flush()
+    return True

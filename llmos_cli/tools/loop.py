@@ -28,6 +28,7 @@ error result; only a permission that nobody can grant stops the run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -41,6 +42,8 @@ DEFAULT_CHAIN_LIMIT = 5
 MAX_CHAIN_LIMIT = 50
 #: a result longer than this is cut before the model reads it
 MAX_RESULT_CHARS = 8000
+#: a forced call may use this many tokens even when --max-tokens (meant for the answer) is smaller
+CALL_MIN_TOKENS = 256
 
 
 @dataclass
@@ -219,7 +222,10 @@ def run_tool_loop(
             grammar = grammars[force_now.name]
         prompts.append(text_prompt)
         event("round", {"round": rounds + 1, "prompt_tokens": len(tokens), "forced": force_now.name if force_now else None})
-        gen = engine.generate(tokens, params, grammar=grammar)
+        round_params = params
+        if force_now is not None and params.max_tokens and params.max_tokens > 0 and params.max_tokens < CALL_MIN_TOKENS:
+            round_params = dataclasses.replace(params, max_tokens=CALL_MIN_TOKENS)
+        gen = engine.generate(tokens, round_params, grammar=grammar)
         completion += gen.completion_tokens
         prompt_s += gen.prompt_s
         gen_s += gen.generate_s
