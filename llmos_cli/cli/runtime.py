@@ -145,6 +145,15 @@ def register(app: typer.Typer) -> None:
         gpu_layers: Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
         ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
         threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
+        # --- knowledge and tools (task F: llmos_cli/cli/knowledge.py, llmos_cli/knowledge/stages.py) ---
+        knowledge: Annotated[str, typer.Option("--knowledge", metavar="off|auto|N", help="Retrieved knowledge chunks in the prompt.")] = "auto",
+        explain: Annotated[bool, typer.Option("--explain", help="Print the assembled prompt with each part's token count; do not generate.")] = False,
+        allow_tool: Annotated[Optional[list[str]], typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
+        allow_tools: Annotated[bool, typer.Option("--allow-tools", help="Let every library tool run, except denied ones.")] = False,
+        tool_choice: Annotated[Optional[str], typer.Option("--tool-choice", metavar="auto|none|NAME", help="Let the model choose, forbid tools, or force a call of NAME.")] = None,
+        chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
+        tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
+        # --- end knowledge and tools ---
         json: JsonOpt = False,
     ) -> None:
         """Answer a prompt with the model and its attached libraries (streams to stdout)."""
@@ -163,6 +172,7 @@ def register(app: typer.Typer) -> None:
             streamed.append(chunk)
 
         def work():
+            from llmos_cli.cli.knowledge import run_prompt_options
             from llmos_cli.runtime.engine import SamplingParams
             from llmos_cli.runtime.run import RunRequest
             from llmos_cli.runtime.run import run as do_run
@@ -182,10 +192,18 @@ def register(app: typer.Typer) -> None:
                 n_ctx=ctx,
                 threads=threads,
                 verbose=STATE.verbose,
+                prompt_options=run_prompt_options(
+                    knowledge=knowledge, explain=explain, allow_tool=allow_tool, allow_tools=allow_tools,
+                    tool_choice=tool_choice, chain_limit=chain_limit, tools_debug=tools_debug,
+                ),
             )
             return do_run(req, on_text=None if json else on_text, reporter=rep)
 
         def human(result: Any) -> None:
+            from llmos_cli.cli.knowledge import render_run_extras
+
+            if render_run_extras(result):  # --explain
+                return
             text = "".join(streamed)
             if not text.endswith("\n"):
                 try:
