@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 
 import pytest
 from httpserver import RegistryServer
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError
-from llmos_cli.progress import RecordingReporter
+from llmos_cli.progress import NullReporter, RecordingReporter
 from llmos_cli.registry.download import (
     HttpSettings,
     cache_name,
@@ -165,3 +166,47 @@ def test_cache_list_and_clean(served, tmp_path):
     assert [e.complete for e in list_cache(cache).entries] == [True]
     clean_cache(cache)
     assert list_cache(cache).entries == []
+
+
+class _Counting(NullReporter):
+    """Sums the bytes each progress task was advanced by."""
+
+    def __init__(self):
+        self.moved: dict[str, float] = {}
+
+    @contextmanager
+    def task(self, description, total=None, unit=""):
+        moved = self.moved
+        moved.setdefault(description, 0)
+
+        class T:
+            def advance(self, n=1):
+                moved[description] += n
+
+            def update(self, **kw):
+                pass
+
+        yield T()
+
+
+def test_fetch_all_moves_one_total_bar(served, tmp_path):
+    from llmos_cli.registry.download import fetch_all
+    from llmos_cli.registry.http import HttpSource
+    from llmos_cli.registry.index import IndexEntry
+    from llmos_cli.state.db import SourceRow
+
+    srv, data = served
+    sha = hashlib.sha256(data).hexdigest()
+    entry = IndexEntry.from_json(
+        {"name": "a", "version": "1.0", "kind": "library", "filename": "pool/a.llmos", "size": len(data), "sha256": sha}
+    )
+    src = HttpSource(SourceRow("s", srv.url, "http", None, True, True, 0, "", None, None, None))
+    rep = _Counting()
+    cache = tmp_path / "cache"
+    srv.cut["pool/a.llmos"] = 1000  # a resumed download still counts each byte once
+    (path,) = fetch_all([(src, entry)], cache, rep)
+    assert path.read_bytes() == data
+    assert rep.moved == {"fetching 1 archive(s)": len(data), "a.llmos": len(data)}
+    rep2 = _Counting()
+    fetch_all([(src, entry)], cache, rep2)  # from the cache: the total still reaches the size
+    assert rep2.moved == {"fetching 1 archive(s)": len(data)}

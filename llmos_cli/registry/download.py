@@ -28,12 +28,17 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError, from_os_error
-from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.progress import NullReporter, Reporter, Task
+
+if TYPE_CHECKING:
+    from llmos_cli.registry.index import IndexEntry
+    from llmos_cli.registry.sources import Source
 
 CHUNK = 1 << 20
 INCOMPLETE = ".incomplete"
@@ -216,6 +221,61 @@ def download_to_cache(
         except OSError as exc:
             raise from_os_error(exc, f"downloading {name}") from exc
     return final
+
+
+class _Both:
+    """A per-file byte task that also moves the overall one."""
+
+    def __init__(self, task: Task, total: Task) -> None:
+        self.task, self.total, self.done = task, total, 0
+
+    def advance(self, n: float = 1) -> None:
+        self.task.advance(n)
+        self.total.advance(n)
+        self.done += n
+
+    def update(self, *, total: float | None = None, description: str | None = None) -> None:
+        self.task.update(total=total, description=description)
+
+
+class _TotalReporter:
+    """Forwards to ``inner``; byte tasks opened through it also advance ``total``."""
+
+    def __init__(self, inner: Reporter, total: Task) -> None:
+        self.inner, self.total, self.moved = inner, total, 0.0
+
+    def info(self, message: str) -> None:
+        self.inner.info(message)
+
+    def warn(self, message: str) -> None:
+        self.inner.warn(message)
+
+    def debug(self, message: str) -> None:
+        self.inner.debug(message)
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Task]:
+        with self.inner.task(description, total=total, unit=unit) as t:
+            if unit != "bytes":
+                yield t
+                return
+            both = _Both(t, self.total)
+            try:
+                yield both
+            finally:
+                self.moved += both.done
+
+
+def fetch_all(items: list[tuple["Source", "IndexEntry"]], dest_dir: Path, reporter: Reporter = NullReporter()) -> list[Path]:
+    """``fetch_archive`` for each (source, entry), with one overall progress bar above the per-file ones."""
+    paths = []
+    size = sum(e.size for _s, e in items)
+    with reporter.task(f"fetching {len(items)} archive(s)", total=size or None, unit="bytes") as total:
+        for src, entry in items:
+            rep = _TotalReporter(reporter, total)
+            paths.append(src.fetch_archive(entry, dest_dir, rep))
+            total.advance(entry.size - rep.moved)  # cached or local files move the total at once
+    return paths
 
 
 def _stream(url: str, part: Path, name: str, size: int, sha256: str, settings: HttpSettings, reporter: Reporter) -> None:

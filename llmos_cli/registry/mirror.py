@@ -164,6 +164,7 @@ def mirror(
 ) -> MirrorResult:
     """Copy what ``names`` need (everything when empty) from source ``source`` into the folder registry ``dest``."""
     from llmos_cli.registry import lists
+    from llmos_cli.registry.download import fetch_all
     from llmos_cli.registry.sources import make_source
     from llmos_cli.state.db import StateDB, state_lock
 
@@ -196,11 +197,7 @@ def mirror(
             if no_change:
                 result.index_version = index.version if verbatim else None
                 return result
-            with reporter.task(f"mirroring {len(entries)} archive(s)", total=sum(e.size for e in entries) or None, unit="bytes") as total:
-                fetched = []
-                for e in entries:
-                    fetched.append(src.fetch_archive(e, paths.cache, reporter))
-                    total.advance(e.size)
+            fetched = fetch_all([(src, e) for e in entries], paths.cache, reporter)
             if verbatim:
                 _copy_verbatim(dest, entries, fetched, raw, sig, result, reporter)
                 result.index_version = index.version
