@@ -173,3 +173,13 @@ def test_mirror_bad_input(served, cli, tmp_path):
     r = cli("mirror", "web", str(tmp_path / "m2"), "law-lib")
     assert r.exit_code == ExitCode.INTEGRITY, r
     assert not (tmp_path / "m2" / "index.json").exists()
+
+
+def test_publish_restores_a_missing_archive(archives, cli, tmp_path):
+    reg = tmp_path / "reg"
+    calc = str(archives[("calc-tools", "1.0.0")])
+    assert cli("publish", calc, "--to", str(reg)).exit_code == 0
+    (reg / "pool" / "calc-tools_1.0.0.llmos").unlink()
+    r = cli("publish", calc, "--to", str(reg), "--json")
+    assert r.exit_code == 0 and r.json()["data"]["packages"][0]["status"] == "added", r
+    assert [e.name for e in _index(reg).entries] == ["calc-tools"]

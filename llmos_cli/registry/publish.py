@@ -177,6 +177,9 @@ def _publish_dir(
             _require_signing_kept(sig_file.read_bytes() if sig_file.is_file() else None, sign_key, str(root), reporter)
             for src, _arch, entry in opened:
                 status = _check_against(old.entries if old else [], entry)
+                listed = [e for e in (old.entries if old else []) if e.sha256 == entry.sha256]
+                if status == "unchanged" and not any((root / e.filename).is_file() for e in listed):
+                    status = "added"  # indexed, but its file went missing: put it back
                 dest = root / entry.filename
                 if status == "added" and dest.exists():
                     raise InvalidPackageError(f"{dest} exists but is not indexed", f"run `llmos index {root}` first, or move it away")
