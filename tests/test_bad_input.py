@@ -342,3 +342,62 @@ def test_no_space_left(tmp_path, reg, cli, llmos_home, monkeypatch):
     finally:
         if mounted:
             subprocess.run(["umount", str(tiny)], check=False)
+
+
+# ---------------------------------------------------------------- a registry that lists a crafted archive
+
+
+def doctor_index(reg: Path, name: str, data: bytes) -> None:
+    """Replace ``name``'s archive with ``data`` and make the index agree (size, sha256): only the content can betray it."""
+    import hashlib
+    import json
+
+    idx = json.loads((reg / "index.json").read_text())
+    for e in idx["packages"]:
+        if e["name"] == name:
+            (reg / e["filename"]).write_bytes(data)
+            e["size"] = len(data)
+            e["sha256"] = hashlib.sha256(data).hexdigest()
+    idx["version"] += 1
+    (reg / "index.json").write_text(json.dumps(idx))
+
+
+def crafted_for_index(tmp_path: Path, reg: Path, case: str) -> bytes:
+    man = real_manifest(reg)
+    with tarfile.open(archive_path(reg, "kb", "1.0.0"), "r:gz") as t:
+        other = t.extractfile("llmos.toml").read()
+    members = {
+        "traversal": [("llmos.toml", REG, man), ("../evil.md", REG, b"evil\n")],
+        "symlink": [("llmos.toml", REG, man), ("docs/a.md", tarfile.SYMTYPE, b"/etc/passwd")],
+        "member hash mismatch": [("llmos.toml", REG, man), ("docs/a.md", REG, b"A\n")],
+        "extra member": [("llmos.toml", REG, man), ("docs/a.md", REG, b"a\n"), ("docs/zz.md", REG, b"zz\n")],
+        "missing member": [("llmos.toml", REG, man)],
+        "other package inside": [("llmos.toml", REG, other), ("docs/b.md", REG, b"b\n")],
+        "manifest not first": [("docs/a.md", REG, b"a\n"), ("llmos.toml", REG, man)],
+    }[case]
+    return craft(tmp_path / "crafted.llmos", members).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "case, code",
+    [
+        ("traversal", ExitCode.INVALID_PACKAGE),
+        ("symlink", ExitCode.INVALID_PACKAGE),
+        ("member hash mismatch", ExitCode.INTEGRITY),
+        ("extra member", ExitCode.INTEGRITY),
+        ("missing member", ExitCode.INVALID_PACKAGE),
+        ("other package inside", ExitCode.INTEGRITY),
+        ("manifest not first", ExitCode.INVALID_PACKAGE),
+    ],
+)
+def test_crafted_archive_listed_by_the_index_is_caught_while_staging(case, code, tmp_path, reg, cli, llmos_home):
+    assert cli("remove", "kb", "ka", "-y").exit_code == 0  # installing ka again needs its archive
+    before = installed_state(llmos_home)
+    doctor_index(reg, "ka", crafted_for_index(tmp_path, reg, case))
+    assert cli("update").exit_code == 0
+    r = cli("install", "ka", "-y")
+    assert_error(r, code, "ka")
+    assert installed_state(llmos_home) == before
+    assert list((llmos_home / "staging").iterdir()) == []
+    assert not (tmp_path / "evil.md").exists() and not (reg / "evil.md").exists()
+    assert [t["status"] for t in cli("history", "--json").json()["data"]["transactions"]][0] == "rolled_back"
