@@ -298,6 +298,7 @@ def validate_manifest(data: Any) -> tuple[Manifest | None, list[Finding]]:
                     params = t.get("parameters", {"type": "object", "properties": {}})
                     if not isinstance(params, dict):
                         _err(findings, "field-type", f"tools[{i}].parameters", "must be a JSON-schema object")
+        _check_tools_and_mcp(data, findings)  # task F: tool names, timeouts, schemas, [[mcp]], chunk settings
 
     files: dict[str, FileRecord] = {}
     raw_files = data.get("files")
@@ -343,6 +344,84 @@ def validate_manifest(data: Any) -> tuple[Manifest | None, list[Finding]]:
         ),
         findings,
     )
+
+
+# ---------------------------------------------------------------- task F: tools, [[mcp]], chunking
+
+
+_TOOL_NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+def _check_tools_and_mcp(data: dict[str, Any], findings: list[Finding]) -> None:
+    """Extra checks of ``[[tools]]``, ``[[mcp]]`` and ``[knowledge]`` chunking (see docs/prompt-flow.md)."""
+    import re
+
+    def timeout_ok(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 300
+
+    kn = data.get("knowledge")
+    if isinstance(kn, dict):
+        size, overlap = kn.get("chunk_size"), kn.get("chunk_overlap")
+        if isinstance(size, int) and size < 1:
+            _err(findings, "field-type", "knowledge.chunk_size", "must be at least 1 (words per chunk)")
+        if isinstance(size, int) and isinstance(overlap, int) and size >= 1 and overlap >= size:
+            _err(findings, "field-type", "knowledge.chunk_overlap", f"must be smaller than chunk_size ({size})")
+    names: set[str] = set()
+    tools = data.get("tools")
+    if isinstance(tools, list):
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict):
+                continue
+            tn = t.get("name")
+            if isinstance(tn, str) and tn:
+                names.add(tn)
+                if not re.match(_TOOL_NAME_RE, tn):
+                    _err(findings, "invalid-name", f"tools[{i}].name", "must start with a letter and hold only letters, digits, '_' and '-' (64 at most)")
+            if "timeout" in t and not timeout_ok(t["timeout"]):
+                _err(findings, "field-type", f"tools[{i}].timeout", "must be a number of seconds, more than 0 and at most 300")
+            params = t.get("parameters")
+            if isinstance(params, dict) and isinstance(tn, str) and tn:
+                from llmos_cli.errors import ToolError
+
+                try:
+                    from llmos_cli.tools.grammar import call_grammar
+
+                    call_grammar(tn, params)
+                except ToolError as exc:
+                    _err(findings, "tool-schema", f"tools[{i}].parameters", exc.message)
+    mcp = data.get("mcp")
+    if mcp is None:
+        return
+    if not isinstance(mcp, list) or not all(isinstance(m, dict) for m in mcp):
+        _err(findings, "field-type", "mcp", "must be an array of tables ([[mcp]])")
+        return
+    servers: set[str] = set()
+    for i, m in enumerate(mcp):
+        sn = m.get("name")
+        if not isinstance(sn, str) or not sn:
+            _err(findings, "missing-field", f"mcp[{i}].name", "missing")
+        elif sn in servers:
+            _err(findings, "duplicate", f"mcp[{i}].name", f"MCP server {sn!r} declared twice")
+        else:
+            servers.add(sn)
+        cmd = m.get("command")
+        if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
+            _err(findings, "field-type", f"mcp[{i}].command", "must be a non-empty list of strings (run without a shell)")
+        mt = m.get("tools")
+        if not (isinstance(mt, list) and mt and all(isinstance(x, str) for x in mt)):
+            _err(findings, "field-type", f"mcp[{i}].tools", "must list the server's tools the library exposes (non-empty list of names)")
+        else:
+            for x in mt:
+                if not re.match(_TOOL_NAME_RE, x):
+                    _err(findings, "invalid-name", f"mcp[{i}].tools", f"{x!r} is not a valid tool name")
+                elif x in names:
+                    _err(findings, "duplicate", f"mcp[{i}].tools", f"tool {x!r} declared twice")
+                names.add(x)
+        if "timeout" in m and not timeout_ok(m["timeout"]):
+            _err(findings, "field-type", f"mcp[{i}].timeout", "must be a number of seconds, more than 0 and at most 300")
+        unknown = sorted(set(m) - {"name", "command", "tools", "timeout", "description"})
+        for k in unknown:
+            _warn(findings, "unknown-field", f"mcp[{i}].{k}", "unknown field (ignored)")
 
 
 def parse_manifest_text(text: str | bytes, origin: str = MANIFEST_NAME) -> tuple[Manifest | None, list[Finding]]:
