@@ -45,7 +45,6 @@ from llmos_cli.paths import Paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, state_lock
 from llmos_cli.state.store import Store
-from llmos_cli.state.unpack import stage_archive
 
 CRASH_ENV = "LLMOS_TEST_CRASH_AT"
 DELAY_ENV = "LLMOS_TEST_STEP_DELAY"
@@ -249,6 +248,8 @@ def execute(
     supplies the archive of an install/upgrade/downgrade action, already
     checked against its index entry; its content is checked while staging.
     """
+    from llmos_cli.state.unpack import stage_archive  # tarfile, the manifest parser: not needed by `llmos list`
+
     records = [action_record(a) for a in plan.actions]
     with db.transaction():
         txid = db.begin_history(command, argv, records)
