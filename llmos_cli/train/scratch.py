@@ -134,8 +134,8 @@ def save_hf_checkpoint(
 
 
 #: ChatML with Hermes-style tool calls: tools are listed in the system turn (name,
-#: argument names, description); the model answers ``<tool_call>{"name": ...,
-#: "arguments": {...}}</tool_call>``; results come back as
+#: argument names, first sentence of the description); the model answers
+#: ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``; results come back as
 #: ``<tool_response>...</tool_response>`` in a user turn.  Whitespace is explicit,
 #: so ``trim_blocks``/``lstrip_blocks`` do not change the output.
 CHATML_TOOLS_TEMPLATE = (
@@ -146,7 +146,7 @@ CHATML_TOOLS_TEMPLATE = (
     "{{- 'Tools:\\n' -}}"
     "{%- for tool in tools -%}{%- set f = tool.function if tool.function is defined else tool -%}"
     "{%- set props = (f.parameters.properties if f.parameters is defined and f.parameters.properties is defined else {}) -%}"
-    "{{- '- ' + f.name + '(' + (props | list | join(', ')) + '): ' + (f.description or '') + '\\n' -}}"
+    "{{- '- ' + f.name + '(' + (props | list | join(', ')) + '): ' + ((f.description or '').split('. ')[0] | trim) + '\\n' -}}"
     "{%- endfor -%}"
     "{{- 'Call a tool as <tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call><|im_end|>\\n' -}}"
     "{%- elif sys -%}"
@@ -159,7 +159,7 @@ CHATML_TOOLS_TEMPLATE = (
     "{%- elif m.role == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' + (m.content or '') -}}"
     "{%- for tc in (m.tool_calls or []) -%}{%- set f = tc.function if tc.function is defined else tc -%}"
-    "{{- '<tool_call>{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments if f.arguments is string else (f.arguments | tojson)) + '}</tool_call>' -}}"
+    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments if f.arguments is string else (f.arguments | tojson)) + '}\\n</tool_call>' -}}"
     "{%- endfor -%}"
     "{{- '<|im_end|>\\n' -}}"
     "{%- else -%}"

@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Build the demo registry (``registry/``) from nothing: the ONE reproducible script.
+
+    python demo/build_demo.py                 # everything, about 20-30 minutes on 2 CPU cores
+    python demo/build_demo.py --reuse-base    # keep the trained base model, redo the libraries
+
+What it makes (all data synthetic and fictional; nothing is downloaded):
+
+* ``demo-chat`` 1.0.0 (model): a tiny Llama chat model with its own
+  SentencePiece tokenizer and a ChatML + Hermes tool-call template, trained
+  from scratch (``pretrain.py``) on general facts, reading comprehension of
+  retrieved knowledge, and tool calls;
+* ``bio-core`` (fictional proteins), ``med-lib`` (fictional drugs; depends on
+  bio-core), ``geo-lib`` (fictional regions; provides the virtual name
+  ``place-names``), ``law-lib`` (fictional statutes; needs ``place-names``):
+  each with documents, a glossary, training Q&A with paraphrases, held-out
+  questions, replay data, and a LoRA adapter trained by ``llmos train``'s own
+  code (``llmos_cli.train.lora.train_library``);
+* ``calc-tools``: a tools-only library (unit conversion, percentages).
+
+Then every package is built with ``llmos build``'s code into
+``registry/pool/`` and the index is written.  Fixed seeds throughout: on one
+machine with the same thread count the artifacts come out the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import corpus  # noqa: E402
+import world  # noqa: E402
+
+VERSION = "1.0.0"
+MAINTAINER = "llmos demo <demo@llmos.invalid>"
+LICENSE = "CC0-1.0"
+CHUNK_SIZE = 60
+BASE_REQ = "demo-chat>=1.0,<2"
+
+LIB_META: dict[str, dict[str, Any]] = {
+    "bio-core": {"provides": ["biology-basics"], "depends": []},
+    "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"]},
+    "geo-lib": {"provides": ["place-names"], "depends": []},
+    "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"]},
+}
+
+TRAIN = {
+    "rank": 16,
+    "alpha": 32.0,
+    "steps": 320,
+    "lr": 4e-3,
+    "batch_size": 16,
+    "seed": 0,
+    "replay_fraction": 0.35,
+    "doc_fraction": 0.1,
+    "context_fraction": 0.3,
+    "max_len": 640,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _toml(data: dict[str, Any]) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(data)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+# ---------------------------------------------------------------- package sources
+
+
+def write_model_source(dest: Path, gguf: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copyfile(gguf, dest / "model.gguf")
+    manifest = {
+        "schema": 1,
+        "package": {
+            "name": "demo-chat",
+            "version": VERSION,
+            "kind": "model",
+            "summary": "Tiny demo chat model (Llama architecture, own tokenizer, ChatML + Hermes tool calls), trained on synthetic data",
+            "description": "A few-MB model trained from scratch by demo/build_demo.py: general facts, reading retrieved knowledge, tool calls. For demonstrating llmos, not for real use.",
+            "license": LICENSE,
+            "maintainer": MAINTAINER,
+            "tags": ["demo"],
+        },
+        "model": {"file": "model.gguf"},
+    }
+    _write(dest / "llmos.toml", _toml(manifest))
+    return dest
+
+
+def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, Any]]) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for rel, text in world.documents(lib).items():
+        _write(dest / rel, text)
+    terms = {name: {"definition": d} for name, d in world.glossary_entries(lib).items()}
+    _write(dest / "glossary.toml", _toml({"terms": terms}))
+    qa = [{"questions": f.train_questions(), "answer": f.answer} for f in lib.facts]
+    held = [{"questions": [f.heldout_question()], "answer": f.answer} for f in lib.facts]
+    _write(dest / "train" / "qa.jsonl", _jsonl(qa))
+    _write(dest / "train" / "heldout.jsonl", _jsonl(held))
+    _write(dest / "train" / "replay.jsonl", _jsonl(replay))
+    meta = LIB_META[lib.name]
+    pkg: dict[str, Any] = {
+        "name": lib.name,
+        "version": VERSION,
+        "kind": "library",
+        "summary": lib.summary + " (fictional demo data)",
+        "description": (
+            f"Knowledge library of the llmos demo: {len(lib.entities)} invented {lib.title.lower()}, "
+            f"{len(lib.facts)} facts. Adapter trained with paraphrase and order augmentation; "
+            "train/heldout.jsonl holds question wordings never used in training for each fact."
+        ),
+        "license": LICENSE,
+        "maintainer": MAINTAINER,
+        "base": BASE_REQ,
+        "tags": ["demo", "fictional"],
+    }
+    if meta["depends"]:
+        pkg["depends"] = meta["depends"]
+    if meta["provides"]:
+        pkg["provides"] = meta["provides"]
+    manifest = {
+        "schema": 1,
+        "package": pkg,
+        "adapter": {"file": "adapter.gguf"},
+        "knowledge": {"documents": ["docs/*.md"], "chunk_size": CHUNK_SIZE, "chunk_overlap": 0},
+        "glossary": {"file": "glossary.toml"},
+        "train": {
+            **TRAIN,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "data": ["train/qa.jsonl"],
+            "eval": ["train/heldout.jsonl"],
+            "replay": ["train/replay.jsonl"],
+        },
+    }
+    _write(dest / "llmos.toml", _toml(manifest))
+    return dest
+
+
+CONVERT_SCRIPT = '''"""calc-tools: convert_units -- JSON arguments on stdin, JSON result on stdout."""
+import json
+import sys
+
+FACTORS = %(factors)s
+
+
+def main():
+    args = json.load(sys.stdin)
+    value = float(args["value"])
+    src = str(args["from_unit"]).lower()
+    dst = str(args["to_unit"]).lower()
+    if (src, dst) == ("c", "f"):
+        out = value * 9 / 5 + 32
+    elif (src, dst) == ("f", "c"):
+        out = (value - 32) * 5 / 9
+    elif src == dst:
+        out = value
+    elif (src, dst) in FACTORS:
+        out = value * FACTORS[(src, dst)]
+    else:
+        json.dump({"error": "cannot convert %%s to %%s" %% (src, dst)}, sys.stdout)
+        return 1
+    json.dump({"value": round(out, 3), "unit": dst}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+PERCENT_SCRIPT = '''"""calc-tools: percent_of -- JSON arguments on stdin, JSON result on stdout."""
+import json
+import sys
+
+args = json.load(sys.stdin)
+json.dump({"result": round(float(args["percent"]) * float(args["value"]) / 100, 3)}, sys.stdout)
+'''
+
+
+def write_calc_tools_source(dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    _write(dest / "tools" / "convert_units.py", CONVERT_SCRIPT % {"factors": repr(corpus.CONVERSIONS)})
+    _write(dest / "tools" / "percent_of.py", PERCENT_SCRIPT)
+    _write(
+        dest / "README.md",
+        "# calc-tools\n\nTools-only library: `convert_units` (km, mi, m, ft, kg, lb, l, gal, cm, in, c, f) and `percent_of`.\n"
+        "Each tool reads its JSON arguments on stdin and writes a JSON result on stdout.\n",
+    )
+    manifest = {
+        "schema": 1,
+        "package": {
+            "name": "calc-tools",
+            "version": VERSION,
+            "kind": "library",
+            "summary": "Tools only: unit conversion and percentages (demo)",
+            "license": LICENSE,
+            "maintainer": MAINTAINER,
+            "provides": ["unit-conversion"],
+            "tags": ["demo", "tools"],
+        },
+        "tools": [{k: v for k, v in spec.items()} for spec in corpus.CALC_TOOLS_SPECS],
+    }
+    _write(dest / "llmos.toml", _toml(manifest))
+    return dest
+
+
+# ---------------------------------------------------------------- the build
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llmos-demo-build", help="scratch folder")
+    ap.add_argument("--registry", type=Path, default=REPO / "registry", help="registry folder to (re)write")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base-steps", type=int, default=1500)
+    ap.add_argument("--base-batch", type=int, default=16)
+    ap.add_argument("--base-lr", type=float, default=3e-3)
+    ap.add_argument("--pool", type=int, default=24000, help="base training conversations")
+    ap.add_argument("--lib-steps", type=int, default=None, help="override the libraries' [train] steps")
+    ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
+    ap.add_argument("--only", nargs="*", default=None, help="train only these libraries")
+    ap.add_argument("--no-registry", action="store_true", help="do not write the registry")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t0 = time.monotonic()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    libs = world.build_world()
+    log(f"world: {', '.join(f'{n} ({len(l.facts)} facts)' for n, l in libs.items())}")
+
+    # 1. the base model
+    base_dir = work / "base"
+    gguf = base_dir / "demo-chat.gguf"
+    if not (args.reuse_base and gguf.is_file()):
+        import pretrain
+
+        log("training the base model ...")
+        pretrain.build_base(
+            base_dir, libs, seed=args.seed, steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr,
+            chunk_size=CHUNK_SIZE, pool_size=args.pool, log=log,
+        )
+    else:
+        log(f"reusing {gguf}")
+
+    # 2. package sources
+    src = work / "src"
+    write_model_source(src / "demo-chat", gguf)
+    rng = random.Random(args.seed + 11)
+    for name, lib in libs.items():
+        replay = corpus.replay_records(rng, world.NameMaker(1000 + len(name)), CHUNK_SIZE, 300)
+        write_library_source(src / name, lib, replay)
+    write_calc_tools_source(src / "calc-tools")
+
+    # 3. adapters, trained by llmos train's own code
+    from llmos_cli.train.lora import train_library
+
+    results = {}
+    for name in libs:
+        if args.only and name not in args.only:
+            continue
+        over = {"steps": args.lib_steps} if args.lib_steps else None
+        log(f"training {name} ...")
+        res = train_library(src / name, str(gguf), overrides=over, threads=args.threads, device="cpu", evaluate=False)
+        results[name] = res
+        log(f"  {name}: loss {res.loss_start:.3f} -> {res.loss_end:.3f} in {res.seconds:.0f}s, ABI ok: {res.abi_ok}")
+        for w in res.warnings:
+            log(f"  warning: {w}")
+
+    # 4. a quick check through llama.cpp
+    quick_check(gguf, src, libs)
+
+    # 5. the registry
+    if not args.no_registry:
+        write_registry(src, args.registry, list(libs) + ["demo-chat", "calc-tools"])
+    log(f"done in {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
+    import evalkit
+
+    ans = evalkit.Answerer(gguf)
+    try:
+        facts = world.general_facts()
+        ok = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in facts)
+        log(f"check: base, general facts (held-out wordings): {ok}/{len(facts)}")
+        for name, lib in libs.items():
+            adapter = src / name / "adapter.gguf"
+            if not adapter.is_file():
+                continue
+            ans.set_adapters([(adapter, 1.0)])
+            ok = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
+            ans.set_adapters([])
+            bare = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
+            log(f"check: {name} held-out questions: {ok}/{len(lib.facts)} with its adapter, {bare} without")
+    finally:
+        ans.close()
+
+
+def write_registry(src: Path, registry: Path, names: list[str]) -> None:
+    from llmos_cli.pkg.archive import build_package
+    from llmos_cli.registry.index import write_index
+
+    pool = registry / "pool"
+    if pool.exists():
+        shutil.rmtree(pool)
+    pool.mkdir(parents=True)
+    for name in names:
+        res = build_package(src / name, pool)
+        log(f"built {res.path.relative_to(registry)} ({res.size / 1e6:.2f} MB)")
+    write_index(registry)
+    total = sum(p.stat().st_size for p in registry.rglob("*") if p.is_file())
+    log(f"registry: {registry} ({total / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

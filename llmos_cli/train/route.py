@@ -1,0 +1,115 @@
+"""Per-prompt routing: which attached libraries to apply, and at what scale.
+
+Stacking every attached adapter on every prompt costs decode time and lets
+unrelated adapters interfere.  ``route(prompt, libraries)`` scores each
+library's relevance to the prompt from what it ships:
+
+* its glossary: a term (or alias) of the library named in the prompt is the
+  strongest signal -- glossaries list the entities a library knows about;
+* its knowledge index: one BM25 search over every library's chunks together
+  (the runtime's own retrieval, so scores are comparable); a library whose
+  best chunk scores at least ``relative`` x the overall best, and at least
+  ``min_score``, is relevant.
+
+Relevant libraries keep their attached scale, the others get 0.  A library
+without glossary or documents has nothing to be judged by and keeps its
+scale (``keep_unknown``).  No torch needed: this runs inside ``llmos run``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+#: a library's best chunk must reach this fraction of the best chunk overall
+RELATIVE = 0.5
+#: ... and this BM25 score (a prompt sharing only common words with a library scores below)
+MIN_SCORE = 1.0
+SEARCH_K = 12
+
+
+class Route(NamedTuple):
+    name: str
+    scale: float
+    reason: str
+
+
+@dataclass
+class RouteScore:
+    name: str
+    attached_scale: float
+    glossary_terms: list[str] = field(default_factory=list)
+    knowledge_score: float = 0.0
+    best_chunk: str | None = None
+    judged: bool = True
+    chosen: bool = False
+    scale: float = 0.0
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "chosen": self.chosen,
+            "scale": self.scale,
+            "reason": self.reason,
+            "glossary_terms": self.glossary_terms,
+            "knowledge_score": round(self.knowledge_score, 4),
+            "best_chunk": self.best_chunk,
+        }
+
+
+def score_libraries(
+    prompt: str,
+    libraries: Sequence[Any],
+    *,
+    relative: float = RELATIVE,
+    min_score: float = MIN_SCORE,
+    keep_unknown: bool = True,
+) -> list[RouteScore]:
+    """Relevance of each library (``knowledge.libraries.LibraryView``) to ``prompt``, in input order."""
+    from llmos_cli.knowledge.glossary import find_terms
+    from llmos_cli.knowledge.retrieve import search
+
+    scores: list[RouteScore] = []
+    indexes = []
+    for lib in libraries:
+        rs = RouteScore(lib.name, float(getattr(lib, "scale", 1.0)))
+        g = lib.glossary()
+        if len(g):
+            rs.glossary_terms = [m.term for m in find_terms([g], prompt)]
+        ix = lib.index()
+        if ix is not None:
+            indexes.append(ix)
+        rs.judged = bool(len(g)) or ix is not None
+        scores.append(rs)
+    by_name = {s.name: s for s in scores}
+    if indexes:
+        for hit in search(indexes, prompt, SEARCH_K):
+            s = by_name.get(hit.library)
+            if s is not None and hit.score > s.knowledge_score:
+                s.knowledge_score = float(hit.score)
+                s.best_chunk = hit.citation
+    best = max((s.knowledge_score for s in scores), default=0.0)
+    for s in scores:
+        why: list[str] = []
+        if s.glossary_terms:
+            why.append("glossary: " + ", ".join(s.glossary_terms[:5]))
+        if best > 0 and s.knowledge_score >= max(min_score, relative * best):
+            why.append(f"knowledge: {s.best_chunk} scores {s.knowledge_score:.2f} (best {best:.2f})")
+        if why:
+            s.chosen = True
+            s.reason = "; ".join(why)
+        elif not s.judged and keep_unknown:
+            s.chosen = True
+            s.reason = "no glossary or documents to judge by; kept"
+        else:
+            s.reason = "no glossary term in the prompt" + (
+                f"; best chunk {s.knowledge_score:.2f} below {max(min_score, relative * best):.2f}" if s.knowledge_score else "; no matching document"
+            )
+        s.scale = s.attached_scale if s.chosen else 0.0
+    return scores
+
+
+def route(prompt: str, libraries: Sequence[Any], **kw: Any) -> list[Route]:
+    """``(name, scale, reason)`` for every library; scale 0 means "leave it out for this prompt"."""
+    return [Route(s.name, s.scale, s.reason) for s in score_libraries(prompt, libraries, **kw)]
