@@ -355,7 +355,7 @@ def _open_local(spec: str) -> Any:
             f"build it first: llmos build {spec}, then install the {ARCHIVE_SUFFIX} file",
         )
     if not p.exists():
-        raise NotFoundError(f"no such package archive: {spec}", f"check the path; package names are plain words like 'med-lib'")
+        raise NotFoundError(f"no such package archive: {spec}", "check the path; package names are plain words like 'med-lib'")
     archive = PackageArchive.open(p)
     archive.verify()
     return archive
