@@ -10,9 +10,11 @@ repetition runs, alternately, as separate processes:
   ``create_completion(prompt, max_tokens=T, temperature=0)`` on the same
   chat-templated prompt text (what llmos renders)
 
-and the generated texts are checked to be identical (same tokens; llmos
-shows an invalid UTF-8 byte as U+FFFD where llama-cpp-python drops it, so
-those are ignored in the comparison).  The figure is the ratio of median
+and the generated texts are checked to agree: llmos' text must be a prefix of
+the script's (llmos shows an invalid UTF-8 byte as U+FFFD where
+llama-cpp-python drops it, so those are ignored; and ``create_completion``
+keeps generating past ``max_tokens`` while its text ends inside a UTF-8
+character, which random-weight models do often).  The figure is the ratio of median
 wall times (minimums shown too: the machine is shared); target: llmos <=
 1.2x the script.
 The generated models are cached under $LLMOS_TEST_CACHE/bench (default
@@ -124,18 +126,19 @@ def main() -> int:
             timed(run_cmd, env)
             timed(script_cmd, env)
             t_llmos, t_script = [], []
-            texts = set()
+            ours: set[str] = set()
+            theirs: set[str] = set()
             tokens = None
             for _ in range(args.reps):
                 dt, so = timed(run_cmd, env)
                 t_llmos.append(dt)
                 data = json.loads(so)["data"]
-                texts.add(("llmos", data["text"].replace("\ufffd", "")))
+                ours.add(data["text"].replace("\ufffd", ""))
                 tokens = data["usage"]["completion_tokens"]
                 dt, so = timed(script_cmd, env)
                 t_script.append(dt)
-                texts.add(("script", json.loads(so)["text"]))
-            same = len({t for _, t in texts}) == 1
+                theirs.add(json.loads(so)["text"])
+            same = len(ours) == 1 and len(theirs) == 1 and next(iter(theirs)).startswith(next(iter(ours)))
             ml, ms = statistics.median(t_llmos), statistics.median(t_script)
             nl, ns = min(t_llmos), min(t_script)
             rows.append([
@@ -147,7 +150,9 @@ def main() -> int:
         f"`llmos run` as a whole process against a minimal llama-cpp-python script (`Llama(...)` + "
         f"`create_completion` on the same chat-templated prompt), {args.reps} alternating repetitions after one warm-up, "
         f"greedy, {args.tokens} tokens at most, llama.cpp's default threads; median wall time in seconds.  "
-        "Target: llmos at most 1.2x the script.  CPU only: no GPU is available in this task.\n\n"
+        "Target: llmos at most 1.2x the script.  The machine is shared with other jobs (2 cores), so the minimum of the "
+        "repetitions is the better estimate of each side's own cost; the medians are shown too.  "
+        "CPU only: no GPU is available in this task.\n\n"
         + table(["model", "params", "tokens", "script s (median)", "llmos run s (median)", "ratio", "min script / llmos", "same tokens"], rows)
     )
     if args.no_write:

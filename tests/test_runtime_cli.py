@@ -245,6 +245,33 @@ def test_corrupt_and_truncated_models(installed, llmos_proc, llmos_home, tmp_pat
     _fails(llmos_proc("run", "hi"), ExitCode.INVALID_PACKAGE, "truncated")
 
 
+def test_models_llama_cpp_cannot_load(installed, llmos_proc, tmp_path):
+    """Readable GGUF headers that llama.cpp still refuses: a clean RUNTIME error, not a crash."""
+    import numpy as np
+
+    from fixtures_models import HParams, _write_model, tiny_tokenizer
+
+    base = installed["base"]
+    no_q = {k: v for k, v in base.weights.items() if k != "blk.1.attn_q.weight"}
+    _write_model(tmp_path / "missing.gguf", base.hp, no_q, tiny_tokenizer(), None)
+    _fails(llmos_proc("run", "hi", "--model", str(tmp_path / "missing.gguf")), ExitCode.RUNTIME, "could not load", "blk.1.attn_q.weight")
+    hp = HParams(n_vocab=base.hp.n_vocab)
+    _write_model(tmp_path / "alien.gguf", hp, base.weights, tiny_tokenizer(), None, arch="alienformer")
+    _fails(llmos_proc("run", "hi", "--model", str(tmp_path / "alien.gguf")), ExitCode.RUNTIME, "could not load", "alienformer")
+    del np
+
+
+def test_binary_stdin_is_not_an_error(installed, llmos_proc):
+    import subprocess
+
+    p = subprocess.run(
+        [sys.executable, "-m", "llmos_cli", "run", "what is this", "--json", "-n", "2"],
+        input=b"\xff\xfe binary \x00 junk", capture_output=True, timeout=300, env=dict(os.environ),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["data"]["usage"]["prompt_tokens"] > 10
+
+
 def test_prompt_longer_than_the_context(installed, llmos_proc):
     long = "the model " * 300
     r = llmos_proc("run", long, "--json", "-n", "8")

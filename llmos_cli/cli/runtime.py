@@ -120,9 +120,13 @@ def _render_doctor(report: Any) -> None:
 
 
 def _stdin_text() -> str | None:
+    """Piped stdin as text (invalid UTF-8 replaced, never an error); None on a terminal."""
     try:
         if sys.stdin is None or sys.stdin.isatty():
             return None
+        buf = getattr(sys.stdin, "buffer", None)
+        if buf is not None:
+            return buf.read().decode("utf-8", errors="replace")
         return sys.stdin.read()
     except (OSError, ValueError):
         return None

@@ -131,20 +131,27 @@ def import_llama() -> Any:
     return llama_cpp
 
 
+# ggml_log_level (ggml.h): the comment in llama-cpp-python's _logger.py is out of date
+LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CONT = 1, 2, 3, 4, 5
+
+
 class _NativeLog:
     """llama.cpp's log, captured: the last lines, echoed to stderr only when verbose."""
 
     def __init__(self) -> None:
         self.lines: deque[tuple[int, int, str]] = deque(maxlen=200)  # (sequence, level, text)
         self.seq = 0
+        self.last_level = LOG_INFO
         self.verbose = False
         self.callback: Any = None  # the ctypes function object must stay referenced
 
     def __call__(self, level: int, text: bytes, _user: Any) -> None:
         try:
             s = text.decode("utf-8", errors="replace") if text else ""
+            lvl = self.last_level if level == LOG_CONT else int(level)
+            self.last_level = lvl
             self.seq += 1
-            self.lines.append((self.seq, int(level), s))
+            self.lines.append((self.seq, lvl, s))
             if self.verbose:
                 os.write(2, s.encode("utf-8", errors="replace"))
         except Exception:  # never raise into C
@@ -154,9 +161,18 @@ class _NativeLog:
         return self.seq
 
     def errors_since(self, mark: int = 0) -> str:
-        """The last warning/error line (levels 2, 3) logged after ``mark``."""
-        picked = [s.strip() for seq, lvl, s in self.lines if seq > mark and lvl in (2, 3) and s.strip()]
-        return picked[-1] if picked else ""
+        """The first error line logged after ``mark`` (the cause; later ones say "failed"), else the last warning."""
+        errors = [s.strip() for seq, lvl, s in self.lines if seq > mark and lvl == LOG_ERROR and s.strip()]
+        if errors:
+            return _strip_func(errors[0])
+        warns = [s.strip() for seq, lvl, s in self.lines if seq > mark and lvl == LOG_WARN and s.strip()]
+        return _strip_func(warns[-1]) if warns else ""
+
+
+def _strip_func(line: str) -> str:
+    """``llama_model_load: error loading model: X`` -> ``error loading model: X``."""
+    head, sep, rest = line.partition(": ")
+    return rest if sep and head.isidentifier() and rest else line
 
 
 NATIVE_LOG = _NativeLog()
