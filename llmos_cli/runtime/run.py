@@ -188,7 +188,10 @@ def run(
         n_threads=req.threads,
         verbose=req.verbose >= 2,
     )
-    engine = LlamaCppEngine(stack.model.path, options, reporter=rep)
+    ctx_train = stack.model.context_length
+    if req.n_ctx and ctx_train and req.n_ctx > ctx_train:
+        rep.warn(f"--ctx {req.n_ctx} is more than {stack.model.name} was trained for ({ctx_train}); answers may degrade")
+    engine = LlamaCppEngine(stack.model.path, options, reporter=rep, header=stack.model_header)
     try:
         load_s = engine.load_s
         t_ad = time.perf_counter()

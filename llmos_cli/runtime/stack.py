@@ -67,6 +67,8 @@ class Stack:
     left_out: list[StackLibrary] = field(default_factory=list)  # installed but detached or for another base
     notes: list[str] = field(default_factory=list)
     selection: str = "attached"  # attached | explicit | none
+    #: the model's GGUF header (no vocabulary), when the ABI check read it
+    model_header: Any = field(default=None, repr=False)
 
     @property
     def adapters(self) -> list[tuple[Path, float]]:
@@ -228,10 +230,10 @@ def build_stack(
     if check_abi and any(lib.adapter is not None for lib in stack.libraries + stack.left_out):
         from llmos_cli.gguf_info import read_header
 
-        model_header = read_header(minfo.path, with_vocab=False)
+        stack.model_header = read_header(minfo.path, with_vocab=False)
         cache: dict[Path, Any] = {}
         for lib in stack.libraries + stack.left_out:
-            check_library(lib, model_header, cache)
+            check_library(lib, stack.model_header, cache)
     return stack
 
 
