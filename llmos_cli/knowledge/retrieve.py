@@ -29,7 +29,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from llmos_cli.errors import IntegrityError
 
@@ -40,7 +40,9 @@ BM25_WEIGHTS = (2.0, 1.0)
 K1 = 1.2
 B = 0.75
 #: candidates each index proposes per query, at least
-MIN_CANDIDATES = 30
+MIN_CANDIDATES = 10
+#: most chunks FTS5 may score per library and query (see _library_candidates)
+SCORE_BUDGET = 800
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset(
@@ -154,13 +156,22 @@ class KnowledgeIndex:
             raise _corrupt(self.library, self.path, f"corrupt ({exc})") from None
         return {"documents": int(docs[0]), "chunks": int(docs[1])}
 
-    def candidates(self, match: str, k: int) -> list[tuple[Hit, int]]:
-        """Best ``k`` chunks by FTS5's BM25, each with its token count."""
+    def candidates(self, match: str, k: int, *, ordered: bool = True) -> list[tuple[Hit, int]]:
+        """Up to ``k`` chunks matching ``match``, each with its token count.
+
+        ``ordered``: the best by FTS5's BM25 (scores every match); otherwise the
+        first ``k`` found (FTS5 stops early), for words too common to rank by.
+        """
         w1, w2 = BM25_WEIGHTS
+        if ordered:
+            inner = (
+                f"SELECT rowid AS id, bm25(chunks_fts, {w1}, {w2}) AS score FROM chunks_fts "
+                "WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?"
+            )
+        else:
+            inner = "SELECT rowid AS id, 0.0 AS score FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?"
         sql = (
-            "SELECT d.path, c.ord, c.section, c.text, -r.score, c.tokens FROM "
-            f"(SELECT rowid AS id, bm25(chunks_fts, {w1}, {w2}) AS score FROM chunks_fts "
-            "  WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?) AS r "
+            f"SELECT d.path, c.ord, c.section, c.text, -r.score, c.tokens FROM ({inner}) AS r "
             "JOIN chunks c ON c.id = r.id JOIN docs d ON d.id = c.doc ORDER BY r.score, d.path, c.ord"
         )
         try:
@@ -212,32 +223,40 @@ class _Analyzer:
         self.conn.execute(f"CREATE VIRTUAL TABLE scratch USING fts5(section, text, tokenize='{FTS_TOKENIZER}')")
         self.conn.execute("CREATE VIRTUAL TABLE temp.scratch_inst USING fts5vocab(main, 'scratch', 'instance')")
 
-    def counts(self, rows: list[tuple[str, str]]) -> list[dict[str, float]]:
-        """For each (section, text): term -> weighted count (heading x2, text x1)."""
+    def counts(self, rows: list[tuple[str, str]], only: Sequence[str] | None = None) -> list[dict[str, float]]:
+        """For each (section, text): term -> weighted count (heading x2, text x1).
+
+        ``only`` restricts the counting to those terms (the query's).
+        """
         w1, w2 = BM25_WEIGHTS
+        sql = "SELECT term, doc, col, count(*) FROM temp.scratch_inst"
+        params: list[Any] = []
+        if only is not None:
+            if not only:
+                return [{} for _ in rows]
+            sql += f" WHERE term IN ({','.join('?' * len(only))})"
+            params = list(only)
+        sql += " GROUP BY term, doc, col"
         with self.lock:
             self.conn.execute("BEGIN")
             try:
                 self.conn.executemany("INSERT INTO scratch(rowid, section, text) VALUES(?,?,?)", [(i + 1, s, t) for i, (s, t) in enumerate(rows)])
                 out: list[dict[str, float]] = [{} for _ in rows]
-                for term, doc, col, n in self.conn.execute(
-                    "SELECT term, doc, col, count(*) FROM temp.scratch_inst GROUP BY term, doc, col"
-                ):
+                for term, doc, col, n in self.conn.execute(sql, params):
                     d = out[doc - 1]
                     d[term] = d.get(term, 0.0) + n * (w1 if col == "section" else w2)
             finally:
                 self.conn.execute("ROLLBACK")
         return out
 
-    def terms(self, words: list[str]) -> list[str]:
-        """The index terms of query words (unique, in order)."""
-        counted = self.counts([("", w) for w in words])
-        seen: list[str] = []
-        for c in counted:
+    def word_terms(self, words: list[str]) -> list[tuple[str, str]]:
+        """(word, index term) for each query word that yields a term."""
+        out = []
+        for w, c in zip(words, self.counts([("", w) for w in words])):
             for t in c:
-                if t not in seen:
-                    seen.append(t)
-        return seen
+                out.append((w, t))
+                break
+        return out
 
 
 _ANALYZER: _Analyzer | None = None
@@ -250,6 +269,46 @@ def _analyzer() -> _Analyzer:
     return _ANALYZER
 
 
+def _quote(words: Sequence[str], op: str) -> str:
+    return f" {op} ".join(f'"{w}"' for w in words)
+
+
+def _library_candidates(ix: KnowledgeIndex, pairs: list[tuple[str, str]], df: dict[str, int], want: int) -> list[tuple[Hit, int]]:
+    """Candidates of one library, at a bounded cost.
+
+    Ranking by FTS5's BM25 scores every chunk a word occurs in, so it is only
+    used for the rarer words, as long as their occurrences add up to at most
+    ``SCORE_BUDGET`` chunks; the common words still count in the rescoring.
+    When even the rarest word is that common (a query of very common words),
+    chunks holding all the words are taken as found, then the two rarest, then
+    the rarest alone, each stopping after ``want`` chunks.
+    """
+    present = sorted((df.get(t, 0), w) for w, t in pairs if df.get(t, 0) > 0)
+    if not present:
+        return []
+    chosen: list[str] = []
+    cost = 0
+    for f, w in present:
+        if cost + f > SCORE_BUDGET:
+            break
+        chosen.append(w)
+        cost += f
+    if chosen:
+        return ix.candidates(_quote(chosen, "OR"), want)
+    words = [w for _, w in present]
+    out: list[tuple[Hit, int]] = []
+    seen: set[tuple[str, int]] = set()
+    for group in (words, words[:2], words[:1]):
+        for hit, tokens in ix.candidates(_quote(group, "AND"), want, ordered=False):
+            key = (hit.document, hit.chunk)
+            if key not in seen:
+                seen.add(key)
+                out.append((hit, tokens))
+        if len(out) >= want:
+            break
+    return out
+
+
 def search(indexes: list[KnowledgeIndex], query: str, k: int = 5) -> list[Hit]:
     """Best ``k`` chunks over every index, ranked by BM25 over their union (module doc)."""
     if k <= 0 or not indexes:
@@ -257,26 +316,29 @@ def search(indexes: list[KnowledgeIndex], query: str, k: int = 5) -> list[Hit]:
     words = query_terms(query)
     if not words:
         return []
-    match = " OR ".join(f'"{w}"' for w in words)
     an = _analyzer()
-    terms = an.terms(words)
+    pairs = an.word_terms(words)
+    terms = list(dict.fromkeys(t for _, t in pairs))
+    if not terms:
+        return []
     n_total = 0
     len_total = 0.0
     df: dict[str, int] = {t: 0 for t in terms}
     cands: list[tuple[Hit, int]] = []
-    want = max(3 * k, MIN_CANDIDATES)
+    want = max(2 * k, MIN_CANDIDATES)
     for ix in indexes:
         n, avg = ix.corpus()
         n_total += n
         len_total += n * avg
-        for t, f in ix.doc_freqs(terms).items():
+        local = ix.doc_freqs(terms)
+        for t, f in local.items():
             df[t] += f
-        cands.extend(ix.candidates(match, want))
+        cands.extend(_library_candidates(ix, pairs, local, want))
     if not cands or n_total == 0:
         return []
     avgdl = len_total / n_total or 1.0
     idf = {t: math.log(1.0 + (n_total - f + 0.5) / (f + 0.5)) for t, f in df.items()}
-    tfs = an.counts([(h.section, h.text) for h, _ in cands])
+    tfs = an.counts([(h.section, h.text) for h, _ in cands], only=terms)
     scored: list[Hit] = []
     for (hit, tokens), tf in zip(cands, tfs):
         norm = K1 * (1.0 - B + B * (tokens or 1) / avgdl)
