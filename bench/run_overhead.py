@@ -52,6 +52,41 @@ print(json.dumps({"text": out["choices"][0]["text"], "usage": out["usage"]}))
 """
 
 
+BREAKDOWN = r"""
+import json, sys, time
+T = {}
+t = time.perf_counter()
+import llama_cpp
+T["import llama_cpp"] = time.perf_counter() - t; t = time.perf_counter()
+import typer.main
+from llmos_cli.cli import build_app
+typer.main.get_command(build_app())
+T["CLI: import + build the typer app"] = time.perf_counter() - t; t = time.perf_counter()
+from llmos_cli.paths import get_paths
+from llmos_cli.runtime import run as R
+from llmos_cli.runtime.engine import LlamaCppEngine, EngineOptions, SamplingParams
+from llmos_cli.runtime.stack import build_stack
+from llmos_cli.state import transaction as tx
+T["import llmos runtime + state"] = time.perf_counter() - t; t = time.perf_counter()
+paths = get_paths()
+with tx.open_state(paths, "run", write=False) as db:
+    stack = build_stack(db, paths, model=sys.argv[1], no_libs=True)
+T["state DB + stack"] = time.perf_counter() - t; t = time.perf_counter()
+engine = LlamaCppEngine(stack.model.path, EngineOptions(n_ctx=int(sys.argv[2])), header=stack.model_header)
+T["model load (Llama(...))"] = time.perf_counter() - t; t = time.perf_counter()
+req = R.RunRequest(prompt=sys.argv[3], sampling=SamplingParams(max_tokens=int(sys.argv[4]), temperature=0.0))
+ctx = R.RunContext(request=req, paths=paths, stack=stack, engine=engine, reporter=R.NullReporter(),
+                   messages=[{"role": "user", "content": req.user_text()}], generate=R.single_generation)
+for stage in R._provider_stages(ctx):
+    stage(ctx)
+T["knowledge/tool stages (incl. imports)"] = time.perf_counter() - t; t = time.perf_counter()
+gen = ctx.generate(ctx, None)
+T["prompt + generation"] = time.perf_counter() - t
+engine.close()
+print(json.dumps(T))
+"""
+
+
 def cache_dir() -> Path:
     d = Path(os.environ.get("LLMOS_TEST_CACHE") or Path.home() / ".cache" / "llmos-tests") / "bench"
     d.mkdir(parents=True, exist_ok=True)
@@ -109,6 +144,7 @@ def main() -> int:
     args = ap.parse_args()
     models = bench_models()
     rows = []
+    breakdown: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, LLMOS_HOME=str(Path(tmp) / "home"), NO_COLOR="1")
         llmos = [sys.executable, "-m", "llmos_cli"]
@@ -146,6 +182,13 @@ def main() -> int:
                 f"{ns:.3f} / {nl:.3f} ({nl / ns:.2f}x)", "yes" if same else "NO",
             ])
             print(rows[-1], file=sys.stderr)
+            if name == "tiny":
+                parts: dict[str, list[float]] = {}
+                for _ in range(args.reps):
+                    _dt, so = timed([sys.executable, "-c", BREAKDOWN, name, str(m["n_ctx"]), PROMPT, str(args.tokens)], env)
+                    for k, v in json.loads(so).items():
+                        parts.setdefault(k, []).append(v)
+                breakdown = [[k, f"{statistics.median(v) * 1000:.0f}", f"{min(v) * 1000:.0f}"] for k, v in parts.items()]
     body = (
         f"`llmos run` as a whole process against a minimal llama-cpp-python script (`Llama(...)` + "
         f"`create_completion` on the same chat-templated prompt), {args.reps} alternating repetitions after one warm-up, "
@@ -154,6 +197,9 @@ def main() -> int:
         "repetitions is the better estimate of each side's own cost; the medians are shown too.  "
         "CPU only: no GPU is available in this task.\n\n"
         + table(["model", "params", "tokens", "script s (median)", "llmos run s (median)", "ratio", "min script / llmos", "same tokens"], rows)
+        + "\nWhere the time of one `llmos run` on the tiny model goes (in one fresh process, ms; the first decode "
+        "of a process carries llama.cpp's warm-up, which the plain script pays too):\n\n"
+        + table(["step", "median ms", "min ms"], breakdown)
     )
     if args.no_write:
         print(body)
