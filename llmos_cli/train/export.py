@@ -167,7 +167,7 @@ def read_lora_gguf(path: str | Path, hp: LlamaHParams) -> tuple[dict[str, LoraPa
         elif kind == "k":
             b = unpermute_qk(b, hp.n_head, hp.n_head_kv)
         r = a.shape[0]
-        pairs[hf] = LoraPair(np.ascontiguousarray(a), np.ascontiguousarray(b), alpha / r if alpha else 1.0)
+        pairs[hf] = LoraPair(np.array(a, order="C", copy=True), np.array(b, order="C", copy=True), alpha / r if alpha else 1.0)
     meta = {"alpha": alpha, "name": head.name}
     return pairs, meta
 

@@ -388,7 +388,7 @@ def train_library(
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optim.step()
                 optim.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 task.advance()
                 if step % 5 == 4 or step == opts.steps - 1:
                     recent = sum(losses[-10:]) / len(losses[-10:])

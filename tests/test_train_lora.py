@@ -1,0 +1,99 @@
+"""``llmos train``: a small real run (seconds) lowers the loss and writes an adapter that passes the ABI check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trainkit import make_base, require_train_extra, write_library
+
+require_train_extra()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("tiny"), weight_scale=1.0)
+
+
+def test_train_cli_lowers_loss_and_writes_a_fitting_adapter(base, tmp_path, cli):
+    from llmos_cli.gguf_info import read_header
+    from llmos_cli.runtime.abi import check_adapter
+    from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine
+
+    lib = write_library(tmp_path)
+    r = cli("train", str(lib), "--base", str(base.gguf), "--steps", "40", "--threads", "1", "--json")
+    assert r.exit_code == 0, r
+    data = r.json()["data"]
+    assert data["loss_end"] < 0.9 * data["loss_start"], data  # measurably lower (about 0.8 nats here)
+    assert data["abi_ok"] is True
+    assert data["data"]["qa"] == 5 and data["data"]["documents"] == 1
+    assert data["eval"]["questions"] == 5 and data["eval"]["exact_match"] is not None
+    adapter = lib / "adapter.gguf"
+    head = read_header(adapter)
+    assert (head.general_type, head.adapter_type, head.architecture) == ("adapter", "lora", "llama")
+    assert head.lora_alpha == pytest.approx(8.0)
+    assert check_adapter(head, read_header(base.gguf)) == []
+    with LlamaCppEngine(base.gguf, EngineOptions(n_ctx=64, n_threads=1)) as eng:
+        eng.set_adapters([(adapter, 1.0)])  # llama.cpp accepts it
+
+
+def test_train_is_deterministic_with_a_seed(base, tmp_path):
+    from llmos_cli.train.lora import train_library
+
+    lib = write_library(tmp_path)
+    one = train_library(lib, str(base.gguf), overrides={"steps": 6, "seed": 5}, threads=1, out=tmp_path / "one.gguf", evaluate=False)
+    two = train_library(lib, str(base.gguf), overrides={"steps": 6, "seed": 5}, threads=1, out=tmp_path / "two.gguf", evaluate=False)
+    assert one.losses == two.losses
+    assert (tmp_path / "one.gguf").read_bytes() == (tmp_path / "two.gguf").read_bytes()
+
+
+def test_train_from_a_hugging_face_checkpoint(base, tmp_path):
+    from llmos_cli.train.lora import train_library
+
+    lib = write_library(tmp_path)
+    res = train_library(lib, str(base.hf_dir), overrides={"steps": 4, "rank": 2, "target_modules": ["q_proj", "v_proj"]}, threads=1, evaluate=False)
+    assert res.adapter.is_file() and res.abi_ok is None  # no full GGUF of a HF base to check against
+    assert res.options["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_simulate_writes_nothing(base, tmp_path, cli):
+    lib = write_library(tmp_path)
+    r = cli("train", str(lib), "--base", str(base.gguf), "-s", "--rank", "2")
+    assert r.exit_code == 0, r
+    assert "rank 2" in r.stdout
+    assert not (lib / "adapter.gguf").exists()
+
+
+def test_bad_input_is_refused_cleanly(base, tmp_path, cli):
+    lib = write_library(tmp_path)
+    r = cli("train", str(lib), "--base", str(base.gguf), "--target", "lm_head")
+    assert r.exit_code == 2 and "unknown target module" in r.stderr
+    r = cli("train", str(lib), "--base", str(tmp_path / "missing.gguf"))
+    assert r.exit_code == 3 and "not found" in r.stderr
+    r = cli("train", str(lib), "--base", "no-such-model")
+    assert r.exit_code == 3 and "llmos install no-such-model" in r.stderr
+    (lib / "train" / "qa.jsonl").write_text('{"questions": ["x?"]}\n')
+    r = cli("train", str(lib), "--base", str(base.gguf))
+    assert r.exit_code == 5 and "answer" in r.stderr
+    r = cli("train", str(tmp_path / "nolib"), "--base", str(base.gguf))
+    assert r.exit_code == 5
+    assert not (lib / "adapter.gguf").exists()
+
+
+def test_without_the_train_extra_the_message_names_it(tmp_path):
+    """torch blocked (as if not installed): one clear line naming the extra, no traceback."""
+    lib = write_library(tmp_path)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from llmos_cli.__main__ import main\n"
+        f"sys.argv = ['llmos', 'train', {str(lib)!r}, '--base', 'x.gguf', '--json']\n"
+        "sys.exit(main())\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "pip install 'llmos[train]'" in p.stderr and "Traceback" not in p.stderr
+    err = json.loads(p.stdout)["error"]
+    assert err["code"] == "missing_extra" and "torch" in err["message"]
