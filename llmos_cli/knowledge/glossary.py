@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +200,8 @@ def _fail(origin: str, where: str, message: str) -> InvalidPackageError:
 
 def parse_glossary(text: str | bytes, library: str = "", origin: str = "glossary.toml") -> Glossary:
     """Parse and validate the TOML source form; raises ``InvalidPackageError``."""
+    import tomllib
+
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -22,11 +22,8 @@ timestamps, then optimised and VACUUMed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -175,6 +172,10 @@ def write_index(
 
     Returns counts: ``{"documents": n, "chunks": m, "words": w}``.
     """
+    import hashlib
+    import sqlite3
+    import tempfile
+
     docs = sorted(documents)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".knowledge-", suffix=".sqlite.incomplete", dir=out.parent)
@@ -310,6 +311,8 @@ def build_artifacts(manifest: "Manifest", src: Path) -> dict[str, bytes]:
     Deterministic: the same manifest and documents give the same bytes.
     Raises ``InvalidPackageError`` naming the field or file at fault.
     """
+    import tempfile
+
     from llmos_cli.knowledge.glossary import parse_glossary
 
     src = Path(src)

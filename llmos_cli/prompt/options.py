@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from llmos_cli.tools.loop import DEFAULT_CHAIN_LIMIT
+#: --chain-limit default (tools.loop.DEFAULT_CHAIN_LIMIT is the same number)
+#: --chain-limit default
+DEFAULT_CHAIN_LIMIT = 5
 
 
 @dataclass

@@ -20,11 +20,18 @@ an ``error`` so the loop can hand the error back to the model.
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
-import string
 from dataclasses import dataclass, field
 from typing import Any
+
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _call_id() -> str:
+    """Nine alphanumeric characters (Mistral's templates insist on exactly that)."""
+    return "".join(_ID_CHARS[b % len(_ID_CHARS)] for b in os.urandom(9))
 
 
 @dataclass
@@ -33,7 +40,7 @@ class ParsedCall:
     arguments: dict[str, Any]
     raw: str
     error: str | None = None
-    id: str = field(default_factory=lambda: "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9)))
+    id: str = field(default_factory=lambda: _call_id())
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "arguments": self.arguments, "error": self.error}

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from llmos_cli.errors import ToolError, UsageError
+from llmos_cli.prompt.options import DEFAULT_CHAIN_LIMIT
 from llmos_cli.tools.formats import CallFormat, ParsedCall, assistant_message, detect_format, prepare_chat, tool_message
 from llmos_cli.tools.permissions import Policy
 from llmos_cli.tools.registry import ToolSet
 from llmos_cli.tools.spec import ToolResult
 
-DEFAULT_CHAIN_LIMIT = 5
 MAX_CHAIN_LIMIT = 50
 #: a result longer than this is cut before the model reads it
 MAX_RESULT_CHARS = 8000
