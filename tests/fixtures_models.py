@@ -56,11 +56,14 @@ pytest fixtures
 is skipped with a clear reason if pip cannot fetch it).
 ``real_vocab_model`` (session): qwen2 tokenizer + Qwen2.5 chat template.
 
-Use them from a test module with ``from fixtures_models import *``-free
-imports, e.g. ``from fixtures_models import write_tiny_llama`` (``tests/`` is
-on ``sys.path`` via conftest), and request the fixtures after adding
-``pytest_plugins = ["fixtures_models"]`` to your test module -- or call the
-plain functions with ``tmp_path``.
+Use from a test module::
+
+    from fixtures_models import write_tiny_llama, write_lora   # plain functions
+    pytest_plugins = ["fixtures_models"]                       # the fixtures below
+
+(``tests/`` is on ``sys.path`` via conftest; PYTEST_DONT_REWRITE keeps pytest
+from warning that the module was imported before it became a plugin.)  The models are random: their
+text is gibberish, but llama.cpp loads and runs them like real ones.
 """
 
 from __future__ import annotations

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import (  # noqa: F401  (fixtures)
-    tiny_lora,
-    tiny_lora2,
-    tiny_model,
-    write_lora,
-    write_tiny_llama,
-)
+from fixtures_models import write_lora, write_tiny_llama
 from llmos_cli.errors import AbiError, InvalidPackageError
 from llmos_cli.gguf_info import read_header, read_metadata
 from llmos_cli.runtime.abi import check_adapter, ensure_adapter_fits, lora_rank, lora_targets
+
+pytest_plugins = ["fixtures_models"]  # tiny_model, tiny_lora, tiny_lora2
 
 
 # ---------------------------------------------------------------- the reader
@@ -128,6 +124,7 @@ def test_broken_adapters_are_named(tmp_path, tiny_model):
 _PROBE = r"""
 import json, sys
 import llama_cpp
+
 quiet = llama_cpp.llama_log_callback(lambda *a: None)  # keep a reference: C calls it later
 llama_cpp.llama_log_set(quiet, None)
 llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import llama_sdist, real_vocab_model, write_real_vocab_model  # noqa: F401  (fixtures)
+from fixtures_models import write_real_vocab_model
 from llmos_cli.errors import RuntimeFailure
 from llmos_cli.runtime.chat import render_chat
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
+
+pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 CONVO = [{"role": "system", "content": "SYSTEXT"}, {"role": "user", "content": "Hi there USERTEXT"}]
 

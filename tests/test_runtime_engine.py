@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import tiny_lora, tiny_model, write_lora  # noqa: F401  (fixtures)
+from fixtures_models import write_lora
 from llmos_cli.errors import AbiError, ContextOverflow, InvalidPackageError, RuntimeFailure, UsageError
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams, _StopScanner, plan_device
+
+pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
 

@@ -15,16 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures_models import (  # noqa: F401  (fixtures)
-    merged_weights,
-    reference_logits,
-    tiny_lora,
-    tiny_lora2,
-    tiny_model,
-    write_lora,
-    write_weights,
-)
+from fixtures_models import merged_weights, reference_logits, write_lora, write_weights
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
+
+pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 OPTS = EngineOptions(n_ctx=128, kv_type="f32", logits_all=True)
 TEXT = "hello world, the model answers the question"
