@@ -185,11 +185,20 @@ def test_run_tools_debug_goes_to_stderr(cli, with_model):
     assert "[tools]" not in r.stdout
 
 
-def test_run_refuses_a_tool_nobody_allowed_without_hanging(llmos_proc, with_model):
+def test_run_refuses_a_tool_nobody_allowed_without_hanging(cli, llmos_proc, with_model):
     r = llmos_proc("run", "sky over Oslo?", "-n", "20", "--tool-choice", "weather", input="", timeout=120)
     assert r.exit_code == 14, r
     assert "tool 'weather' from library renal is not allowed" in r.stderr
     assert "--allow-tool weather" in r.stderr
+    # a stored permission is enough, in a later process
+    assert cli("tools", "allow", "renal:weather", "-y").exit_code == 0
+    r = llmos_proc("run", "sky over Oslo?", "-n", "20", "--seed", "3", "--tool-choice", "weather", "--json", input="", timeout=120)
+    assert r.exit_code == 0, r
+    assert r.json()["data"]["extra"]["tool_calls"][0]["ok"] is True
+    # and a stored denial beats --allow-tools
+    assert cli("tools", "deny", "weather").exit_code == 0
+    r = llmos_proc("run", "sky over Oslo?", "-n", "20", "--tool-choice", "weather", "--allow-tools", input="", timeout=120)
+    assert r.exit_code == 14 and "denied" in r.stderr
 
 
 def test_run_tool_errors_are_clear(cli, with_model):
