@@ -27,13 +27,31 @@ MODULES = [
 ]
 
 
+#: Which module defines each top-level command, so that ``llmos run ...``
+#: imports only ``cli/runtime.py`` and not the whole command tree.  Kept in
+#: step with the modules by ``tests/test_cli_app.py``.
+COMMAND_MODULES = {
+    **dict.fromkeys(
+        ["install", "remove", "autoremove", "upgrade", "hold", "unhold", "list", "show", "search", "verify", "history"],
+        "packages",
+    ),
+    **dict.fromkeys(["build", "check", "index"], "build"),
+    **dict.fromkeys(["source", "update"], "sources"),
+    **dict.fromkeys(["run", "stack", "attach", "detach", "import-model", "default-model", "doctor"], "runtime"),
+    **dict.fromkeys(["query", "tools"], "knowledge"),
+    **dict.fromkeys(["train", "merge"], "train"),
+    **dict.fromkeys(["key", "publish", "mirror", "cache"], "remote"),
+}
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"llmos {__version__}")
         raise typer.Exit(0)
 
 
-def build_app() -> typer.Typer:
+def build_app(only: list[str] | None = None) -> typer.Typer:
+    """The whole app, or (``only``) just the named command modules."""
     app = typer.Typer(
         name="llmos",
         help="Install, stack and run knowledge libraries on local LLMs.",
@@ -57,7 +75,7 @@ def build_app() -> typer.Typer:
 
         STATE.verbose = verbose
 
-    for name in MODULES:
+    for name in MODULES if only is None else only:
         try:
             mod = importlib.import_module(f"llmos_cli.cli.{name}")
         except ModuleNotFoundError as exc:  # a command group not written yet
@@ -68,10 +86,25 @@ def build_app() -> typer.Typer:
     return app
 
 
-def run_app() -> int:
-    app = build_app()
+def _invoked_module(argv: list[str]) -> str | None:
+    """The module of the command being run, when it can be told from argv alone."""
+    for arg in argv:
+        if arg in ("-h", "--help", "--install-completion", "--show-completion"):
+            return None
+        if arg.startswith("-"):
+            continue  # global options (-v) come before the command
+        return COMMAND_MODULES.get(arg)
+    return None
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    module = _invoked_module(args)
+    app = build_app(only=[module] if module else None)
     try:
-        app(prog_name="llmos", standalone_mode=True)
+        app(args=args, prog_name="llmos", standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0
