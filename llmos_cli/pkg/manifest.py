@@ -353,7 +353,7 @@ _TOOL_NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
 
 def _check_tools_and_mcp(data: dict[str, Any], findings: list[Finding]) -> None:
-    """Extra checks of ``[[tools]]``, ``[[mcp]]`` and ``[knowledge]`` chunking (see docs/prompt-flow.md)."""
+    """Extra checks of ``[[tools]]``, ``[[mcp]]`` and ``[knowledge]`` chunking (see docs/architecture.md ("How a prompt flows"))."""
     import re
 
     def timeout_ok(v: Any) -> bool:

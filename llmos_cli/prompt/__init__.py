@@ -5,5 +5,5 @@ tools and the user's text, fitted into the model's context.
   ``engine`` is the runtime's ``Engine`` (``llmos_cli.runtime.engine``)
 * ``explain``   -- the human text of ``llmos run --explain``
 
-The flow is described in docs/prompt-flow.md.
+The flow is described in docs/architecture.md ("How a prompt flows").
 """
