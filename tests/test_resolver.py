@@ -237,6 +237,15 @@ def test_versioned_conflict_upgrades_instead_of_removing():
     assert plan.actions[0].reason == "1.0 conflicts with a 1.0"
 
 
+def test_dependency_order_wins_over_conflict_order():
+    # a provides v2; installed c 2.0 conflicts with v2, so c moves to 1.0, which depends on v2
+    a = pkg("a=2.0", provides=["v2"])
+    c1, c2 = pkg("c=1.0", depends=["v2"]), pkg("c=2.0", conflicts=["v2"])
+    plan = resolve([a, c1, c2], installed(c2), install("a"))
+    assert ops(plan) == [("install", "a", None, "2.0", False), ("downgrade", "c", "2.0", "1.0", False)]
+    assert plan.actions[1].reason == "2.0 conflicts with a 2.0"
+
+
 def test_conflict_on_a_virtual_name_hits_every_provider():
     p1 = pkg("p1=1.0", provides=["engine"])
     p2 = pkg("p2=1.0", provides=["engine"])
@@ -617,7 +626,12 @@ def scenarios(draw):
         inst[name] = InstalledInfo(cand.meta, auto=draw(st.booleans()), held=draw(st.booleans()) and draw(st.booleans()))
     reqs = draw(st.lists(st.sampled_from(NAMES + ["a>=2.0", "b<2", "c==1.0", "v1"]), min_size=1, max_size=2))
     remove = draw(st.lists(st.sampled_from(sorted(inst) or ["a"]), max_size=1))
-    request = Request(install=[Req.parse(r) for r in reqs], remove=remove, upgrade_all=draw(st.booleans()))
+    mode = draw(st.sampled_from(["plain", "upgrade-all", "upgrade-some"]))
+    upgrade = []
+    if mode == "upgrade-some":
+        upgrade = draw(st.lists(st.sampled_from(sorted(n for n, i in inst.items() if not i.held) or ["-"]), max_size=1))
+        upgrade = [n for n in upgrade if n != "-"]
+    request = Request(install=[Req.parse(r) for r in reqs], remove=remove, upgrade=upgrade, upgrade_all=mode == "upgrade-all")
     return universe, inst, request
 
 
@@ -649,7 +663,7 @@ def _cost(state: dict[str, PackageMeta], universe, inst, request) -> tuple[int, 
     for c in sorted(universe, key=lambda c: c.meta.parsed_version, reverse=True):
         newest.setdefault(c.meta.name, []).append(c.meta.version)
     removing = {n for n in request.remove if n in inst}
-    upgrading = {n for n, i in inst.items() if request.upgrade_all and not i.held} - removing
+    upgrading = {n for n, i in inst.items() if (request.upgrade_all or n in request.upgrade) and not i.held} - removing
     removed = sum(1 for n, i in inst.items() if n not in removing and not i.held and n not in state)
     rank = sum(newest[n].index(state[n].version) for n in upgrading if n in state)
     changed = sum(
@@ -700,3 +714,22 @@ def test_property_plans_are_consistent_and_optimal(scenario):
     # removals come first, and new dependencies before their dependents (cycles aside)
     kinds = [a.op == "remove" for a in plan.actions if a.op != "mark-manual"]
     assert kinds == sorted(kinds, reverse=True)
+    _assert_dependencies_first(plan, state)
+
+
+def _assert_dependencies_first(plan: Plan, state: dict[str, PackageMeta]) -> None:
+    from llmos_cli.resolve.graph import InstalledSet
+
+    iset = InstalledSet(state)
+    changed = [a.name for a in plan.actions if a.op in ("install", "upgrade", "downgrade")]
+    deps = {n: iset.dependencies_of(n) & set(changed) for n in changed}
+    reach = {n: set(deps[n]) for n in changed}
+    for _ in changed:  # transitive closure on a handful of names
+        for n in changed:
+            for d in list(reach[n]):
+                reach[n] |= reach[d]
+    pos = {n: i for i, n in enumerate(changed)}
+    for n in changed:
+        for d in deps[n]:
+            if n not in reach[d]:  # not in a cycle with n
+                assert pos[d] < pos[n], f"{d} must come before {n} in {changed}"

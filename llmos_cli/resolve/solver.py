@@ -239,16 +239,15 @@ def _build_plan(pool, installed, request, removing, upgrading, chosen) -> Plan:
         for n in old_set.dependencies_of(m):
             dependents.setdefault(n, set()).add(m)
     ordered = deps_first(removals, lambda n: dependents.get(n, ()))
-    # a package goes in after its dependencies and after the packages whose old version it conflicts with
-    replaced = [n for n in installs if n in old]
-    clashes = {
-        n: {r for r in replaced if r != n and _conflict(pool, chosen[n], old[r])} for n in installs if chosen[n].meta.conflicts
-    }
-    for r in replaced:
+    # a package goes in after its dependencies, and after the change of a package whose old
+    # version it conflicts with (unless that package depends on it: dependencies win)
+    inside = set(installs)
+    deps = {n: new_set.dependencies_of(n) & inside for n in installs}
+    for r in [n for n in installs if n in old]:
         for n in installs:
-            if n != r and old[r].meta.conflicts and _conflict(pool, chosen[n], old[r]):
-                clashes.setdefault(n, set()).add(r)
-    ordered += deps_first(installs, lambda n: new_set.dependencies_of(n) | clashes.get(n, set()))
+            if n != r and _conflict(pool, chosen[n], old[r]) and not _reaches(deps, r, n):
+                deps[n].add(r)
+    ordered += deps_first(installs, lambda n: deps[n])
     plan = Plan([actions[n] for n in ordered] + marks)
 
     result = {}
@@ -280,3 +279,15 @@ def _unmet_by(new_set: InstalledSet, chosen: dict, name: str, old: Candidate, us
             if not sats:
                 return f"{chosen[user]} needs {'the base model ' if base is not None else ''}{text}"
     return None
+
+
+def _reaches(edges: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
