@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+from llmos_cli.cli.build import _human_size as _size
 
 SignOpt = Annotated[
     Optional[str],
@@ -16,14 +17,6 @@ SignOpt = Annotated[
 ExpiresOpt = Annotated[
     Optional[int], typer.Option("--expires-days", help="Declare the new index expired after N days (freeze-attack guard).")
 ]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _sign_path(sign: str | None) -> Path | None:

@@ -218,7 +218,8 @@ def _copy_verbatim(
     dest: Path, entries: list[IndexEntry], fetched: list[Path], raw: bytes, sig: bytes | None, result: MirrorResult, reporter: Reporter
 ) -> None:
     """Archives at the index's own filenames, then the publisher's index and signature, unchanged."""
-    from llmos_cli.pkg.archive import atomic_output, sha256_file, write_atomic
+    from llmos_cli.pkg.archive import sha256_file, write_atomic
+    from llmos_cli.registry.publish import copy_file
 
     try:
         for e, path, item in zip(entries, fetched, result.items):
@@ -226,11 +227,7 @@ def _copy_verbatim(
             if target.is_file() and target.stat().st_size == e.size and sha256_file(target)[0] == e.sha256:
                 item.status = "unchanged"
                 continue
-            with reporter.task(f"copying {target.name}", total=e.size, unit="bytes") as task:
-                with open(path, "rb") as fin, atomic_output(target) as fout:
-                    while chunk := fin.read(1 << 20):
-                        fout.write(chunk)
-                        task.advance(len(chunk))
+            copy_file(path, target, reporter)
             item.status = "added"
         sig_file = dest / (INDEX_NAME + SIG_SUFFIX)
         if sig is None:

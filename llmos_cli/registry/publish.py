@@ -93,6 +93,17 @@ def _open_archives(paths: list[Path], reporter: Reporter) -> list[tuple[Path, An
     return out
 
 
+def copy_file(src: Path, dest: Path, reporter: Reporter) -> None:
+    """Copy atomically (temp file, fsync, rename) with a byte progress bar."""
+    from llmos_cli.pkg.archive import atomic_output
+
+    with reporter.task(f"copying {dest.name}", total=Path(src).stat().st_size, unit="bytes") as task:
+        with open(src, "rb") as fin, atomic_output(dest) as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+                task.advance(len(chunk))
+
+
 def _check_against(existing: list[IndexEntry], new: IndexEntry) -> str:
     """'added' or 'unchanged'; ``InvalidPackageError`` when the release exists with other bytes."""
     for e in existing:
@@ -158,7 +169,6 @@ def _publish_dir(
 ) -> PublishResult:
     from filelock import FileLock
 
-    from llmos_cli.pkg.archive import atomic_output
     from llmos_cli.registry.index import write_index
 
     if root.exists() and not root.is_dir():
@@ -185,11 +195,7 @@ def _publish_dir(
                     raise InvalidPackageError(f"{dest} exists but is not indexed", f"run `llmos index {root}` first, or move it away")
                 result.packages.append(Published(entry.name, entry.version, entry.filename, entry.sha256, entry.size, status))
                 if status == "added" and not simulate:
-                    with reporter.task(f"copying {dest.name}", total=entry.size, unit="bytes") as task:
-                        with open(src, "rb") as fin, atomic_output(dest) as fout:
-                            while chunk := fin.read(1 << 20):
-                                fout.write(chunk)
-                                task.advance(len(chunk))
+                    copy_file(src, dest, reporter)
                     added.append(dest)
             if simulate:
                 result.index_version = (old.version if old else 0) + 1
