@@ -733,3 +733,68 @@ def _assert_dependencies_first(plan: Plan, state: dict[str, PackageMeta]) -> Non
         for d in deps[n]:
             if n not in reach[d]:  # not in a cycle with n
                 assert pos[d] < pos[n], f"{d} must come before {n} in {changed}"
+
+
+# ---------------------------------------------------------------- property: the lazy scope matches the full problem
+
+
+def _random_registry(rng, n: int) -> list[Candidate]:
+    """A layered registry: names depend on later names, with alternatives, virtual names and conflicts."""
+    names = [f"n{i:02d}" for i in range(n)]
+    virtuals = ["virt-a", "virt-b", "virt-c"]
+    out = []
+    for i, name in enumerate(names):
+        below = names[i + 1 :]
+        provides = [rng.choice(virtuals)] if rng.random() < 0.15 else []
+        for k in range(1, rng.randint(1, 4) + 1):
+            depends = []
+            for _ in range(rng.choice([0, 1, 1, 2, 3])) if below else ():
+                dep = rng.choice(below)
+                text = rng.choice([dep, f"{dep}>={rng.randint(1, 3)}.0", f"{dep}<{rng.randint(2, 4)}.0"])
+                if rng.random() < 0.2:
+                    text += " | " + rng.choice(below + virtuals)
+                depends.append(text)
+            if rng.random() < 0.1:
+                depends.append(rng.choice(virtuals))
+            conflicts = [rng.choice(names)] if rng.random() < 0.1 else []
+            out.append(pkg(f"{name}={k}.0", depends=depends, conflicts=[c for c in conflicts if c != name], provides=provides))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1))
+def test_property_lazy_scope_is_as_good_as_the_full_problem(seed):
+    import random
+
+    from llmos_cli.resolve import encode, solver
+    from llmos_cli.resolve.pool import Pool
+
+    rng = random.Random(seed)
+    universe = _random_registry(rng, 30)
+    by_name: dict[str, list[Candidate]] = {}
+    for c in universe:
+        by_name.setdefault(c.meta.name, []).append(c)
+    inst = {}
+    for name in rng.sample(sorted(by_name), 4):
+        cand = rng.choice(by_name[name])
+        inst[name] = InstalledInfo(cand.meta, auto=rng.random() < 0.5, held=rng.random() < 0.15)
+    top = sorted(by_name)[: 10]
+    request = Request(install=[Req.parse(rng.choice(top)) for _ in range(rng.randint(1, 2))], upgrade_all=rng.random() < 0.3)
+
+    results = []
+    for eager in (False, True):
+        pool = Pool(universe, inst)
+        removing, upgrading = solver._check_request(pool, inst, request, [])
+        results.append((pool, *encode.solve(pool, inst, request, removing, upgrading, eager=eager)))
+    (_p1, lazy, _e1), (pool, full, full_enc) = results
+    assert (lazy is None) == (full is None)
+    if lazy is None:
+        return
+    lazy = {n: c for n, c in lazy.items()}
+    state = {n: c.meta for n, c in lazy.items()}
+    assert _valid(state, universe, inst, request)
+    # re-express the lazy answer with the full pool's candidates, then compare objective levels
+    lazy_full = {n: next(c for c in pool.versions(n) if c.meta.version == cand.meta.version) for n, cand in lazy.items()}
+    lazy_cost, full_cost = full_enc.costs(lazy_full), full_enc.costs(full)
+    assert lazy_cost[:5] == full_cost[:5]
+    assert lazy_cost[5] >= full_cost[5]

@@ -96,6 +96,22 @@ class Scope:
                     todo.append(pick)
 
 
+    def grow_all(self, names) -> None:
+        """Everything reachable through every version, alternative and provider."""
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name in self.names or not self.pool.versions(name):
+                continue
+            self.names.add(name)
+            for cand in self.pool.versions(name):
+                meta = cand.meta
+                rels = [(alt, False) for d in meta.depends for alt in d.alternatives]
+                rels += [(meta.base, True)] if meta.base is not None else []
+                for req, model_only in rels:
+                    todo += [s.meta.name for s in self.pool.satisfiers(req, model_only) if s.meta.name not in self.names]
+
+
 class Encoding:
     """One round: hard groups and soft levels over the names in ``scope``."""
 
@@ -112,46 +128,44 @@ class Encoding:
             for cand in pool.versions(name):
                 self.cands.append(cand)
                 self.var[id(cand)] = len(self.cands)
-        self.out_var: dict[tuple[str, ...], int] = {}
+        self.out_var: dict[tuple[str, ...], int] = {}  # names outside the scope -> variable
+        self.out_pick: dict[int, Candidate] = {}  # variable -> the satisfier apt would try first
         self.groups: list[Group] = []
-        self.relaxed: list[tuple[Group, int, list[int]]] = []  # (group, out var, in-scope satisfier lits)
         self._hard()
 
     def lit(self, cand: Candidate) -> int:
         return self.var[id(cand)]
 
-    def _outside(self, names: tuple[str, ...]) -> int:
+    def _outside(self, names: tuple[str, ...], pick: Candidate) -> int:
         v = self.out_var.get(names)
         if v is None:
             v = len(self.cands) + len(self.out_var) + 1
             self.out_var[names] = v
+            self.out_pick[v] = pick
         return v
 
     def sats(self, reqs, model_only: bool = False) -> tuple[list[Candidate], list[int], int | None]:
         """All satisfiers, the in-scope ones as literals, and the outside variable (or None)."""
         cands: list[Candidate] = []
         lits: list[int] = []
-        outside: list[str] = []
+        outside: list[Candidate] = []
         for req in reqs:
             for s in self.pool.satisfiers(req, model_only):
                 v = self.var.get(id(s))
                 if v is None:
-                    if s.meta.name not in outside:
-                        outside.append(s.meta.name)
+                    outside.append(s)
                     cands.append(s)
                 elif v not in lits:
                     cands.append(s)
                     lits.append(v)
-        out = self._outside(tuple(sorted(outside))) if outside else None
-        return cands, lits, out
+        if not outside:
+            return cands, lits, None
+        return cands, lits, self._outside(tuple(sorted({c.meta.name for c in outside})), outside[0])
 
     def _implies(self, kind: str, name: str, rel, cand: Candidate | None, reqs, model_only: bool = False) -> None:
         targets, lits, out = self.sats(reqs, model_only)
         head = [-self.lit(cand)] if cand is not None else []
-        group = Group(kind, name, rel, cand, targets, [head + lits + ([out] if out else [])])
-        self.groups.append(group)
-        if out:
-            self.relaxed.append((group, out, lits))
+        self.groups.append(Group(kind, name, rel, cand, targets, [head + lits + ([out] if out else [])]))
 
     def _hard(self) -> None:
         pool, add = self.pool, self.groups.append
@@ -245,6 +259,18 @@ class Encoding:
         with RC2Stratified(wcnf, solver=SAT_SOLVER, adapt=True, exhaust=True, minz=True) as rc2:
             return rc2.compute()
 
+    def costs(self, chosen: dict[str, Candidate]) -> list[int]:
+        """The value of each soft level for a set of chosen candidates (all in scope)."""
+        true = {self.lit(c) for c in chosen.values()}
+        out = []
+        for level in self.soft_levels():
+            total = 0
+            for clause, w in level.items():
+                if not any((lit in true) if lit > 0 else (-lit not in true) for lit in clause):
+                    total += w
+            out.append(total)
+        return out
+
     def chosen(self, model: list[int]) -> dict[str, Candidate]:
         out: dict[str, Candidate] = {}
         for lit in model:
@@ -253,31 +279,32 @@ class Encoding:
                 out[cand.meta.name] = cand
         return out
 
-    def needs_outside(self, model: list[int]) -> list[tuple[Group, tuple[str, ...]]]:
-        """Relations the model satisfies only through an outside variable."""
+    def needs_outside(self, model: list[int]) -> list[tuple[tuple[str, ...], Candidate]]:
+        """The outside variables the optimum uses (each costs, so it is true only when it helps)."""
         true = {lit for lit in model if lit > 0}
-        missing = []
-        names = {v: k for k, v in self.out_var.items()}
-        for group, out, lits in self.relaxed:
-            head_on = group.cand is None or self.lit(group.cand) in true
-            if head_on and not any(lit in true for lit in lits):
-                missing.append((group, names[out]))
-        return missing
+        return [(names, self.out_pick[v]) for names, v in self.out_var.items() if v in true]
 
 
-def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upgrading: set[str]):
+def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upgrading: set[str], eager: bool = False):
     """Grow the scope until the relaxed optimum needs nothing outside it.
 
     Returns (chosen name -> candidate, final encoding) or (None, encoding) when
-    there is no solution (the encoding then explains it).
+    there is no solution (the encoding then explains it).  ``eager`` starts
+    from everything reachable instead (the reference the tests compare with).
     """
     scope = Scope(pool, installed)
     first: list[Candidate] = []
     for req in request.install:
-        pick = scope.best((req,))
-        if pick is not None:
-            first.append(pick)
-    scope.grow(list(installed) + sorted(upgrading), first)
+        if eager:
+            first += pool.satisfiers(req)
+        else:
+            pick = scope.best((req,))
+            if pick is not None:
+                first.append(pick)
+    if eager:
+        scope.grow_all(list(installed) + sorted(upgrading) + [c.meta.name for c in first])
+    else:
+        scope.grow(list(installed) + sorted(upgrading), first)
     tried: set[tuple[str, ...]] = set()
     while True:
         enc = Encoding(pool, installed, request, removing, upgrading, scope.names)
@@ -289,13 +316,10 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
             return enc.chosen(model), enc
         grow: list[Candidate] = []
         more: list[str] = []
-        for group, outside in missing:
+        for outside, pick in missing:
             if outside in tried:
                 more += outside  # the preferred pick was not enough: bring in every outside satisfier
-                continue
-            tried.add(outside)
-            reqs = (group.rel,) if group.kind in ("request", "base") else group.rel.alternatives
-            pick = next((c for r in reqs for c in pool.satisfiers(r, group.kind == "base") if c.meta.name in outside), None)
-            if pick is not None:
+            else:
+                tried.add(outside)
                 grow.append(pick)
         scope.grow(more, grow)
