@@ -781,20 +781,26 @@ def test_property_lazy_scope_is_as_good_as_the_full_problem(seed):
     top = sorted(by_name)[: 10]
     request = Request(install=[Req.parse(rng.choice(top)) for _ in range(rng.randint(1, 2))], upgrade_all=rng.random() < 0.3)
 
-    results = []
-    for eager in (False, True):
-        pool = Pool(universe, inst)
-        removing, upgrading = solver._check_request(pool, inst, request, [])
-        results.append((pool, *encode.solve(pool, inst, request, removing, upgrading, eager=eager)))
-    (_p1, lazy, _e1), (pool, full, full_enc) = results
-    assert (lazy is None) == (full is None)
-    if lazy is None:
-        return
-    lazy = {n: c for n, c in lazy.items()}
-    state = {n: c.meta for n, c in lazy.items()}
-    assert _valid(state, universe, inst, request)
-    # re-express the lazy answer with the full pool's candidates, then compare objective levels
-    lazy_full = {n: next(c for c in pool.versions(n) if c.meta.version == cand.meta.version) for n, cand in lazy.items()}
-    lazy_cost, full_cost = full_enc.costs(lazy_full), full_enc.costs(full)
-    assert lazy_cost[:5] == full_cost[:5]
-    assert lazy_cost[5] >= full_cost[5]
+    def run(eager: bool, eager_after: int):
+        saved, encode.EAGER_AFTER = encode.EAGER_AFTER, eager_after
+        try:
+            pool = Pool(universe, inst)
+            removing, upgrading = solver._check_request(pool, inst, request, [])
+            return (pool, *encode.solve(pool, inst, request, removing, upgrading, eager=eager))
+        finally:
+            encode.EAGER_AFTER = saved
+
+    pool, full, full_enc = run(True, encode.EAGER_AFTER)
+    # the default lazy scope, and one that gives up on preferred growth after the first round
+    for eager_after in (encode.EAGER_AFTER, 1):
+        _pool, lazy, _enc = run(False, eager_after)
+        assert (lazy is None) == (full is None)
+        if lazy is None:
+            continue
+        state = {n: c.meta for n, c in lazy.items()}
+        assert _valid(state, universe, inst, request)
+        # re-express the lazy answer with the full pool's candidates, then compare objective levels
+        same = {n: next(c for c in pool.versions(n) if c.meta.version == cand.meta.version) for n, cand in lazy.items()}
+        lazy_cost, full_cost = full_enc.costs(same), full_enc.costs(full)
+        assert lazy_cost[:5] == full_cost[:5]
+        assert lazy_cost[5] >= full_cost[5]

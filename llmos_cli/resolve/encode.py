@@ -42,10 +42,13 @@ with no solution proves the full one has none, and its core explains why.
 
 from __future__ import annotations
 
+import itertools
+
 from .explain import Group
 from .model import Candidate, Request
 from .pool import Pool
 
+EAGER_AFTER = 8  # rounds of preferred growth before the scope takes everything behind a missing name
 SAT_SOLVER = "g3"  # glucose 3: fast on small structured instances, supports assumptions and cores
 
 
@@ -306,7 +309,7 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
     else:
         scope.grow(list(installed) + sorted(upgrading), first)
     tried: set[tuple[str, ...]] = set()
-    while True:
+    for rounds in itertools.count(1):
         enc = Encoding(pool, installed, request, removing, upgrading, scope.names)
         model = enc.optimize()
         if model is None:
@@ -314,6 +317,9 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
         missing = enc.needs_outside(model)
         if not missing:
             return enc.chosen(model), enc
+        if rounds >= EAGER_AFTER:  # a long chase: take everything reachable behind what is missing
+            scope.grow_all([n for outside, _pick in missing for n in outside])
+            continue
         grow: list[Candidate] = []
         more: list[str] = []
         for outside, pick in missing:
@@ -323,3 +329,4 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
                 tried.add(outside)
                 grow.append(pick)
         scope.grow(more, grow)
+    raise AssertionError("unreachable")
