@@ -234,7 +234,7 @@ def test_versioned_conflict_upgrades_instead_of_removing():
     b1, b2 = pkg("b=1.0"), pkg("b=2.0")
     plan = resolve([pkg("a=1.0", conflicts=["b<2"]), b1, b2], installed(b1), install("a"))
     assert ops(plan) == [("upgrade", "b", "1.0", "2.0", False), ("install", "a", None, "1.0", False)]
-    assert plan.actions[0].reason == "1.0 conflicts with a 1.0"
+    assert plan.actions[0].reason == "b 1.0 conflicts with a 1.0"
 
 
 def test_dependency_order_wins_over_conflict_order():
@@ -243,7 +243,7 @@ def test_dependency_order_wins_over_conflict_order():
     c1, c2 = pkg("c=1.0", depends=["v2"]), pkg("c=2.0", conflicts=["v2"])
     plan = resolve([a, c1, c2], installed(c2), install("a"))
     assert ops(plan) == [("install", "a", None, "2.0", False), ("downgrade", "c", "2.0", "1.0", False)]
-    assert plan.actions[1].reason == "2.0 conflicts with a 2.0"
+    assert plan.actions[1].reason == "c 2.0 conflicts with a 2.0"
 
 
 def test_conflict_on_a_virtual_name_hits_every_provider():

@@ -183,7 +183,7 @@ def _build_plan(pool, installed, request, removing, upgrading, chosen) -> Plan:
         if name in old:
             hit = conflicting(name, old[name])
             if hit is not None:
-                return f"{old[name].meta.version} conflicts with {hit}"
+                return f"{old[name]} conflicts with {hit}"
             unmet = _unmet_by(new_set, chosen, name, old[name], [u for _x, u, _b in users_of.get(name, ())])
             if unmet:
                 return unmet
