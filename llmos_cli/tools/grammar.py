@@ -124,7 +124,7 @@ class _Builder:
     def fail(self, path: str, message: str) -> SchemaNotExpressible:
         return SchemaNotExpressible(
             f"tool {self.tool!r}: cannot build a grammar for its parameters: {path}: {message}",
-            "simplify the tool's JSON schema (see the supported subset in docs/architecture.md ("How a prompt flows")), or call it with --tool-choice auto",
+            "simplify the tool's JSON schema (see the supported subset in docs/architecture.md, 'How a prompt flows'), or call it with --tool-choice auto",
         )
 
     def primitive(self, name: str) -> str:
