@@ -230,6 +230,34 @@ def test_conflict_with_a_held_package_is_explained():
     assert ops(plan) == [("install", "bio-core", None, "1.0", True), ("install", "med-lib", None, "1.0", False)]
 
 
+def test_conflict_declared_by_a_held_package_is_explained_in_order():
+    law = pkg("law-lib=1.0", conflicts=["bio-core>=2"])
+    u = [pkg("med-lib=2.0", depends=["bio-core>=2"]), pkg("bio-core=2.0"), law]
+    with pytest.raises(UnsatisfiableError) as exc:
+        resolve(u, installed((law, "held")), install("med-lib"))
+    assert exc.value.details["explanation"] == [
+        "you asked for med-lib",
+        "med-lib 2.0 depends on bio-core>=2",
+        "law-lib 1.0 conflicts with bio-core>=2 (bio-core 2.0)",
+        "law-lib 1.0 is installed and held",
+    ]
+    # not held: like apt, the conflicting package makes way (and the plan says why)
+    plan = resolve(u, installed(law), install("med-lib"))
+    assert ops(plan) == [
+        ("remove", "law-lib", "1.0", None, False),
+        ("install", "bio-core", None, "2.0", True),
+        ("install", "med-lib", None, "2.0", False),
+    ]
+    assert plan.actions[0].reason == "conflicts with bio-core 2.0"
+
+
+def test_remove_and_install_of_the_same_package():
+    a = pkg("a=1.0")
+    with pytest.raises(UnsatisfiableError) as exc:
+        resolve([a], installed(a), Request(install=[Req.parse("a")], remove=["a"]))
+    assert exc.value.details["explanation"] == ["you asked for a", "you asked to remove a"]
+
+
 def test_versioned_conflict_upgrades_instead_of_removing():
     b1, b2 = pkg("b=1.0"), pkg("b=2.0")
     plan = resolve([pkg("a=1.0", conflicts=["b<2"]), b1, b2], installed(b1), install("a"))

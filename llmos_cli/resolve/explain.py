@@ -62,6 +62,7 @@ def minimal_core(groups: list[Group], solver_name: str) -> list[Group]:
     return [index[s] for s in core]
 
 
+_DISPLAY_ORDER = {"request": 0, "remove": 1, "depends": 2, "base": 2, "conflicts": 3, "one-version": 4, "held": 5}
 _DROP_ORDER = {"one-version": 0, "conflicts": 1, "depends": 2, "base": 2, "held": 3, "remove": 4, "request": 5}
 
 
@@ -105,7 +106,7 @@ class _Line:
 def render(core: list[Group], pool: Pool) -> list[str]:
     """Sentences for a minimal core, as a chain from the request outwards."""
     merged: dict[tuple, list[Group]] = {}
-    for g in core:
+    for g in sorted(core, key=lambda g: _DISPLAY_ORDER.get(g.kind, 9)):
         key = (g.kind, g.name, g.text) if g.kind in ("depends", "base", "conflicts") else (g.kind, g.name, g.text, id(g))
         merged.setdefault(key, []).append(g)
     lines: list[_Line] = []
@@ -128,7 +129,7 @@ def render(core: list[Group], pool: Pool) -> list[str]:
                 text = f"you asked for {g.text}, but no version matches ({_available(pool, _req_name(g.text))})"
             lines.append(_Line("", mentions, text))
         elif g.kind == "remove":
-            lines.append(_Line(g.name, [], f"you asked to remove {g.name}"))
+            lines.append(_Line("", [g.name], f"you asked to remove {g.name}"))
         elif g.kind == "held":
             lines.append(_Line(g.name, [], f"{g.name} {g.cand.meta.version if g.cand else ''} is installed and held".replace("  ", " ")))
         elif g.kind == "one-version":
@@ -163,6 +164,8 @@ def _chain(lines: list[_Line]) -> list[_Line]:
     seen = {""}
     while left:
         step = [ln for ln in left if ln.subject in frontier]
+        if not step:  # constraints declared by a package that only gets mentioned (a conflict of an installed one)
+            step = [ln for ln in left if any(m in seen for m in ln.mentions)]
         if not step:  # the rest is not reachable from a request (e.g. a hold that breaks by itself)
             step = [left[0]]
         for ln in step:
