@@ -100,7 +100,15 @@ def test_plan_json_shape():
     plan = resolve([pkg("a=1.0")], {}, install("a"))
     assert plan.to_json() == {
         "actions": [
-            {"op": "install", "name": "a", "old_version": None, "new_version": "1.0", "kind": "library", "auto": False, "reason": "requested"}
+            {
+                "op": "install",
+                "name": "a",
+                "old_version": None,
+                "new_version": "1.0",
+                "kind": "library",
+                "auto": False,
+                "reason": "requested",
+            }
         ],
         "unneeded": [],
         "kept_back": [],
@@ -145,7 +153,11 @@ def test_alternatives_take_the_first_satisfiable():
     u = [pkg("a=1.0", depends=["x>=2 | y | z"]), pkg("x=1.0"), pkg("y=1.0", depends=["w"]), pkg("w=1.0"), pkg("z=1.0")]
     plan = resolve(u, {}, install("a"))
     # x>=2 does not exist; y is next even though z would need fewer packages
-    assert ops(plan) == [("install", "w", None, "1.0", True), ("install", "y", None, "1.0", True), ("install", "a", None, "1.0", False)]
+    assert ops(plan) == [
+        ("install", "w", None, "1.0", True),
+        ("install", "y", None, "1.0", True),
+        ("install", "a", None, "1.0", False),
+    ]
 
 
 def test_alternatives_prefer_an_installed_one():
@@ -527,7 +539,11 @@ def test_dependency_cycle_installs_and_removes():
     a, b = pkg("a=1.0", depends=["b"]), pkg("b=1.0", depends=["a", "c"])
     c = pkg("c=1.0")
     plan = resolve([a, b, c], {}, install("a"))
-    assert ops(plan) == [("install", "c", None, "1.0", True), ("install", "b", None, "1.0", True), ("install", "a", None, "1.0", False)]
+    assert ops(plan) == [
+        ("install", "c", None, "1.0", True),
+        ("install", "b", None, "1.0", True),
+        ("install", "a", None, "1.0", False),
+    ]
     inst = installed(a, (b, "auto"), (c, "auto"))
     with pytest.raises(DependentsError):
         resolve([a, b, c], inst, Request(remove=["a"]))
@@ -695,7 +711,9 @@ def _cost(state: dict[str, PackageMeta], universe, inst, request) -> tuple[int, 
     removed = sum(1 for n, i in inst.items() if n not in removing and not i.held and n not in state)
     rank = sum(newest[n].index(state[n].version) for n in upgrading if n in state)
     changed = sum(
-        1 for n, i in inst.items() if n not in removing | upgrading and not i.held and n in state and state[n].version != i.meta.version
+        1
+        for n, i in inst.items()
+        if n not in removing | upgrading and not i.held and n in state and state[n].version != i.meta.version
     )
     return removed, rank, changed
 
@@ -806,7 +824,7 @@ def test_property_lazy_scope_is_as_good_as_the_full_problem(seed):
     for name in rng.sample(sorted(by_name), 4):
         cand = rng.choice(by_name[name])
         inst[name] = InstalledInfo(cand.meta, auto=rng.random() < 0.5, held=rng.random() < 0.15)
-    top = sorted(by_name)[: 10]
+    top = sorted(by_name)[:10]
     request = Request(install=[Req.parse(rng.choice(top)) for _ in range(rng.randint(1, 2))], upgrade_all=rng.random() < 0.3)
 
     def run(eager: bool, eager_after: int):

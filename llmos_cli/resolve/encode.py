@@ -59,13 +59,11 @@ class Scope:
         self.pool = pool
         self.installed = installed
         self.names: set[str] = set()
-        self.expanded: set[tuple] = set()
 
     def preferred(self, name: str) -> list[Candidate]:
-        versions = self.pool.versions(name)
-        out = versions[:1]
+        out = self.pool.versions(name)[:1]
         inst = self.pool.installed_candidate(name)
-        if inst is not None and inst is not out[0]:
+        if inst is not None and all(inst is not c for c in out):
             out.append(inst)
         return out
 
@@ -97,7 +95,6 @@ class Scope:
                 pick = self.best(reqs, model_only)
                 if pick is not None and pick.meta.name not in self.names:
                     todo.append(pick)
-
 
     def grow_all(self, names) -> None:
         """Everything reachable through every version, alternative and provider."""

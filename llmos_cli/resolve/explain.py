@@ -131,7 +131,9 @@ def render(core: list[Group], pool: Pool) -> list[str]:
         elif g.kind == "remove":
             lines.append(_Line("", [g.name], f"you asked to remove {g.name}"))
         elif g.kind == "held":
-            lines.append(_Line(g.name, [], f"{g.name} {g.cand.meta.version if g.cand else ''} is installed and held".replace("  ", " ")))
+            lines.append(
+                _Line(g.name, [], f"{g.name} {g.cand.meta.version if g.cand else ''} is installed and held".replace("  ", " "))
+            )
         elif g.kind == "one-version":
             lines.append(_Line(g.name, [], f"only one version of {g.name} can be installed at a time"))
         elif g.kind == "depends":

@@ -114,7 +114,7 @@ def _check_dependents(installed: dict, removing: set[str]) -> None:
     raise DependentsError(
         "cannot remove: " + "; ".join(parts),
         f"remove the dependents too: `llmos remove {' '.join(sorted(removing | set(dependents)))}`",
-        details={"dependents": {gone: sorted({u.split(' ')[0] for u in users}) for gone, users in blocked.items()}},
+        details={"dependents": {gone: sorted({u.split(" ")[0] for u in users}) for gone, users in blocked.items()}},
     )
 
 
