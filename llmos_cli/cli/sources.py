@@ -10,23 +10,14 @@ from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, ou
 
 
 def _with_db(fn, *, lock: str | None):
-    """Open the state DB (under the state lock when ``lock`` names the command) and call ``fn(paths, db)``."""
+    """Open the state DB and call ``fn(paths, db)``; with ``lock`` (the command), under the state lock
+    and after recovering any interrupted transaction, like every changing command."""
     from llmos_cli.paths import get_paths
-    from llmos_cli.state.db import StateDB, state_lock
+    from llmos_cli.state.transaction import open_state
 
     paths = get_paths()
-    if lock is None:
-        db = StateDB.open(paths)
-        try:
-            return fn(paths, db)
-        finally:
-            db.close()
-    with state_lock(paths, lock):
-        db = StateDB.open(paths)
-        try:
-            return fn(paths, db)
-        finally:
-            db.close()
+    with open_state(paths, lock or "source", write=lock is not None) as db:
+        return fn(paths, db)
 
 
 def _trust_label(d: dict) -> str:

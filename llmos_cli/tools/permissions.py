@@ -42,21 +42,18 @@ def load_stored(paths: Any = None) -> dict[str, bool]:
 
 def store(paths: Any, key: str, allowed: bool | None) -> None:
     """Record (or with ``None`` forget) a decision for ``library:tool``."""
-    from llmos_cli.state.db import StateDB, now_iso, state_lock
+    from llmos_cli.state.db import now_iso
+    from llmos_cli.state.transaction import open_state
 
-    with state_lock(paths, f"tools {'allow' if allowed else 'deny'} {key}"):
-        db = StateDB.open(paths)
-        try:
-            with db.transaction() as conn:
-                if allowed is None:
-                    conn.execute("DELETE FROM tool_permissions WHERE tool=?", (key,))
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO tool_permissions(tool, allowed, changed) VALUES(?,?,?)",
-                        (key, int(allowed), now_iso()),
-                    )
-        finally:
-            db.close()
+    with open_state(paths, f"tools {'allow' if allowed else 'deny'} {key}", write=True) as db:
+        with db.transaction() as conn:
+            if allowed is None:
+                conn.execute("DELETE FROM tool_permissions WHERE tool=?", (key,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tool_permissions(tool, allowed, changed) VALUES(?,?,?)",
+                    (key, int(allowed), now_iso()),
+                )
 
 
 @dataclass
