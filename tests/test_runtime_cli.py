@@ -17,7 +17,7 @@ import pytest
 from fixtures_models import write_lora, write_tiny_llama
 from llmos_cli.errors import ExitCode
 
-RUN_KEYS = {"text", "finish_reason", "model", "libraries", "usage", "timings", "device", "seed", "extra"}
+RUN_KEYS = {"text", "finish_reason", "model", "libraries", "usage", "timings", "device", "seed", "sampling", "extra"}
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +331,23 @@ def test_runtime_commands_do_not_import_llama_cpp_for_help():
     code = "import sys; from llmos_cli.cli import build_app; build_app(); print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out
+
+
+def test_model_package_parameters_are_run_defaults(cli, models, llmos_proc, tmp_path, write_source):
+    """[model.parameters] in a model package default the sampling; the command line wins."""
+    folder = write_source(
+        tmp_path / "src", "tuned", "1.0", "model",
+        files={"model.gguf": models["base"].path.read_bytes()},
+        extra={"model": {"file": "model.gguf", "parameters": {"temperature": 0.0, "max_tokens": 3, "top_p": 0.5}}},
+    )
+    assert cli("build", folder, "-o", tmp_path / "out").exit_code == 0
+    assert cli("install", tmp_path / "out" / "tuned_1.0.llmos", "-y").exit_code == 0
+    r = llmos_proc("run", "hello", "--model", "tuned", "--json")
+    assert r.exit_code == 0, r
+    data = json.loads(r.stdout)["data"]
+    assert data["sampling"]["temperature"] == 0.0 and data["sampling"]["top_p"] == 0.5
+    assert data["sampling"]["max_tokens"] == 3 and data["usage"]["completion_tokens"] <= 3
+    r = llmos_proc("run", "hello", "--model", "tuned", "--json", "-t", "0.7", "-n", "4")
+    data = json.loads(r.stdout)["data"]
+    assert data["sampling"]["temperature"] == 0.7 and data["sampling"]["max_tokens"] == 4
+    assert data["sampling"]["top_p"] == 0.5

@@ -137,9 +137,9 @@ def register(app: typer.Typer) -> None:
     def run(
         prompt: Annotated[Optional[str], typer.Argument(help="The question; piped stdin text is put before it.")] = None,
         system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-        max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full).")] = 256,
-        temperature: Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")] = 0.8,
-        top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")] = 0.95,
+        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full). Default: the model package's, else 256.")] = None,
+        temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy. Default: the model package's, else 0.8.")] = None,
+        top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling threshold. Default: the model package's, else 0.95.")] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
         stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
@@ -181,6 +181,7 @@ def register(app: typer.Typer) -> None:
             from llmos_cli.runtime.run import RunRequest
             from llmos_cli.runtime.run import run as do_run
 
+            given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
             req = RunRequest(
                 prompt=prompt,
                 stdin_text=stdin_text,
@@ -189,8 +190,11 @@ def register(app: typer.Typer) -> None:
                 libs=list(lib) if lib else None,
                 no_libs=no_libs,
                 sampling=SamplingParams(
-                    max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or [])
+                    seed=seed,
+                    stop=list(stop or []),
+                    **{k: v for k, v in given.items() if v is not None},
                 ),
+                explicit_sampling={k for k, v in given.items() if v is not None},
                 device=device,
                 gpu_layers=gpu_layers,
                 n_ctx=ctx,

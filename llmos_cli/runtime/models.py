@@ -63,6 +63,13 @@ class ModelInfo:
     #: the InstalledPackage (None for a model given as a file path)
     package: Any = field(default=None, repr=False)
 
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The package's default sampling parameters (``[model.parameters]`` in its manifest)."""
+        manifest = getattr(self.package, "manifest", None) or {}
+        params = (manifest.get("model") or {}).get("parameters") or {}
+        return params if isinstance(params, dict) else {}
+
     def ensure_fingerprint(self) -> str:
         if not self.fingerprint:
             from llmos_cli.gguf_info import read_header

@@ -59,6 +59,8 @@ class RunRequest:
     verbose: int = 0
     #: options of the knowledge/tool stages (``prompt.options.PromptOptions``); None: their defaults
     prompt_options: Any = None
+    #: sampling fields given explicitly (on the command line); the others may come from the model package
+    explicit_sampling: set[str] = field(default_factory=lambda: set(MODEL_PARAMETERS))
 
     def user_text(self) -> str:
         """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""
@@ -108,6 +110,8 @@ class RunResult:
     seed: int | None
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the sampling actually used (command line, else the model package's [model.parameters], else defaults)
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -119,6 +123,7 @@ class RunResult:
             "timings": self.timings,
             "device": self.device,
             "seed": self.seed,
+            "sampling": self.sampling,
             "extra": self.extra,
         }
 
@@ -136,6 +141,21 @@ def _provider_stages(ctx: RunContext) -> list[Stage]:
         if fn is not None:
             out.extend(fn(ctx))
     return out
+
+
+#: sampling fields a model package may default in ``[model.parameters]``
+MODEL_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+
+
+def apply_model_defaults(req: RunRequest, parameters: dict[str, Any], explicit: set[str]) -> None:
+    """Fill the sampling fields the user did not give from the model package's parameters."""
+    for key in MODEL_PARAMETERS:
+        if key in explicit or key not in parameters:
+            continue
+        value = parameters[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        setattr(req.sampling, key, int(value) if key == "max_tokens" else float(value) if key != "top_k" else int(value))
 
 
 def _validate(req: RunRequest) -> None:
@@ -179,6 +199,8 @@ def run(
         stack = build_stack(db, paths, model=req.model, libs=req.libs, no_libs=req.no_libs, reporter=rep)
     for note in stack.notes:
         rep.debug(note)
+    apply_model_defaults(req, stack.model.parameters, req.explicit_sampling)
+    _validate(req)  # again: the package's parameters may be out of range too
     require_fits(stack)
 
     options = EngineOptions(
@@ -220,7 +242,17 @@ def run(
     finally:
         engine.close()
     total_s = time.perf_counter() - t_start
+    sp = req.sampling
     return RunResult(
+        sampling={
+            "max_tokens": sp.max_tokens,
+            "temperature": sp.temperature,
+            "top_p": sp.top_p,
+            "top_k": sp.top_k,
+            "min_p": sp.min_p,
+            "repeat_penalty": sp.repeat_penalty,
+            "stop": list(sp.stop),
+        },
         text=gen.text,
         finish_reason=gen.finish_reason,
         model={"name": stack.model.name, "version": stack.model.version, "fingerprint": stack.model.ensure_fingerprint()},
