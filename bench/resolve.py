@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmos_cli.errors import UnsatisfiableError  # noqa: E402
 from llmos_cli.pkg.meta import PackageMeta  # noqa: E402
 from llmos_cli.resolve import Candidate, InstalledInfo, Request, resolve  # noqa: E402
 from llmos_cli.pkg.meta import Req  # noqa: E402
@@ -166,6 +167,27 @@ def pick_root(records: list[dict], want: int = 200) -> tuple[str, int]:
     return best
 
 
+def unsatisfiable(records: list[dict], root: str, depth: int = 30) -> tuple[float, int]:
+    """A request that fails deep down: chain-00 -> ... -> chain-29 (-> root), and chain-29
+    conflicts with a held package.  Returns (wall time incl. explanation, explanation lines)."""
+    extra = []
+    for i in range(depth):
+        for version in ("1.0", "2.0"):
+            nxt = f"chain-{i + 1:02d}" if i + 1 < depth else root
+            extra.append({"name": f"chain-{i:02d}", "version": version, "kind": "library", "depends": [nxt]})
+            if i + 1 == depth:
+                extra[-1]["conflicts"] = ["anchor"]
+    anchor = {"name": "anchor", "version": "1.0", "kind": "library"}
+    universe = load(records + extra + [anchor])
+    installed = {"anchor": InstalledInfo(PackageMeta.from_json(anchor), held=True)}
+    t0 = time.perf_counter()
+    try:
+        resolve(universe, installed, Request(install=[Req.parse("chain-00")]))
+    except UnsatisfiableError as exc:
+        return time.perf_counter() - t0, len(exc.details["explanation"])
+    raise AssertionError("the chain should not be installable")
+
+
 def run(sizes: list[int], repeat: int) -> list[list[object]]:
     rows = []
     for n in sizes:
@@ -193,6 +215,7 @@ def run(sizes: list[int], repeat: int) -> list[list[object]]:
         up = resolve(universe, installed, Request(upgrade_all=True))
         t_up, up_cpu = time.perf_counter() - t0, time.process_time() - c0
         changed = sum(1 for a in up.actions if a.op in ("upgrade", "downgrade", "install", "remove"))
+        t_unsat, lines = unsatisfiable(records, root)
         rows.append(
             [
                 f"{n:,}",
@@ -203,6 +226,7 @@ def run(sizes: list[int], repeat: int) -> list[list[object]]:
                 f"{statistics.median(warm) * 1000:.0f} ms",
                 changed,
                 f"{t_up * 1000:.0f} / {up_cpu * 1000:.0f} ms",
+                f"{t_unsat * 1000:.0f} ms, {lines} lines",
             ]
         )
         print(rows[-1], flush=True)
@@ -227,7 +251,8 @@ def main() -> None:
         "newest-version closure is nearest 200 packages, on an empty installed set. *Cold* is the first call on "
         "freshly loaded metadata (what one `llmos install` pays: versions and specifiers parsed on first use); "
         f"*warm* is the median of {args.repeat} more calls on the same objects. Then `upgrade_all` (cold) with "
-        "that closure installed at its oldest versions. Pool building, scope growth, MaxSAT and plan building "
+        "that closure installed at its oldest versions; and a request that fails 30 dependencies deep "
+        "(conflict with a held package), explanation included. Pool building, scope growth, MaxSAT and plan building "
         "are all included; loading the index is not. CPU time is given beside wall time because this machine is "
         "shared (the load average during the run is in the note below).\n\n"
         + table(
@@ -240,6 +265,7 @@ def main() -> None:
                 "install, warm (wall)",
                 "upgrade-all changes",
                 "upgrade-all, cold (wall / CPU)",
+                "30-deep failure, cold (incl. explanation)",
             ],
             rows,
         )

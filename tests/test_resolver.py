@@ -590,6 +590,19 @@ def test_explanation_merges_versions_and_follows_the_chain():
     assert exc.value.message.startswith("cannot install app: you asked for app; app 1.0 depends on mid;")
 
 
+def test_long_explanation_keeps_the_request_and_the_cause_in_the_message():
+    u = [pkg(f"c{i:02d}=1.0", depends=[f"c{i + 1:02d}"]) for i in range(20)]
+    u += [pkg("c20=1.0", conflicts=["anchor"]), pkg("anchor=1.0")]
+    with pytest.raises(UnsatisfiableError) as exc:
+        resolve(u, installed((u[-1], "held")), install("c00"))
+    expl = exc.value.details["explanation"]
+    assert len(expl) == 23 and expl[0] == "you asked for c00" and expl[1] == "c00 1.0 depends on c01"
+    assert exc.value.message == (
+        "cannot install c00: you asked for c00; ... (20 more steps) ...; "
+        "c20 1.0 conflicts with anchor (anchor 1.0); anchor 1.0 is installed and held"
+    )
+
+
 def test_explanation_for_two_versions_of_one_package():
     u = [pkg("a=1.0", depends=["c<2"]), pkg("b=1.0", depends=["c>=2"]), pkg("c=1.0"), pkg("c=2.0")]
     with pytest.raises(UnsatisfiableError) as exc:

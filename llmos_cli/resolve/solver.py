@@ -139,8 +139,8 @@ def _explain(enc, request: Request) -> UnsatisfiableError:
     else:
         hint = "ask for other versions, or remove one of the conflicting packages first"
     summary = "; ".join(lines)
-    if len(summary) > 400:
-        summary = "; ".join(lines[:2]) + f"; ... ({len(lines) - 2} more reasons)"
+    if len(summary) > 400 and len(lines) > 4:  # keep the request and the final cause; the rest is in details
+        summary = "; ".join([lines[0], f"... ({len(lines) - 3} more steps) ...", *lines[-2:]])
     return UnsatisfiableError(
         f"cannot {' and '.join(what) or 'satisfy the installed set'}: {summary}",
         hint,
