@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -55,6 +55,12 @@ class Req:
     def parse(cls, text: str) -> "Req":
         if not isinstance(text, str):
             raise RelationError(f"expected a string, got {type(text).__name__}")
+        return _parse_req(text)
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> "Req":
+        if not isinstance(text, str):
+            raise RelationError(f"expected a string, got {type(text).__name__}")
         m = _REQ_RE.match(text)
         if not m:
             raise RelationError(f"cannot parse relation {text!r} (expected e.g. 'name>=1.0')")
@@ -85,10 +91,22 @@ class Dependency:
     def parse(cls, text: str) -> "Dependency":
         if not isinstance(text, str) or not text.strip():
             raise RelationError(f"empty dependency {text!r}")
-        return cls(tuple(Req.parse(part) for part in text.split("|")))
+        return _parse_dependency(text)
 
     def __str__(self) -> str:
         return " | ".join(str(a) for a in self.alternatives)
+
+
+# Relations repeat a lot across a registry's index ("bio-core>=1.0" in many
+# packages); the parsed objects are immutable, so parse each text once.
+@lru_cache(maxsize=1 << 16)
+def _parse_req(text: str) -> Req:
+    return Req._parse_uncached(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_dependency(text: str) -> Dependency:
+    return Dependency(tuple(Req.parse(part) for part in text.split("|")))
 
 
 @dataclass(frozen=True)
