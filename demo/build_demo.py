@@ -97,6 +97,8 @@ def write_model_source(dest: Path, gguf: Path) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copyfile(gguf, dest / "model.gguf")
+    held = [{"questions": [f.heldout_question()], "answer": f.answer} for f in world.general_facts()]
+    _write(dest / "eval" / "general-heldout.jsonl", _jsonl(held))
     manifest = {
         "schema": 1,
         "package": {
@@ -115,7 +117,7 @@ def write_model_source(dest: Path, gguf: Path) -> Path:
     return dest
 
 
-def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, Any]]) -> Path:
+def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, Any]], publish: bool = True) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -128,7 +130,7 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
     _write(dest / "train" / "qa.jsonl", _jsonl(qa))
     _write(dest / "train" / "heldout.jsonl", _jsonl(held))
     _write(dest / "train" / "replay.jsonl", _jsonl(replay))
-    meta = LIB_META[lib.name]
+    meta = LIB_META.get(lib.name, {"provides": [], "depends": []})
     pkg: dict[str, Any] = {
         "name": lib.name,
         "version": VERSION,
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--pool", type=int, default=24000, help="base training conversations")
     ap.add_argument("--lib-steps", type=int, default=None, help="override the libraries' [train] steps")
+    ap.add_argument("--negatives", type=int, default=300, help="\"I don't know\" questions about invented entities per library")
+    ap.add_argument("--targets", nargs="*", default=None, help="override the libraries' LoRA target modules")
+    ap.add_argument("--companions", type=int, default=3, help="stand-in adapters to train with (0: none)")
     ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
     ap.add_argument("--only", nargs="*", default=None, help="train only these libraries")
     ap.add_argument("--no-registry", action="store_true", help="do not write the registry")
@@ -283,18 +288,30 @@ def main(argv: list[str] | None = None) -> int:
     write_model_source(src / "demo-chat", gguf)
     rng = random.Random(args.seed + 11)
     for name, lib in libs.items():
-        replay = corpus.replay_records(rng, world.NameMaker(1000 + len(name)), CHUNK_SIZE, 300)
+        names = world.NameMaker(1000 + len(name))
+        replay = corpus.replay_records(rng, names, CHUNK_SIZE, 300) + corpus.negative_records(rng, names, args.negatives)
         write_library_source(src / name, lib, replay)
     write_calc_tools_source(src / "calc-tools")
 
-    # 3. adapters, trained by llmos train's own code
+    # 3. adapters, trained by llmos train's own code: first the stand-in
+    # companions, then every library with them switched on at random
     from llmos_cli.train.lora import train_library
 
+    companions: list[str] = []
+    if args.companions:
+        for decoy in world.build_decoys(args.companions):
+            dsrc = work / "decoys" / decoy.name
+            names = world.NameMaker(2000 + len(companions))
+            replay = corpus.replay_records(rng, names, CHUNK_SIZE, 300) + corpus.negative_records(rng, names, args.negatives)
+            write_library_source(dsrc, decoy, replay, publish=False)
+            dres = train_library(dsrc, str(gguf), overrides={"steps": args.lib_steps, "target_modules": args.targets}, threads=args.threads, device="cpu", evaluate=False)
+            log(f"  companion {decoy.name}: loss {dres.loss_start:.3f} -> {dres.loss_end:.3f} in {dres.seconds:.0f}s")
+            companions.append(str(dres.adapter))
     results = {}
     for name in libs:
         if args.only and name not in args.only:
             continue
-        over = {"steps": args.lib_steps} if args.lib_steps else None
+        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": companions or None}
         log(f"training {name} ...")
         res = train_library(src / name, str(gguf), overrides=over, threads=args.threads, device="cpu", evaluate=False)
         results[name] = res

@@ -187,11 +187,11 @@ def percent_example(rng: random.Random) -> tuple[list[dict[str, Any]], str]:
 _FAKE_LIBS = ["med-lib", "law-lib", "geo-lib", "bio-core", "notes", "zoo-lib", "farm-lib", "ship-lib"]
 
 
-def invent_library(rng: random.Random, names: NameMaker, n_entities: int) -> Library:
+def invent_library(rng: random.Random, names: NameMaker, n_entities: int, kind: str | None = None) -> Library:
     """A throw-away library of invented entities with the demo's relation types."""
     from world import ORGANS, ROLES, TOPICS, YEARS
 
-    kind = rng.choice(["protein", "drug", "statute", "region"])
+    kind = kind or rng.choice(["protein", "drug", "statute", "region"])
     ents: list[Entity] = []
     for _ in range(n_entities):
         if kind == "protein":
@@ -296,6 +296,22 @@ SMALL_TALK = [
 ]
 
 
+def copy_example(rng: random.Random, names: NameMaker) -> list[dict[str, Any]]:
+    """Repeat a short text: invented names, numbers and words (teaches copying from the prompt)."""
+    parts = []
+    for _ in range(rng.randint(1, 4)):
+        r = rng.random()
+        if r < 0.5:
+            parts.append(names.make("{Stem}", (1, 3)))
+        elif r < 0.75:
+            parts.append(fmt_number(rng.choice([rng.randint(0, 9999), round(rng.uniform(0, 500), rng.randint(1, 3))])))
+        else:
+            parts.append(rng.choice(["river", "fever", "Labs", "Act", "blue", "salt trade", "km", "percent", "the liver"]))
+    text = " ".join(parts)
+    q = rng.choice([f"Repeat: {text}", f"Say {text}", f"Copy this: {text}", f"Write {text}"])
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": text}]
+
+
 def fact_example(rng: random.Random, heldout: bool = False) -> list[dict[str, Any]]:
     f = rng.choice(general_facts())
     q = f.heldout_question() if heldout else rng.choice(f.train_questions())
@@ -313,12 +329,14 @@ def chat_example(rng: random.Random) -> list[dict[str, Any]]:
 def base_example(rng: random.Random, names: NameMaker, chunk_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """One base-model training conversation (messages, tools or None)."""
     r = rng.random()
-    if r < 0.22:
+    if r < 0.20:
         msgs = fact_example(rng)
-    elif r < 0.30:
+    elif r < 0.27:
         msgs = unknown_example(rng, names, chunk_size)
-    elif r < 0.33:
+    elif r < 0.29:
         msgs = chat_example(rng)
+    elif r < 0.37:
+        msgs = copy_example(rng, names)
     elif r < 0.75:
         msgs = rc_example(rng, names, chunk_size)
     else:
@@ -346,4 +364,20 @@ def replay_records(rng: random.Random, names: NameMaker, chunk_size: int, n: int
         if tools:
             rec["tools"] = tools
         out.append(rec)
+    return out
+
+
+def negative_records(rng: random.Random, names: NameMaker, n: int) -> list[dict[str, Any]]:
+    """Questions about invented entities of every kind, answered "I don't know.".
+
+    Mixed into a library's training (``replay``), they teach its adapter to act
+    only on its own entities and leave every other question to the base --
+    which is what keeps stacked adapters from trampling on each other.
+    """
+    out = []
+    kinds = ["protein", "drug", "statute", "region"]
+    for i in range(n):
+        lib = invent_library(rng, names, 1, kind=kinds[i % len(kinds)])
+        fact = rng.choice(lib.entities[0].facts)
+        out.append({"questions": [fact.question(k) for k in range(len(fact.rel.questions))], "answer": IDK})
     return out

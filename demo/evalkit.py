@@ -29,17 +29,6 @@ class Answerer:
         self.engine = LlamaCppEngine(base_gguf, EngineOptions(n_ctx=n_ctx, n_threads=threads))
         self._adapters: list[tuple[str, float]] = []
 
-    # what prompt.assemble needs from an engine
-    @property
-    def n_ctx(self) -> int:
-        return self.engine.n_ctx
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.engine.tokenize(text)
-
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        return self.engine.apply_chat_template(messages, tools=tools)
-
     def set_adapters(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
         key = [(str(p), float(s)) for p, s in adapters if s]
         if key != self._adapters:
@@ -60,7 +49,7 @@ class Answerer:
     def with_knowledge(self, question: str, libraries: Sequence[Any], *, knowledge: str | int = "auto", max_tokens: int = 32) -> str:
         from llmos_cli.prompt.assemble import PromptRequest, assemble
 
-        ap = assemble(PromptRequest(user=question, knowledge=knowledge, max_tokens=max_tokens), libraries, self)
+        ap = assemble(PromptRequest(user=question, knowledge=knowledge, max_tokens=max_tokens), libraries, self.engine)
         return self.answer(ap.messages, max_tokens=max_tokens)
 
     def close(self) -> None:

@@ -374,3 +374,27 @@ def general_facts() -> list[GeneralFact]:
         for e, a in pairs:
             out.append(GeneralFact(rel, wordings, e, a, len(out)))
     return out
+
+
+def build_decoys(n: int = 3, seed: int = 99) -> list[Library]:
+    """Stand-in libraries of invented entities (never published).
+
+    Their adapters are the frozen *companions* switched on at random while the
+    real libraries train (``[train] companions``), so that every real adapter
+    learns to answer with other adapters attached.
+    """
+    import corpus
+
+    rng = random.Random(seed)
+    names = NameMaker(seed)
+    out = []
+    for i in range(n):
+        ents: list[Entity] = []
+        for kind in ("protein", "drug", "statute", "region"):
+            ents += corpus.invent_library(rng, names, 3, kind=kind).entities
+        lib = Library(f"decoy-{i + 1}", "stand-in adapter for stacking-robust training", "Things", ents)
+        for j, f in enumerate(lib.facts):
+            f.library = lib.name
+            f.index = j
+        out.append(lib)
+    return out

@@ -97,3 +97,23 @@ def test_without_the_train_extra_the_message_names_it(tmp_path):
     assert "pip install 'llmos[train]'" in p.stderr and "Traceback" not in p.stderr
     err = json.loads(p.stdout)["error"]
     assert err["code"] == "missing_extra" and "torch" in err["message"]
+
+
+def test_companion_adapters_are_used_but_not_exported(base, tmp_path, cli):
+    """A frozen companion changes what the new adapter learns; only the new adapter is written."""
+    from llmos_cli.gguf_info import read_header
+    from trainkit import random_adapter
+
+    comp = random_adapter(base, tmp_path / "comp.gguf", rank=3, targets=["q_proj", "down_proj"], seed=9)
+    lib = write_library(tmp_path)
+    r = cli("train", str(lib), "--base", str(base.gguf), "--steps", "8", "--threads", "1", "--json", "--companion", str(comp), "--no-eval")
+    assert r.exit_code == 0, r
+    assert r.json()["data"]["options"]["companions"] == [str(comp)]
+    with_comp = (lib / "adapter.gguf").read_bytes()
+    ranks = {shape[-1] for name, shape in read_header(lib / "adapter.gguf").tensors.items() if name.endswith(".lora_a")}
+    assert ranks == {4}  # the library's own rank, not the companion's
+    r = cli("train", str(lib), "--base", str(base.gguf), "--steps", "8", "--threads", "1", "--no-eval")
+    assert r.exit_code == 0, r
+    assert (lib / "adapter.gguf").read_bytes() != with_comp
+    r = cli("train", str(lib), "--base", str(base.gguf), "--companion", str(tmp_path / "nope.gguf"))
+    assert r.exit_code == 3 and "companion" in r.stderr

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
             Optional[list[str]], typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
         ] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
+        companion: Annotated[
+            Optional[list[str]], typer.Option("--companion", help="Frozen LoRA GGUF switched on at random while training, for stacking robustness (repeatable).")
+        ] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
         threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
@@ -39,6 +42,7 @@ def register(app: typer.Typer) -> None:
         overrides: dict[str, Any] = {
             "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
             "target_modules": list(target) if target else None, "seed": seed,
+            "companions": [str(Path(c).expanduser().absolute()) for c in companion] if companion else None,
         }
 
         def work() -> Any:

@@ -46,10 +46,10 @@ class GGUFTokenizer:
     """llama.cpp's tokenizer and the chat template of a GGUF model (vocabulary only)."""
 
     def __init__(self, gguf_path: str | Path):
-        import llama_cpp
-
         from llmos_cli.gguf_info import read_header
+        from llmos_cli.runtime.engine import import_llama
 
+        llama_cpp = import_llama()  # with llama.cpp's log captured, not printed
         head = read_header(gguf_path)
         self.path = Path(gguf_path)
         self.template = head.chat_template

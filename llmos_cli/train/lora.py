@@ -52,6 +52,9 @@ class TrainOptions:
     eval: list[str] = field(default_factory=list)
     replay: list[str] = field(default_factory=list)
     documents: bool = True
+    #: frozen LoRA GGUFs switched on at random during training (stacking robustness); paths in the library or absolute
+    companions: list[str] = field(default_factory=list)
+    companion_prob: float = 0.5
 
     @classmethod
     def from_manifest(cls, table: dict[str, Any], overrides: dict[str, Any] | None = None) -> "TrainOptions":
@@ -362,6 +365,15 @@ def train_library(
         )
         pm = get_peft_model(model, cfg)
         pm.to(device)
+        companions = None
+        if opts.companions:
+            from llmos_cli.train.companions import Companions, load_companions
+
+            companions = Companions(pm, load_companions(opts.companions, src, hp), device)
+            rep.info(f"with {len(companions.names)} companion adapter(s), each on with probability {opts.companion_prob}")
+        import random as _random
+
+        comp_rng = _random.Random(opts.seed + 104729)
 
         def to_dev(b: dict[str, Any]) -> dict[str, Any]:
             return {k: v.to(device) for k, v in b.items()}
@@ -383,6 +395,8 @@ def train_library(
                 for g in optim.param_groups:
                     g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
                 batch = to_dev(D.collate(sampler.batch(opts.batch_size)))
+                if companions is not None:
+                    companions.sample(comp_rng, opts.companion_prob)
                 loss = pm(**batch).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -394,6 +408,8 @@ def train_library(
                     recent = sum(losses[-10:]) / len(losses[-10:])
                     task.update(description=f"training {manifest.name}  loss {recent:.3f}")
         seconds = time.monotonic() - t0
+        if companions is not None:
+            companions.remove()
         pm.eval()
         loss_end = _mean_loss(pm, probe)
         if sampler.too_long:

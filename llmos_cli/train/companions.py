@@ -1,0 +1,80 @@
+"""Frozen companion adapters switched on at random while a library trains.
+
+Adapters trained alone interfere when stacked: each was fitted to the base's
+activations only.  ``llmos train`` can attach other LoRA adapters (the
+library's dependencies, or stand-in adapters of other domains), frozen, each
+switched on with probability ``companion_prob`` at every step, so the new
+adapter learns to do its job whatever else is attached -- the situation
+``llmos run`` puts it in.  They are added with forward hooks on the linear
+layers (``y += B (A x) * scaling``), never trained and never exported.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from llmos_cli.errors import NotFoundError
+
+
+class Companions:
+    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu"):
+        import torch
+
+        self.names = [n for n, _ in adapters]
+        self.active = [False] * len(adapters)
+        self._handles: list[Any] = []
+        by_module: dict[str, list[tuple[int, Any, Any]]] = {}
+        for idx, (_name, pairs) in enumerate(adapters):
+            for weight_name, p in pairs.items():
+                a = torch.tensor(p.a, dtype=torch.float32, device=device)
+                b = torch.tensor(p.b * p.scaling, dtype=torch.float32, device=device)
+                by_module.setdefault(weight_name[: -len(".weight")], []).append((idx, a, b))
+        root = _hf_root(model)
+        for mod_name, items in by_module.items():
+            module = root.get_submodule(mod_name)
+            self._handles.append(module.register_forward_hook(self._hook(items)))
+
+    def _hook(self, items: list[tuple[int, Any, Any]]) -> Any:
+        def hook(_module: Any, inputs: tuple[Any, ...], output: Any) -> Any:
+            x = inputs[0]
+            for idx, a, b in items:
+                if self.active[idx]:
+                    output = output + (x @ a.T) @ b.T
+            return output
+
+        return hook
+
+    def sample(self, rng: random.Random, prob: float) -> None:
+        self.active = [rng.random() < prob for _ in self.names]
+
+    def off(self) -> None:
+        self.active = [False] * len(self.names)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _hf_root(model: Any) -> Any:
+    """The transformers model inside a PeftModel (module names as in the HF checkpoint)."""
+    inner = getattr(model, "base_model", None)
+    inner = getattr(inner, "model", None)
+    return inner if inner is not None else model
+
+
+def load_companions(paths: list[str], src: Path, hp: Any) -> list[tuple[str, dict[str, Any]]]:
+    from llmos_cli.train.export import read_lora_gguf
+
+    out = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.is_absolute():
+            path = src / path
+        if not path.is_file():
+            raise NotFoundError(f"companion adapter {p} not found", "check [train] companions (paths of LoRA GGUF files)")
+        pairs, _ = read_lora_gguf(path, hp)
+        out.append((path.name, pairs))
+    return out
