@@ -158,6 +158,9 @@ def register(app: typer.Typer) -> None:
         chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
         tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
         # --- end knowledge and tools ---
+        # --- routing (task G: llmos_cli/train/route.py) ---
+        route: Annotated[bool, typer.Option("--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why.")] = False,
+        # --- end routing ---
         json: JsonOpt = False,
     ) -> None:
         """Answer a prompt with the model and its attached libraries (streams to stdout)."""
@@ -204,6 +207,7 @@ def register(app: typer.Typer) -> None:
                     knowledge=knowledge, explain=explain, allow_tool=allow_tool, allow_tools=allow_tools,
                     tool_choice=tool_choice, chain_limit=chain_limit, tools_debug=tools_debug,
                 ),
+                route=route,  # --- routing (task G) ---
             )
             return do_run(req, on_text=None if json else on_text, reporter=rep)
 

@@ -40,7 +40,10 @@ from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.runtime.engine import EngineOptions, Generation, SamplingParams
 
 #: modules whose ``run_stages(ctx)`` adds pre-generation stages (skipped when absent)
-STAGE_PROVIDERS = ["llmos_cli.knowledge.stages"]
+STAGE_PROVIDERS = [
+    "llmos_cli.knowledge.stages",
+    "llmos_cli.train.route",  # --- routing (task G): per-prompt adapter choice with --route ---
+]
 
 
 @dataclass
@@ -61,6 +64,10 @@ class RunRequest:
     prompt_options: Any = None
     #: sampling fields given explicitly (on the command line); the others may come from the model package
     explicit_sampling: set[str] = field(default_factory=lambda: set(MODEL_PARAMETERS))
+    # --- routing (task G: llmos_cli/train/route.py) ---
+    #: --route: apply only the libraries relevant to this prompt (``extra.routing`` says which and why)
+    route: bool = False
+    # --- end routing ---
 
     def user_text(self) -> str:
         """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""

@@ -113,3 +113,31 @@ def score_libraries(
 def route(prompt: str, libraries: Sequence[Any], **kw: Any) -> list[Route]:
     """``(name, scale, reason)`` for every library; scale 0 means "leave it out for this prompt"."""
     return [Route(s.name, s.scale, s.reason) for s in score_libraries(prompt, libraries, **kw)]
+
+
+# ---------------------------------------------------------------- the ``llmos run --route`` stage
+
+
+def run_stages(ctx: Any) -> list[Any]:
+    """Stage provider for ``runtime.run``: routing only when the run asked for it (``--route``)."""
+    return [routing_stage] if getattr(ctx.request, "route", False) else []
+
+
+def routing_stage(ctx: Any) -> None:
+    """Score the run's libraries against the user's text; switch the engine to the chosen adapters."""
+    from llmos_cli.knowledge.libraries import LibraryView
+
+    libs = [lib for lib in ctx.stack.libraries if lib.package is not None]
+    views = [LibraryView.from_installed(lib.package, ctx.paths) for lib in libs]
+    try:
+        for lib, view in zip(libs, views):
+            view.scale = lib.scale
+        user = "\n\n".join(str(m.get("content") or "") for m in ctx.messages if m.get("role") == "user")
+        scores = score_libraries(user, views)
+    finally:
+        for v in views:
+            v.close()
+    chosen = [(lib.adapter, s.scale) for lib, s in zip(libs, scores) if lib.adapter is not None and s.scale]
+    ctx.engine.set_adapters(chosen)
+    ctx.extra["routing"] = [s.to_json() for s in scores]
+    ctx.reporter.debug("routing: " + "; ".join(f"{s.name} {'on' if s.chosen else 'off'} ({s.reason})" for s in scores))
