@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negatives", type=int, default=300, help="\"I don't know\" questions about invented entities per library")
     ap.add_argument("--targets", nargs="*", default=None, help="override the libraries' LoRA target modules")
     ap.add_argument("--companions", type=int, default=3, help="stand-in adapters to train with (0: none)")
+    ap.add_argument("--delta-penalty", type=float, default=None, help="override [train] delta_penalty")
+    ap.add_argument("--lib-lr", type=float, default=None, help="override [train] lr")
+    ap.add_argument("--silence", type=float, default=None, help="override [train] silence_penalty")
     ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
     ap.add_argument("--only", nargs="*", default=None, help="train only these libraries")
     ap.add_argument("--no-registry", action="store_true", help="do not write the registry")
@@ -311,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in libs:
         if args.only and name not in args.only:
             continue
-        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": companions or None}
+        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": companions or None,
+                "delta_penalty": args.delta_penalty, "lr": args.lib_lr, "silence_penalty": args.silence}
         log(f"training {name} ...")
         res = train_library(src / name, str(gguf), overrides=over, threads=args.threads, device="cpu", evaluate=False)
         results[name] = res

@@ -84,3 +84,18 @@ def test_library_with_nothing_to_judge_by_is_kept(tmp_path, libs):
     (d / "llmos.toml").write_text(tomli_w.dumps({"schema": 1, "package": {"name": "bare", "version": "1.0.0", "kind": "library", "summary": "s", "license": "MIT", "maintainer": "t <t@e.org>"}}))
     got = {r.name: r for r in route("What colour is the sky?", [*libs, LibraryView.from_folder(d)])}
     assert got["bare"].scale == 1.0 and "kept" in got["bare"].reason
+
+
+def test_a_library_merely_mentioning_an_entity_is_not_chosen(tmp_path):
+    from llmos_cli.knowledge.libraries import LibraryView
+    from llmos_cli.train.route import route
+
+    bio = _library(tmp_path, "bio", {"Velanin": "a protein made in the liver."})
+    med = _library(tmp_path, "med", {"Zentravil": "a drug that blocks Velanin and treats Morvane fever."})
+    views = [LibraryView.from_folder(bio), LibraryView.from_folder(med)]
+    got = {r.name: r.scale for r in route("Which organ makes Velanin?", views)}
+    assert got == {"bio": 1.0, "med": 0.0}
+    got = {r.name: r.scale for r in route("Which drug blocks Velanin?", views)}
+    assert got["bio"] == 1.0  # the glossary owner; med-lib's text only mentions it
+    # a general question sharing one common word with a document picks nothing
+    assert all(r.scale == 0 for r in route("Is the liver an organ?", views))

@@ -122,6 +122,8 @@ def render_template(
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    #: a replay example (not about the library): its adapter should stay silent on it
+    offdomain: bool = False
 
     @property
     def n_target(self) -> int:
@@ -407,7 +409,7 @@ class Sampler:
                     self.too_long += 1
                     continue
             if enc.n_target:
-                return enc
+                return Encoded(enc.input_ids, enc.labels, offdomain=(kind == "replay"))
         raise InvalidPackageError(
             f"training examples do not fit {self.max_len} tokens", "raise [train] max_len or shorten the data"
         )
@@ -428,7 +430,7 @@ def collate(batch: Sequence[Encoded], pad_id: int = 0) -> dict[str, Any]:
         ids[i, :k] = torch.tensor(e.input_ids)
         labels[i, :k] = torch.tensor(e.labels)
         mask[i, :k] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "offdomain": torch.tensor([e.offdomain for e in batch])}
 
 
 def iter_records(paths: Iterable[Path]) -> list[Record]:

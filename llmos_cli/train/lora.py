@@ -55,6 +55,12 @@ class TrainOptions:
     #: frozen LoRA GGUFs switched on at random during training (stacking robustness); paths in the library or absolute
     companions: list[str] = field(default_factory=list)
     companion_prob: float = 0.5
+    #: weight of the penalty on each adapted weight's relative change, mean ||s B A||^2 / ||W||^2:
+    #: small changes are what lets adapters trained apart be stacked
+    delta_penalty: float = 0.0
+    #: weight of the penalty on the adapter's own output (``s B A x``, relative to ``W x``) on replay
+    #: examples: an adapter that stays silent outside its domain does not disturb others stacked with it
+    silence_penalty: float = 0.0
 
     @classmethod
     def from_manifest(cls, table: dict[str, Any], overrides: dict[str, Any] | None = None) -> "TrainOptions":
@@ -218,7 +224,7 @@ def _mean_loss(model: Any, batches: list[dict[str, Any]]) -> float:
             n = int((b["labels"][:, 1:] != -100).sum())
             if n == 0:
                 continue
-            total += float(model(**b).loss) * n
+            total += float(model(**{k: v for k, v in b.items() if k != "offdomain"}).loss) * n
             count += n
     return total / max(count, 1)
 
@@ -374,6 +380,8 @@ def train_library(
         import random as _random
 
         comp_rng = _random.Random(opts.seed + 104729)
+        penalty_terms = _delta_terms(pm) if opts.delta_penalty > 0 else []
+        silence = _Silence(pm) if opts.silence_penalty > 0 else None
 
         def to_dev(b: dict[str, Any]) -> dict[str, Any]:
             return {k: v.to(device) for k, v in b.items()}
@@ -397,7 +405,14 @@ def train_library(
                 batch = to_dev(D.collate(sampler.batch(opts.batch_size)))
                 if companions is not None:
                     companions.sample(comp_rng, opts.companion_prob)
+                off = batch.pop("offdomain")
+                if silence is not None:
+                    silence.start(off, batch["attention_mask"])
                 loss = pm(**batch).loss
+                if silence is not None and bool(off.any()):
+                    loss = loss + opts.silence_penalty * silence.penalty()
+                if penalty_terms:
+                    loss = loss + opts.delta_penalty * _delta_penalty(penalty_terms)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optim.step()
@@ -410,6 +425,8 @@ def train_library(
         seconds = time.monotonic() - t0
         if companions is not None:
             companions.remove()
+        if silence is not None:
+            silence.remove()
         pm.eval()
         loss_end = _mean_loss(pm, probe)
         if sampler.too_long:
@@ -458,6 +475,70 @@ def train_library(
         abi_ok=abi_ok,
         warnings=warnings,
     )
+
+
+class _Silence:
+    """Hooks measuring the LoRA branch's output against the base layer's, on off-domain rows."""
+
+    def __init__(self, pm: Any):
+        self.terms: list[list[Any]] = []
+        self.handles: list[Any] = []
+        self.rows: Any = None
+        self.mask: Any = None
+        for _name, module in pm.named_modules():
+            la = getattr(module, "lora_A", None)
+            if la is None or "default" not in la:
+                continue
+            slot: list[Any] = [None, None]
+            self.terms.append(slot)
+            scaling = float(module.scaling["default"])
+
+            def base_hook(_m: Any, _i: Any, out: Any, slot: list[Any] = slot) -> None:
+                slot[0] = out
+
+            def lora_hook(_m: Any, _i: Any, out: Any, slot: list[Any] = slot, scaling: float = scaling) -> None:
+                slot[1] = out * scaling
+
+            self.handles.append(module.base_layer.register_forward_hook(base_hook))
+            self.handles.append(module.lora_B["default"].register_forward_hook(lora_hook))
+
+    def start(self, rows: Any, mask: Any) -> None:
+        self.rows = rows
+        self.mask = mask
+
+    def penalty(self) -> Any:
+        m = self.mask[self.rows].unsqueeze(-1).to(dtype=self.terms[0][1].dtype)
+        total = 0.0
+        for base, lora in self.terms:
+            b = base[self.rows] * m
+            l = lora[self.rows] * m
+            total = total + (l * l).sum() / ((b * b).sum() + 1e-6)
+        return total / len(self.terms)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _delta_terms(pm: Any) -> list[tuple[Any, Any, float, float]]:
+    """(lora_A, lora_B, scaling, ||W||^2) of every adapted linear layer of the "default" adapter."""
+    out = []
+    for _name, module in pm.named_modules():
+        la = getattr(module, "lora_A", None)
+        if la is None or "default" not in la:
+            continue
+        w = module.base_layer.weight.detach()
+        out.append((la["default"].weight, module.lora_B["default"].weight, float(module.scaling["default"]), float((w * w).sum())))
+    return out
+
+
+def _delta_penalty(terms: list[tuple[Any, Any, float, float]]) -> Any:
+    total = 0.0
+    for a, b, scaling, wnorm in terms:
+        d = (b @ a) * scaling
+        total = total + (d * d).sum() / wnorm
+    return total / len(terms)
 
 
 def _abi_check(adapter: Path, base_gguf: Path | None, warnings: list[str]) -> bool | None:

@@ -7,9 +7,12 @@ library's relevance to the prompt from what it ships:
 * its glossary: a term (or alias) of the library named in the prompt is the
   strongest signal -- glossaries list the entities a library knows about;
 * its knowledge index: one BM25 search over every library's chunks together
-  (the runtime's own retrieval, so scores are comparable); a library whose
-  best chunk scores at least ``relative`` x the overall best, and at least
-  ``min_score``, is relevant.
+  (the runtime's own retrieval, so scores are comparable).  A library whose
+  best chunk scores at least ``relative`` x the overall best and at least
+  ``min_score`` is relevant when that chunk names a proper noun of the
+  prompt that no glossary claims (a library merely *mentioning* another
+  library's entity is not chosen for it), or, for prompts without proper
+  nouns, when it shares at least two content words with the prompt.
 
 Relevant libraries keep their attached scale, the others get 0.  A library
 without glossary or documents has nothing to be judged by and keeps its
@@ -83,19 +86,28 @@ def score_libraries(
         rs.judged = bool(len(g)) or ix is not None
         scores.append(rs)
     by_name = {s.name: s for s in scores}
+    best_text: dict[str, str] = {}
     if indexes:
         for hit in search(indexes, prompt, SEARCH_K):
             s = by_name.get(hit.library)
             if s is not None and hit.score > s.knowledge_score:
                 s.knowledge_score = float(hit.score)
                 s.best_chunk = hit.citation
+                best_text[hit.library] = f"{hit.section}\n{hit.text}"
     best = max((s.knowledge_score for s in scores), default=0.0)
+    nouns = proper_nouns(prompt)
+    claimed = {w.casefold() for s in scores for t in s.glossary_terms for w in t.split()}
+    free = [n for n in nouns if n.casefold() not in claimed]
     for s in scores:
         why: list[str] = []
         if s.glossary_terms:
             why.append("glossary: " + ", ".join(s.glossary_terms[:5]))
         if best > 0 and s.knowledge_score >= max(min_score, relative * best):
-            why.append(f"knowledge: {s.best_chunk} scores {s.knowledge_score:.2f} (best {best:.2f})")
+            text = (best_text.get(s.name) or "").casefold()
+            named = [n for n in free if n.casefold() in text]
+            # without proper nouns, one shared common word ("blood", "horse") is not enough
+            if named or (not nouns and _shared_terms(prompt, text) >= 2):
+                why.append(f"knowledge: {s.best_chunk} scores {s.knowledge_score:.2f} (best {best:.2f})" + (f", names {', '.join(named)}" if named else ""))
         if why:
             s.chosen = True
             s.reason = "; ".join(why)
@@ -108,6 +120,29 @@ def score_libraries(
             )
         s.scale = s.attached_scale if s.chosen else 0.0
     return scores
+
+
+_STARTERS = {
+    "what", "which", "who", "whom", "whose", "where", "when", "why", "how", "the", "a", "an", "in", "on", "of", "is", "are",
+    "was", "were", "does", "do", "did", "can", "could", "name", "tell", "give", "count", "list", "please", "and", "or", "i",
+}
+
+
+def _shared_terms(prompt: str, text: str) -> int:
+    from llmos_cli.knowledge.retrieve import query_terms
+
+    return sum(1 for t in query_terms(prompt) if t[:5] in text)
+
+
+def proper_nouns(text: str) -> list[str]:
+    """Capitalised words of ``text`` that are not just sentence starters or question words."""
+    import re
+
+    out: list[str] = []
+    for w in re.findall(r"[A-Za-z][A-Za-z0-9-]*", text):
+        if w[0].isupper() and w.casefold() not in _STARTERS and w not in out:
+            out.append(w)
+    return out
 
 
 def route(prompt: str, libraries: Sequence[Any], **kw: Any) -> list[Route]:
