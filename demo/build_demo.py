@@ -50,10 +50,10 @@ CHUNK_SIZE = 60
 BASE_REQ = "demo-chat>=1.0,<2"
 
 LIB_META: dict[str, dict[str, Any]] = {
-    "bio-core": {"provides": ["biology-basics"], "depends": []},
-    "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"]},
-    "geo-lib": {"provides": ["place-names"], "depends": []},
-    "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"]},
+    "bio-core": {"provides": ["biology-basics"], "depends": [], "trained_with": []},
+    "geo-lib": {"provides": ["place-names"], "depends": [], "trained_with": []},
+    "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"], "trained_with": ["bio-core"]},
+    "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"], "trained_with": ["geo-lib"]},
 }
 
 TRAIN = {
@@ -111,7 +111,8 @@ def write_model_source(dest: Path, gguf: Path) -> Path:
             "maintainer": MAINTAINER,
             "tags": ["demo"],
         },
-        "model": {"file": "model.gguf"},
+        # greedy by default: a model this small answers best without sampling
+        "model": {"file": "model.gguf", "parameters": {"temperature": 0.0, "max_tokens": 64}},
     }
     _write(dest / "llmos.toml", _toml(manifest))
     return dest
@@ -140,6 +141,7 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
             f"Knowledge library of the llmos demo: {len(lib.entities)} invented {lib.title.lower()}, "
             f"{len(lib.facts)} facts. Adapter trained with paraphrase and order augmentation; "
             "train/heldout.jsonl holds question wordings never used in training for each fact."
+            + (f" Trained with the adapter of {', '.join(meta['trained_with'])} attached (it is always installed with it)." if meta.get("trained_with") else "")
         ),
         "license": LICENSE,
         "maintainer": MAINTAINER,
@@ -251,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--pool", type=int, default=24000, help="base training conversations")
     ap.add_argument("--lib-steps", type=int, default=None, help="override the libraries' [train] steps")
-    ap.add_argument("--negatives", type=int, default=300, help="\"I don't know\" questions about invented entities per library")
+    ap.add_argument("--negatives", type=int, default=0, help="\"I don't know\" questions about invented entities per library")
     ap.add_argument("--targets", nargs="*", default=None, help="override the libraries' LoRA target modules")
-    ap.add_argument("--companions", type=int, default=3, help="stand-in adapters to train with (0: none)")
+    ap.add_argument("--companions", type=int, default=0, help="stand-in adapters to train with at random (0: none)")
     ap.add_argument("--delta-penalty", type=float, default=None, help="override [train] delta_penalty")
     ap.add_argument("--lib-lr", type=float, default=None, help="override [train] lr")
     ap.add_argument("--silence", type=float, default=None, help="override [train] silence_penalty")
@@ -311,11 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  companion {decoy.name}: loss {dres.loss_start:.3f} -> {dres.loss_end:.3f} in {dres.seconds:.0f}s")
             companions.append(str(dres.adapter))
     results = {}
-    for name in libs:
+    for name in LIB_META:  # dependencies first: a library trains on top of them
         if args.only and name not in args.only:
             continue
-        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": companions or None,
+        deps = [str(src / d / "adapter.gguf") for d in LIB_META[name]["trained_with"] if (src / d / "adapter.gguf").is_file()]
+        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": (deps + companions) or None,
                 "delta_penalty": args.delta_penalty, "lr": args.lib_lr, "silence_penalty": args.silence}
+        if deps and not companions:
+            over["companion_prob"] = 1.0  # its dependencies are always installed with it
         log(f"training {name} ...")
         res = train_library(src / name, str(gguf), overrides=over, threads=args.threads, device="cpu", evaluate=False)
         results[name] = res

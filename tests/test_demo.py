@@ -60,7 +60,7 @@ def test_quickstart_install_med_lib_and_ask(llmos_proc):
     r = llmos_proc("install", "med-lib", "-y")
     assert r.exit_code == 0, r
     r = llmos_proc("list", "--json")
-    installed = {p["name"] for p in json.loads(r.stdout)["data"]}
+    installed = {p["name"] for p in json.loads(r.stdout)["data"]["packages"]}
     assert {"med-lib", "bio-core", "demo-chat"} <= installed
     r = llmos_proc("run", QUICKSTART_QUESTION, "--json")
     assert r.exit_code == 0, r

@@ -139,3 +139,14 @@ def test_convert_refuses_bad_checkpoints(tmp_path, base):
     with pytest.raises(InvalidPackageError, match="tokenizer.model"):
         convert_hf_to_gguf(notok, tmp_path / "y.gguf")
     assert not list(tmp_path.glob("*.incomplete"))
+
+
+def test_import_model_from_hf(base, cli):
+    r = cli("import-model", str(base.hf_dir), "--from-hf", "--name", "tiny-hf", "-y", "--json")
+    assert r.exit_code == 0, r
+    r = cli("list", "--json")
+    assert "tiny-hf" in {p["name"] for p in r.json()["data"]["packages"]}
+    r = cli("run", "What does Zorblax treat?", "--model", "tiny-hf", "--no-libs", "-n", "3", "--json")
+    assert r.exit_code == 0, r  # llama.cpp runs the converted model with its own chat template
+    r = cli("import-model", str(base.hf_dir.parent), "--from-hf", "--name", "nope", "-y")
+    assert r.exit_code == 3 and "config.json" in r.stderr

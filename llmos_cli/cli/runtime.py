@@ -291,6 +291,9 @@ def register(app: typer.Typer) -> None:
         version: Annotated[str, typer.Option("--version", help="Package version.")] = "1.0.0",
         summary: Annotated[Optional[str], typer.Option("--summary", help="One-line summary.")] = None,
         license: Annotated[str, typer.Option("--license", help="The model's license.")] = "unknown",
+        # --- from a Hugging Face checkpoint (task G: llmos_cli/train/convert.py) ---
+        from_hf: Annotated[bool, typer.Option("--from-hf", help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.")] = False,
+        # --- end from-hf ---
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
         json: JsonOpt = False,
@@ -305,6 +308,16 @@ def register(app: typer.Typer) -> None:
         def work():
             from llmos_cli.runtime.models import import_model as do_import
 
+            if from_hf:  # --- from-hf (task G) ---
+                import tempfile
+                from pathlib import Path as _P
+
+                from llmos_cli.train.convert import convert_hf_to_gguf
+
+                with tempfile.TemporaryDirectory(prefix="llmos-from-hf-") as tmp:
+                    stem = name or _P(file).expanduser().resolve().name
+                    gguf = convert_hf_to_gguf(_P(file).expanduser(), _P(tmp) / f"{stem}.gguf", name=stem, reporter=rep)
+                    return do_import(str(gguf), name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
             return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
 
         execute("import-model", json, work, _render_import, rep=rep)
