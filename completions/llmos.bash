@@ -78,7 +78,7 @@ _llmos() {
         "llmos hold")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos import-model")
-            COMPREPLY=($(compgen -W "--name --version --summary --license --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--name --version --summary --license --from-hf --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos index")
             COMPREPLY=($(compgen -W "--sign --expires-days --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos install")
@@ -100,7 +100,7 @@ _llmos() {
         "llmos remove")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos run")
-            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --route --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos search")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos show")

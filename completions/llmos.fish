@@ -88,6 +88,7 @@ complete -c llmos -n '__fish_seen_subcommand_from import-model' -l name -r -d 'P
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l version -r -d 'Package version.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l summary -r -d 'One-line summary.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l license -r -d 'The model\'s license.'
+complete -c llmos -n '__fish_seen_subcommand_from import-model' -l from-hf -d 'FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l simulate -s s -l dry-run -d 'Print the plan and change nothing.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l yes -s y -d 'Answer yes to confirmations; needed when stdin is not a terminal.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l json -d 'Print one JSON object (versioned envelope) on stdout.'
@@ -178,6 +179,7 @@ complete -c llmos -n '__fish_seen_subcommand_from run' -l allow-tools -d 'Let ev
 complete -c llmos -n '__fish_seen_subcommand_from run' -l tool-choice -r -d 'Let the model choose, forbid tools, or force a call of NAME.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l chain-limit -r -d 'Most rounds of tool calls.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l tools-debug -d 'Print tool calls and results on stderr.'
+complete -c llmos -n '__fish_seen_subcommand_from run' -l route -d 'Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l json -d 'Print one JSON object (versioned envelope) on stdout.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -s h -l help -d 'Show help and exit.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -F
