@@ -117,3 +117,29 @@ def test_companion_adapters_are_used_but_not_exported(base, tmp_path, cli):
     assert (lib / "adapter.gguf").read_bytes() != with_comp
     r = cli("train", str(lib), "--base", str(base.gguf), "--companion", str(tmp_path / "nope.gguf"))
     assert r.exit_code == 3 and "companion" in r.stderr
+
+
+def _delta_norm(adapter, base_gguf):
+    import numpy as np
+
+    from llmos_cli.train.convert import gguf_state_dict
+    from llmos_cli.train.export import read_lora_gguf
+
+    hp, sd = gguf_state_dict(base_gguf)
+    pairs, _ = read_lora_gguf(adapter, hp)
+    return float(np.mean([np.linalg.norm(p.b @ p.a * p.scaling) / np.linalg.norm(sd[k]) for k, p in pairs.items()]))
+
+
+@pytest.mark.parametrize("option", ["delta_penalty", "silence_penalty"])
+def test_penalties_keep_the_change_small(base, tmp_path, option):
+    import json as _json
+
+    from llmos_cli.train.lora import train_library
+
+    lib = write_library(tmp_path)
+    replay = lib / "train" / "replay.jsonl"
+    replay.write_text("".join(_json.dumps({"questions": [f"What is {w}?"], "answer": "I don't know."}) + "\n" for w in ("blue", "salt", "a fox")))
+    common = {"steps": 12, "lr": 0.02, "seed": 1, "replay": ["train/replay.jsonl"], "replay_fraction": 0.5}
+    train_library(lib, str(base.gguf), overrides=common, threads=1, out=tmp_path / "free.gguf", evaluate=False)
+    train_library(lib, str(base.gguf), overrides={**common, option: 50.0}, threads=1, out=tmp_path / "held.gguf", evaluate=False)
+    assert _delta_norm(tmp_path / "held.gguf", base.gguf) < 0.8 * _delta_norm(tmp_path / "free.gguf", base.gguf)
