@@ -10,6 +10,7 @@ Conditions (greedy decoding through the runtime's llama.cpp engine):
 
 * bare base;
 * each library alone (its adapter at its manifest scale);
+* each library with its dependencies, as ``llmos install`` attaches them;
 * all libraries stacked (the four adapters at once);
 * merged by ``llmos merge`` with cat / linear / ties / dare_ties (one adapter);
 * routed (``llmos_cli.train.route``: per question, only the libraries whose
@@ -132,6 +133,58 @@ class Bench:
         return {"condition": label, "scores": scores, "general": g, "seconds": time.monotonic() - t0}
 
 
+def _needs(lib_dir: Path, other: str, pkgs: dict[str, Path]) -> bool:
+    """Does the library depend on ``other`` (by name or a virtual name ``other`` provides)?"""
+    import tomllib
+
+    from llmos_cli.pkg.meta import Req
+
+    def names(d: Path) -> tuple[list[str], list[str]]:
+        pkg = tomllib.loads((d / "llmos.toml").read_text())["package"]
+        return [Req.parse(a.strip()).name for dep in pkg.get("depends", []) for a in dep.split("|")], [pkg["name"], *pkg.get("provides", [])]
+
+    wants, _ = names(lib_dir)
+    _, offers = names(pkgs[other])
+    return any(w in offers for w in wants)
+
+
+def base_skills(b: Bench, n: int = 60) -> list[list[str]]:
+    """The bare base's skills on fresh synthetic items (demo/corpus.py generators, seeds unseen in training)."""
+    import random
+
+    import corpus
+    import world
+
+    b.ans.set_adapters([])
+    rng, names = random.Random(12345), world.NameMaker(777)
+    rc = [corpus.rc_example(rng, names, 60) for _ in range(n)]
+    rc_ok = sum(b.exact(b.ans.answer(m[:-1]), m[-1]["content"]) for m in rc)
+    unk = [corpus.unknown_example(rng, names, 60) for _ in range(n // 2)]
+    unk_ok = sum(b.exact(b.ans.answer(m[:-1]), m[-1]["content"]) for m in unk)
+    calls_ok = answers_ok = 0
+    makers = [corpus.arithmetic_example, corpus.conversion_example, corpus.percent_example]
+    for i in range(n // 2):
+        msgs, _ = makers[i % 3](rng)
+        tools = corpus.toolset(rng, True)
+        out = b.ans.answer(msgs[:1], tools=tools, max_tokens=64)
+        call = msgs[1]["tool_calls"][0]["function"]
+        try:
+            got = json.loads(out.split("<tool_call>")[1].split("</tool_call>")[0])
+            calls_ok += got == {"name": call["name"], "arguments": call["arguments"]}
+        except (IndexError, ValueError):
+            pass
+        answers_ok += b.exact(b.ans.answer(msgs[:3], tools=tools), msgs[3]["content"])
+    g = b.score(b.general, b.plain([]))
+    pct = lambda k, m: f"{100 * k / m:.0f}% ({k}/{m})"  # noqa: E731
+    return [
+        ["general facts, held-out wordings", pct(round(g * len(b.general)), len(b.general))],
+        ["reading comprehension: answer from retrieved chunks about invented entities", pct(rc_ok, len(rc))],
+        ["\"I don't know.\" about entities it was never told about", pct(unk_ok, len(unk))],
+        ["tool call: right tool and exact arguments (calculator, convert_units, percent_of)", pct(calls_ok, n // 2)],
+        ["final answer read from the tool's result", pct(answers_ok, n // 2)],
+    ]
+
+
 def merged_adapters(pkgs: dict[str, Path], work: Path) -> dict[str, Path]:
     from llmos_cli.train.merge import merge_libraries
 
@@ -162,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(b.row("each library alone", lambda n: b.plain([b.adapters[n]]), None))
         for n in LIBS:  # retention under each single library
             rows[-1].setdefault("general_each", {})[n] = b.score(b.general, b.plain([b.adapters[n]]))
+        deps = {n: [n] + [d for d in LIBS if d != n and _needs(pkgs[n], d, pkgs)] for n in LIBS}
+        rows.append(b.row("with its dependencies (as installed)", lambda n: b.plain([b.adapters[d] for d in deps[n]]), None))
         rows.append(b.row("all stacked", lambda n: b.plain(everything), b.plain(everything)))
         try:
             merged = merged_adapters(pkgs, work)
@@ -174,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(b.row("retrieval only", lambda n: b.retrieval([]), b.retrieval([])))
         rows.append(b.row("retrieval + all stacked", lambda n: b.retrieval(everything), b.retrieval(everything)))
         rows.append(b.row("retrieval + routed", lambda n: b.routed(True), b.routed(True)))
+        skills = base_skills(b)
         b.ans.close()
-    report(rows, notes, time.monotonic() - t0, write=not args.no_write)
+    report(rows, notes, time.monotonic() - t0, write=not args.no_write, skills=skills)
     return 0
 
 
-def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, write: bool) -> None:
+def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, write: bool, skills: list[list[str]] | None = None) -> None:
     from _report import table, write_section
 
     bare_general = rows[0]["general"] or 0.0
@@ -201,7 +257,6 @@ def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, writ
             "" if g is None else f"{100 * g:.0f}%",
             "" if g is None or not bare_general else f"{100 * g / bare_general:.0f}%",
         ])
-    n_q = {n: None for n in LIBS}
     text = [
         "Exact match (case and final punctuation ignored) on each library's held-out questions: for every fact, "
         "one question wording that its training never used for that fact. \"base facts\" is demo-chat's own "
@@ -214,14 +269,15 @@ def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, writ
         "",
         ANCHORS,
         "",
-        f"Whole run: {seconds:.0f} s.",
     ]
+    if skills:
+        text += ["The bare base model's own skills (fresh synthetic items, greedy):", "", table(["skill", "exact"], skills)]
+    text += [f"Whole run: {seconds:.0f} s."]
     text += [f"- {n}" for n in notes]
     body = "\n".join(text)
     print(body)
     if write:
         write_section("knowledge", "Knowledge libraries: stacking, merging, routing, retrieval (demo registry)", body)
-    del n_q
 
 
 if __name__ == "__main__":
