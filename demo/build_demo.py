@@ -49,11 +49,14 @@ LICENSE = "CC0-1.0"
 CHUNK_SIZE = 60
 BASE_REQ = "demo-chat>=1.0,<2"
 
+#: dependencies first: a library trains with its dependencies' adapters attached
+#: (``[train] companions``), since ``llmos install`` always brings them along;
+#: that harder job gets more steps
 LIB_META: dict[str, dict[str, Any]] = {
-    "bio-core": {"provides": ["biology-basics"], "depends": [], "trained_with": []},
-    "geo-lib": {"provides": ["place-names"], "depends": [], "trained_with": []},
-    "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"], "trained_with": ["bio-core"]},
-    "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"], "trained_with": ["geo-lib"]},
+    "bio-core": {"provides": ["biology-basics"], "depends": [], "trained_with": [], "steps": 320},
+    "geo-lib": {"provides": ["place-names"], "depends": [], "trained_with": [], "steps": 320},
+    "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"], "trained_with": ["bio-core"], "steps": 600},
+    "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"], "trained_with": ["geo-lib"], "steps": 600},
 }
 
 TRAIN = {
@@ -160,6 +163,12 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
         "glossary": {"file": "glossary.toml"},
         "train": {
             **TRAIN,
+            "steps": meta.get("steps", TRAIN["steps"]),
+            **(
+                {"companions": [f"../{d}/adapter.gguf" for d in meta["trained_with"]], "companion_prob": 1.0}
+                if meta.get("trained_with")
+                else {}
+            ),
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             "data": ["train/qa.jsonl"],
             "eval": ["train/heldout.jsonl"],
@@ -295,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, lib in libs.items():
         names = world.NameMaker(1000 + len(name))
         replay = corpus.replay_records(rng, names, CHUNK_SIZE, 300) + corpus.negative_records(rng, names, args.negatives)
+        if args.only and name not in args.only and (src / name / "adapter.gguf").is_file():
+            continue  # keep a library (and its adapter) this run does not retrain
         write_library_source(src / name, lib, replay)
     write_calc_tools_source(src / "calc-tools")
 
@@ -316,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in LIB_META:  # dependencies first: a library trains on top of them
         if args.only and name not in args.only:
             continue
-        deps = [str(src / d / "adapter.gguf") for d in LIB_META[name]["trained_with"] if (src / d / "adapter.gguf").is_file()]
-        over = {"steps": args.lib_steps, "target_modules": args.targets, "companions": (deps + companions) or None,
-                "delta_penalty": args.delta_penalty, "lr": args.lib_lr, "silence_penalty": args.silence}
-        if deps and not companions:
-            over["companion_prob"] = 1.0  # its dependencies are always installed with it
+        over = {"steps": args.lib_steps, "target_modules": args.targets, "delta_penalty": args.delta_penalty,
+                "lr": args.lib_lr, "silence_penalty": args.silence}
+        if companions:  # stand-ins (experiments): on at random, next to the dependencies
+            deps = [str(src / d / "adapter.gguf") for d in LIB_META[name]["trained_with"]]
+            over.update({"companions": deps + companions, "companion_prob": 0.5})
         log(f"training {name} ...")
         res = train_library(src / name, str(gguf), overrides=over, threads=args.threads, device="cpu", evaluate=False)
         results[name] = res
@@ -350,11 +361,13 @@ def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
             adapter = src / name / "adapter.gguf"
             if not adapter.is_file():
                 continue
-            ans.set_adapters([(adapter, 1.0)])
+            deps = [(src / d / "adapter.gguf", 1.0) for d in LIB_META[name]["trained_with"]]
+            ans.set_adapters([(adapter, 1.0), *deps])
             ok = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
             ans.set_adapters([])
             bare = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
-            log(f"check: {name} held-out questions: {ok}/{len(lib.facts)} with its adapter, {bare} without")
+            with_deps = f" (with {', '.join(LIB_META[name]['trained_with'])})" if deps else ""
+            log(f"check: {name} held-out questions: {ok}/{len(lib.facts)} with its adapter{with_deps}, {bare} without")
     finally:
         ans.close()
 

@@ -99,3 +99,24 @@ def test_a_library_merely_mentioning_an_entity_is_not_chosen(tmp_path):
     assert got["bio"] == 1.0  # the glossary owner; med-lib's text only mentions it
     # a general question sharing one common word with a document picks nothing
     assert all(r.scale == 0 for r in route("Is the liver an organ?", views))
+
+
+def test_a_chosen_library_brings_its_dependencies(tmp_path):
+    import tomllib
+
+    from llmos_cli.knowledge.libraries import LibraryView
+    from llmos_cli.train.route import route
+
+    bio = _library(tmp_path, "bio", {"Velanin": "a protein made in the liver."})
+    med = _library(tmp_path, "med", {"Zentravil": "a drug that treats Morvane fever."})
+    geo = _library(tmp_path, "geo", {"Norland": "a region."})
+    for folder, key, value in ((med, "depends", ["biology-basics"]), (bio, "provides", ["biology-basics"])):
+        data = tomllib.loads((folder / "llmos.toml").read_text())
+        data["package"][key] = value
+        (folder / "llmos.toml").write_text(tomli_w.dumps(data))
+    views = [LibraryView.from_folder(p) for p in (bio, med, geo)]
+    got = {r.name: r for r in route("What does Zentravil treat?", views)}
+    assert got["med"].scale == 1.0 and got["bio"].scale == 1.0 and got["geo"].scale == 0.0
+    assert got["bio"].reason == "needed by med"
+    got = {r.name: r.scale for r in route("Which organ makes Velanin?", views)}
+    assert got == {"bio": 1.0, "med": 0.0, "geo": 0.0}  # dependencies do not pull in their dependents

@@ -118,8 +118,41 @@ def score_libraries(
             s.reason = "no glossary term in the prompt" + (
                 f"; best chunk {s.knowledge_score:.2f} below {max(min_score, relative * best):.2f}" if s.knowledge_score else "; no matching document"
             )
+    _bring_dependencies(scores, libraries)
+    for s in scores:
         s.scale = s.attached_scale if s.chosen else 0.0
     return scores
+
+
+def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> None:
+    """A chosen library brings the attached libraries it depends on (it was built to run with them)."""
+    from llmos_cli.pkg.meta import Dependency, RelationError
+
+    offers: dict[str, list[RouteScore]] = {}
+    needs: dict[str, list[str]] = {}
+    for s, lib in zip(scores, libraries):
+        pkg = (getattr(lib, "manifest", None) or {}).get("package", {})
+        for n in [s.name, *(pkg.get("provides") or [])]:
+            offers.setdefault(n, []).append(s)
+        wanted: list[str] = []
+        for d in pkg.get("depends") or []:
+            try:
+                wanted += [alt.name for alt in Dependency.parse(d).alternatives]
+            except (RelationError, AttributeError):
+                continue
+        needs[s.name] = wanted
+    changed = True
+    while changed:
+        changed = False
+        for s in scores:
+            if not s.chosen:
+                continue
+            for want in needs.get(s.name, []):
+                for dep in offers.get(want, []):
+                    if not dep.chosen:
+                        dep.chosen = True
+                        dep.reason = f"needed by {s.name}"
+                        changed = True
 
 
 _STARTERS = {
