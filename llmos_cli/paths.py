@@ -61,7 +61,14 @@ def get_paths() -> Paths:
 
 
 def embedded_registry() -> Path:
-    """The registry shipped with llmos: ``llmos_cli/_registry`` in a wheel, ``registry/`` in a checkout."""
+    """The registry shipped with llmos: ``llmos_cli/_registry`` in a wheel, ``registry/`` in a checkout.
+
+    ``LLMOS_EMBEDDED_REGISTRY`` points it elsewhere (a mirror, or an empty
+    folder to hide the demo packages, as the test suite does).
+    """
+    override = os.environ.get("LLMOS_EMBEDDED_REGISTRY")
+    if override:
+        return Path(override).expanduser().absolute()
     here = Path(__file__).resolve().parent
     wheel = here / "_registry"
     if wheel.is_dir():

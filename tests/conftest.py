@@ -31,6 +31,11 @@ def llmos_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LLMOS_LOCK_TIMEOUT", "5")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("LLMOS_DEBUG", raising=False)
+    # The demo packages of the embedded registry would mix with each test's own
+    # registries; tests that want them (tests/test_demo.py) point this back.
+    empty = tmp_path / "embedded-registry"
+    empty.mkdir()
+    monkeypatch.setenv("LLMOS_EMBEDDED_REGISTRY", str(empty))
     return home
 
 

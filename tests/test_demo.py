@@ -31,6 +31,12 @@ def needs_registry(fn):
     return fn
 
 
+@pytest.fixture(autouse=True)
+def demo_registry(monkeypatch):
+    """These tests use the real embedded registry (conftest hides it from the others)."""
+    monkeypatch.setenv("LLMOS_EMBEDDED_REGISTRY", str(REGISTRY))
+
+
 def test_the_demo_registry_is_committed():
     assert (REGISTRY / "index.json").is_file(), "registry/index.json is missing: run python demo/build_demo.py"
 

@@ -114,6 +114,14 @@ def test_a_chosen_library_brings_its_dependencies(tmp_path):
         data = tomllib.loads((folder / "llmos.toml").read_text())
         data["package"][key] = value
         (folder / "llmos.toml").write_text(tomli_w.dumps(data))
+    # trained alone: applied alone
+    views = [LibraryView.from_folder(p) for p in (bio, med, geo)]
+    got = {r.name: r.scale for r in route("What does Zentravil treat?", views)}
+    assert got == {"bio": 0.0, "med": 1.0, "geo": 0.0}
+    # trained with its dependency's adapter attached: brings it
+    data = tomllib.loads((med / "llmos.toml").read_text())
+    data["train"] = {"companions": ["companions/bio.gguf"]}
+    (med / "llmos.toml").write_text(tomli_w.dumps(data))
     views = [LibraryView.from_folder(p) for p in (bio, med, geo)]
     got = {r.name: r for r in route("What does Zentravil treat?", views)}
     assert got["med"].scale == 1.0 and got["bio"].scale == 1.0 and got["geo"].scale == 0.0

@@ -125,7 +125,9 @@ def score_libraries(
 
 
 def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> None:
-    """A chosen library brings the attached libraries it depends on (it was built to run with them)."""
+    """A chosen library brings the attached libraries it depends on -- when its adapter was trained
+    with theirs attached (``[train] companions`` in its manifest), so it expects them.  A library
+    trained alone is applied alone: stacking it with adapters it never saw can garble it."""
     from llmos_cli.pkg.meta import Dependency, RelationError
 
     offers: dict[str, list[RouteScore]] = {}
@@ -135,7 +137,8 @@ def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> N
         for n in [s.name, *(pkg.get("provides") or [])]:
             offers.setdefault(n, []).append(s)
         wanted: list[str] = []
-        for d in pkg.get("depends") or []:
+        trained_with = ((getattr(lib, "manifest", None) or {}).get("train") or {}).get("companions")
+        for d in (pkg.get("depends") or []) if trained_with else []:
             try:
                 wanted += [alt.name for alt in Dependency.parse(d).alternatives]
             except (RelationError, AttributeError):
