@@ -282,6 +282,7 @@ def man(tree: Cmd) -> str:
         ".TP", "\\fBLLMOS_HOME\\fR", _roff("State directory (database, store, lists, cache). Default: the platform's user data directory."),
         ".TP", "\\fBLLMOS_LOCK_TIMEOUT\\fR", _roff("Seconds to wait for another llmos process's lock (default 30)."),
         ".TP", "\\fBLLMOS_DEBUG\\fR", _roff("Set to 1 to print tracebacks on errors."),
+        ".TP", "\\fBLLMOS_EMBEDDED_REGISTRY\\fR", _roff("Folder used as the embedded source instead of the registry shipped with llmos."),
         ".TP", "\\fBNO_COLOR\\fR", _roff("Disable colour."),
         ".SH FILES",
         ".TP", "\\fI$LLMOS_HOME/state.db\\fR", _roff("SQLite state database: installed packages, files, marks, holds, history, sources."),
