@@ -236,6 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def verdicts(rows: list[dict[str, Any]], bare_general: float) -> list[str]:
+    by = {r["condition"]: r for r in rows}
+    alone = rows[1]["scores"]
+    mean = lambda r: sum(r["scores"].values()) / len(LIBS)  # noqa: E731
+    out = []
+    worst = min(alone.values())
+    out.append(f"- each library alone >= 90%: {'met' if worst >= 0.9 else 'MISSED'} (lowest {100 * worst:.0f}%)")
+    for name in ("routed", "merged: cat"):
+        if name in by:
+            d = 100 * (mean(by[name]) - mean(rows[1]))
+            out.append(f"- {name} within 5 points of alone: {'met' if d >= -5 else 'MISSED'} ({d:+.1f} points)")
+    for name in ("routed", "all stacked"):
+        if name in by and by[name]["general"] is not None and bare_general:
+            ret = by[name]["general"] / bare_general
+            out.append(f"- retention with every library attached, {name}: {'met' if ret >= 0.9 else 'MISSED'} ({100 * ret:.0f}% of the bare base)")
+    return out
+
+
 def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, write: bool, skills: list[list[str]] | None = None) -> None:
     from _report import table, write_section
 
@@ -270,6 +288,14 @@ def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, writ
         table(headers, body_rows),
         "Targets: each library alone >= 90%; routed and cat-merged within 5 points of alone; retention with every "
         "library attached >= 90% of the bare base.",
+        "",
+        *verdicts(rows, bare_general),
+        "",
+        "Reading: plain stacking (which a `cat` merge reproduces exactly) interferes badly on this ~1M-parameter "
+        "base -- each adapter moves its weights by 40-80% of their norm, and two such changes summed are neither; "
+        "the other merge rules lose the facts too. Routing avoids the interference by applying, per prompt, only "
+        "the libraries the prompt is about (and their dependencies). Experiments with training-time remedies are "
+        "in docs/training.md, \"Stacking and interference\".",
         "",
         ANCHORS,
         "",

@@ -81,6 +81,12 @@ def test_quickstart_install_med_lib_and_ask(llmos_proc):
     data = json.loads(r.stdout)["data"]
     assert data["text"].strip().rstrip(".") == QUICKSTART_ANSWER, data["text"]
     assert "med-lib" in {lib["name"] for lib in data["libraries"]}
+    # plainly stacked too: med-lib was trained with bio-core (its dependency) attached
+    r = llmos_proc("run", QUICKSTART_QUESTION, "--json")
+    assert r.exit_code == 0, r
+    data = json.loads(r.stdout)["data"]
+    assert data["text"].strip().rstrip(".") == QUICKSTART_ANSWER, data["text"]
+    assert {lib["name"] for lib in data["libraries"]} == {"med-lib", "bio-core"}
     # the bare base does not know it: the answer comes from the library
     r = llmos_proc("run", QUICKSTART_QUESTION, "--no-libs", "--knowledge", "off", "--json")
     assert r.exit_code == 0, r
@@ -95,7 +101,30 @@ def test_routing_picks_the_relevant_library(llmos_proc):
     data = json.loads(r.stdout)["data"]
     routing = {x["name"]: x for x in data["extra"]["routing"]}
     assert routing["med-lib"]["chosen"] and not routing["geo-lib"]["chosen"]
+    assert routing["bio-core"]["chosen"] and routing["bio-core"]["reason"] == "needed by med-lib"
     assert data["text"].strip().rstrip(".") == QUICKSTART_ANSWER
+    # a general question routes to no library: the bare base answers
+    r = llmos_proc("run", "What color is the sky?", "--route", "--knowledge", "off", "--json")
+    data = json.loads(r.stdout)["data"]
+    assert not any(x["chosen"] for x in data["extra"]["routing"])
+    assert data["text"].strip() == "blue"
+
+
+@needs_registry
+def test_calc_tools_round_trip_through_the_model(llmos_proc):
+    """The base model calls the tools-only library's tool and answers from its result.
+
+    (The tiny model gets a tool's arguments exactly right about two times in
+    three -- see docs/benchmarks.md -- so this checks one known-good prompt.)
+    """
+    assert llmos_proc("install", "calc-tools", "med-lib", "-y").exit_code == 0
+    r = llmos_proc("run", "What is 20 percent of 50?", "--allow-tools", "--json")
+    assert r.exit_code == 0, r
+    data = json.loads(r.stdout)["data"]
+    calls = data["extra"]["tool_calls"]
+    assert [c["name"] for c in calls] == ["percent_of"]
+    assert calls[0]["arguments"] == {"percent": 20, "value": 50}
+    assert data["text"].strip() == "10"
 
 
 @needs_registry
