@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the demo registry (``registry/``) from nothing: the ONE reproducible script.
 
-    python demo/build_demo.py                 # everything, about 20-30 minutes on 2 CPU cores
+    python demo/build_demo.py                 # everything, about 30 minutes on 2 shared CPU cores
     python demo/build_demo.py --reuse-base    # keep the trained base model, redo the libraries
 
 What it makes (all data synthetic and fictional; nothing is downloaded):
