@@ -12,7 +12,7 @@ import importlib
 from llmos_cli.errors import ExitCode, LlmosError
 
 TRAIN_MODULES = ("torch", "transformers", "peft", "safetensors", "sentencepiece")
-INSTALL_HINT = "pip install 'llmos[train]'  (CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"
+INSTALL_HINT = "pip install torch==2.13.0 && pip install 'llmos[train]'  (pin torch: unpinned it pulls GBs of CUDA packages)"
 
 
 class MissingExtra(LlmosError):

@@ -121,7 +121,7 @@ class BaseModel:
         if self.hf_dir is not None:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(self.hf_dir)).float()
             if getattr(model.config, "model_type", None) != "llama":
                 raise InvalidPackageError(f"{self.hf_dir}: {model.config.model_type!r} models are not supported", "llmos trains Llama-architecture models")
             return model
