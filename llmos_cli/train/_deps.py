@@ -40,6 +40,11 @@ def require_train_extra(feature: str, modules: tuple[str, ...] = TRAIN_MODULES) 
             importlib.import_module(mod)
         except ImportError:
             missing.append(mod)
+    if not missing:
+        import warnings
+
+        # deprecation chatter of transformers/peft internals is not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
     if missing:
         raise MissingExtra(
             f"{feature} needs the optional 'train' extra (missing: {', '.join(missing)})",
