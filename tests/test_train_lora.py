@@ -143,3 +143,76 @@ def test_penalties_keep_the_change_small(base, tmp_path, option):
     train_library(lib, str(base.gguf), overrides=common, threads=1, out=tmp_path / "free.gguf", evaluate=False)
     train_library(lib, str(base.gguf), overrides={**common, option: 50.0}, threads=1, out=tmp_path / "held.gguf", evaluate=False)
     assert _delta_norm(tmp_path / "held.gguf", base.gguf) < 0.8 * _delta_norm(tmp_path / "free.gguf", base.gguf)
+
+
+def _factors(adapter, base_gguf):
+    from llmos_cli.train.convert import gguf_state_dict
+    from llmos_cli.train.export import read_lora_gguf
+
+    hp, _ = gguf_state_dict(base_gguf)
+    pairs, _ = read_lora_gguf(adapter, hp)
+    return {k: (p.a, p.b * p.scaling) for k, p in pairs.items()}
+
+
+def test_init_continues_from_an_existing_adapter(base, tmp_path, cli):
+    """--init loads the adapter's factors: a near-zero learning rate gives the same adapter back,
+    and the starting loss is the trained adapter's, not the bare base's."""
+    import numpy as np
+
+    from llmos_cli.train.lora import train_library
+
+    lib = write_library(tmp_path)
+    first = train_library(lib, str(base.gguf), overrides={"steps": 40}, threads=1, out=tmp_path / "first.gguf", evaluate=False)
+    again = train_library(
+        lib, str(base.gguf), overrides={"steps": 1, "lr": 1e-12, "init": str(tmp_path / "first.gguf")},
+        threads=1, out=tmp_path / "again.gguf", evaluate=False,
+    )
+    assert again.loss_start == pytest.approx(first.loss_end, rel=1e-4)
+    assert again.loss_start < first.loss_start - 0.1  # starts where the first run ended
+    one, two = _factors(tmp_path / "first.gguf", base.gguf), _factors(tmp_path / "again.gguf", base.gguf)
+    assert one.keys() == two.keys()
+    for k in one:
+        np.testing.assert_allclose(two[k][0], one[k][0], atol=1e-6)
+        np.testing.assert_allclose(two[k][1], one[k][1], atol=1e-6)
+    # a different alpha is folded into B: the same change, whatever the scale
+    other = train_library(
+        lib, str(base.gguf), overrides={"steps": 1, "lr": 1e-12, "alpha": 2.0, "init": str(tmp_path / "first.gguf")},
+        threads=1, out=tmp_path / "other.gguf", evaluate=False,
+    )
+    assert other.loss_start == pytest.approx(first.loss_end, rel=1e-4)
+
+    before = (lib / "adapter.gguf").exists()
+    r = cli("train", str(lib), "--base", str(base.gguf), "--init", str(tmp_path / "first.gguf"), "--rank", "2")
+    assert r.exit_code == 2 and "rank 4" in r.stderr and "--rank 4" in r.stderr
+    r = cli("train", str(lib), "--base", str(base.gguf), "--init", str(tmp_path / "first.gguf"), "--target", "q_proj")
+    assert r.exit_code == 2 and "not a target module" in r.stderr
+    r = cli("train", str(lib), "--base", str(base.gguf), "--init", str(tmp_path / "missing.gguf"))
+    assert r.exit_code == 3 and "initial adapter" in r.stderr
+    assert (lib / "adapter.gguf").exists() == before
+
+
+def test_each_companion_has_its_own_probability(base, tmp_path, cli):
+    """PATH@0 is never on (same adapter as without it), PATH@1 always; tables work in llmos.toml."""
+    from llmos_cli.pkg.manifest import load_manifest
+    from llmos_cli.train.lora import TrainOptions
+    from trainkit import random_adapter
+
+    comp = random_adapter(base, tmp_path / "comp.gguf", rank=3, targets=["q_proj", "down_proj"], seed=9)
+    lib = write_library(tmp_path)
+    args = ["train", str(lib), "--base", str(base.gguf), "--steps", "6", "--threads", "1", "--no-eval"]
+    outs = {}
+    for tag, extra in {"none": [], "never": ["--companion", f"{comp}@0"], "always": ["--companion", f"{comp}@1"]}.items():
+        r = cli(*args, *extra, "-o", str(tmp_path / f"{tag}.gguf"))
+        assert r.exit_code == 0, r
+        outs[tag] = (tmp_path / f"{tag}.gguf").read_bytes()
+    assert outs["never"] == outs["none"]
+    assert outs["always"] != outs["none"]
+    r = cli(*args, "--companion", f"{comp}@1.5")
+    assert r.exit_code == 2 and "probability" in r.stderr
+
+    m = load_manifest(lib)
+    table = dict(m.section("train"))
+    table["companions"] = [{"file": "../comp.gguf", "prob": 0.25}, "../comp.gguf", {"file": "x.gguf"}]
+    table["companion_prob"] = 0.5
+    opts = TrainOptions.from_manifest(table)
+    assert opts.companion_specs() == [("../comp.gguf", 0.25), ("../comp.gguf", 0.5), ("x.gguf", 0.5)]

@@ -27,7 +27,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
         companion: Annotated[
-            Optional[list[str]], typer.Option("--companion", help="Frozen LoRA GGUF switched on at random while training, for stacking robustness (repeatable).")
+            Optional[list[str]],
+            typer.Option("--companion", help="Frozen LoRA GGUF switched on at random while training, for stacking robustness; PATH@PROB sets its probability (repeatable)."),
+        ] = None,
+        init: Annotated[
+            Optional[Path], typer.Option("--init", help="Start from this LoRA GGUF (same rank and targets) instead of from zero.")
         ] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
         threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
@@ -43,6 +47,7 @@ def register(app: typer.Typer) -> None:
             "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
             "target_modules": list(target) if target else None, "seed": seed,
             "companions": [str(Path(c).expanduser().absolute()) for c in companion] if companion else None,
+            "init": str(init.expanduser().absolute()) if init else None,
         }
 
         def work() -> Any:

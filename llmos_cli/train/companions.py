@@ -19,10 +19,11 @@ from llmos_cli.errors import NotFoundError
 
 
 class Companions:
-    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu"):
+    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu", probs: list[float] | None = None):
         import torch
 
         self.names = [n for n, _ in adapters]
+        self.probs = list(probs) if probs is not None else [0.5] * len(adapters)
         self.active = [False] * len(adapters)
         self._handles: list[Any] = []
         by_module: dict[str, list[tuple[int, Any, Any]]] = {}
@@ -46,8 +47,9 @@ class Companions:
 
         return hook
 
-    def sample(self, rng: random.Random, prob: float) -> None:
-        self.active = [rng.random() < prob for _ in self.names]
+    def sample(self, rng: random.Random) -> None:
+        """Switch each companion on with its own probability (1: always, 0: never)."""
+        self.active = [rng.random() < p for p in self.probs]
 
     def off(self) -> None:
         self.active = [False] * len(self.names)

@@ -52,9 +52,13 @@ class TrainOptions:
     eval: list[str] = field(default_factory=list)
     replay: list[str] = field(default_factory=list)
     documents: bool = True
-    #: frozen LoRA GGUFs switched on at random during training (stacking robustness); paths in the library or absolute
+    #: frozen LoRA GGUFs switched on at random during training (stacking robustness); paths in the library or
+    #: absolute, each optionally ``PATH@PROB`` (or a table ``{file = PATH, prob = PROB}``) for its own probability
     companions: list[str] = field(default_factory=list)
     companion_prob: float = 0.5
+    #: start from this LoRA GGUF (same rank and targets) instead of from zero: continue training an adapter,
+    #: e.g. to co-train a family of libraries so that they stack (``demo/build_demo.py``)
+    init: str = ""
     #: weight of the penalty on each adapted weight's relative change, mean ||s B A||^2 / ||W||^2:
     #: small changes are what lets adapters trained apart be stacked
     delta_penalty: float = 0.0
@@ -80,12 +84,29 @@ class TrainOptions:
                 elif isinstance(default, float):
                     value = float(value)
                 elif isinstance(default, list):
-                    value = [value] if isinstance(value, str) else [str(x) for x in value]
+                    value = [value] if isinstance(value, str) else [_list_item(key, x) for x in value]
+                elif isinstance(default, str):
+                    value = str(value)
             except (TypeError, ValueError):
                 raise InvalidPackageError(f"train.{key}: invalid value {value!r}") from None
             setattr(opts, key, value)
         opts.validate()
         return opts
+
+    def companion_specs(self) -> list[tuple[str, float]]:
+        """``companions`` as (path, probability) pairs: ``PATH@PROB`` or the global ``companion_prob``."""
+        out = []
+        for item in self.companions:
+            path, sep, prob = item.rpartition("@")
+            if sep:
+                try:
+                    p = float(prob)
+                except ValueError:
+                    path, p = item, self.companion_prob
+            else:
+                path, p = item, self.companion_prob
+            out.append((path, p))
+        return out
 
     def validate(self) -> None:
         if self.rank < 1:
@@ -96,6 +117,9 @@ class TrainOptions:
             raise UsageError(f"learning rate must be in (0, 1), not {self.lr}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+        for path, p in self.companion_specs():
+            if not 0 <= p <= 1:
+                raise UsageError(f"companion {path}: probability must be in [0, 1], not {p}")
         bad = [t for t in self.target_modules if t not in _KNOWN_TARGETS]
         if bad or not self.target_modules:
             raise UsageError(
@@ -105,6 +129,15 @@ class TrainOptions:
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _list_item(key: str, x: Any) -> str:
+    """A list entry of ``[train]``: a string, or for ``companions`` a ``{file, prob}`` table (as ``file@prob``)."""
+    if isinstance(x, dict) and key == "companions" and "file" in x:
+        return f"{x['file']}@{float(x.get('prob', 1.0))}" if "prob" in x else str(x["file"])
+    if isinstance(x, (dict, list)):
+        raise InvalidPackageError(f"train.{key}: invalid entry {x!r}")
+    return str(x)
 
 
 @dataclass
@@ -371,12 +404,16 @@ def train_library(
         )
         pm = get_peft_model(model, cfg)
         pm.to(device)
+        if opts.init:
+            n_init = _load_init(pm, opts, src, hp)
+            rep.info(f"starting from {opts.init} ({n_init} adapted weights)")
         companions = None
         if opts.companions:
             from llmos_cli.train.companions import Companions, load_companions
 
-            companions = Companions(pm, load_companions(opts.companions, src, hp), device)
-            rep.info(f"with {len(companions.names)} companion adapter(s), each on with probability {opts.companion_prob}")
+            specs = opts.companion_specs()
+            companions = Companions(pm, load_companions([p for p, _ in specs], src, hp), device, probs=[q for _, q in specs])
+            rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)}")
         import random as _random
 
         comp_rng = _random.Random(opts.seed + 104729)
@@ -404,7 +441,7 @@ def train_library(
                     g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
                 batch = to_dev(D.collate(sampler.batch(opts.batch_size)))
                 if companions is not None:
-                    companions.sample(comp_rng, opts.companion_prob)
+                    companions.sample(comp_rng)
                 off = batch.pop("offdomain")
                 if silence is not None:
                     silence.start(off, batch["attention_mask"])
@@ -475,6 +512,34 @@ def train_library(
         abi_ok=abi_ok,
         warnings=warnings,
     )
+
+
+def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:
+    """Copy a LoRA GGUF's factors into the fresh peft adapter (``[train] init``)."""
+    import torch
+
+    from llmos_cli.train.companions import _hf_root
+    from llmos_cli.train.export import read_lora_gguf
+
+    path = Path(opts.init).expanduser()
+    if not path.is_absolute():
+        path = src / path
+    if not path.is_file():
+        raise NotFoundError(f"initial adapter {opts.init} not found", "check [train] init (a LoRA GGUF file)")
+    pairs, _ = read_lora_gguf(path, hp)
+    root = _hf_root(pm)
+    scaling = opts.alpha / opts.rank
+    for weight_name, p in pairs.items():
+        mod_name = weight_name[: -len(".weight")]
+        if mod_name.rsplit(".", 1)[-1] not in opts.target_modules:
+            raise UsageError(f"initial adapter {path.name} adapts {mod_name}, which is not a target module", "train with the same --target modules as the initial adapter")
+        if p.a.shape[0] != opts.rank:
+            raise UsageError(f"initial adapter {path.name} has rank {p.a.shape[0]}, not {opts.rank}", f"train with --rank {p.a.shape[0]}")
+        module = root.get_submodule(mod_name)
+        with torch.no_grad():
+            module.lora_A["default"].weight.copy_(torch.tensor(p.a, dtype=torch.float32))
+            module.lora_B["default"].weight.copy_(torch.tensor(p.b * (p.scaling / scaling), dtype=torch.float32))
+    return len(pairs)
 
 
 class _Silence:
