@@ -216,3 +216,23 @@ def test_each_companion_has_its_own_probability(base, tmp_path, cli):
     table["companion_prob"] = 0.5
     opts = TrainOptions.from_manifest(table)
     assert opts.companion_specs() == [("../comp.gguf", 0.25), ("../comp.gguf", 0.5), ("x.gguf", 0.5)]
+
+
+def test_companion_sampling_modes():
+    """independent coin flips vs. subsets of uniform size; probability 1 and 0 are honoured by both."""
+    import random
+    from collections import Counter
+
+    from llmos_cli.train.companions import sample_active
+
+    rng = random.Random(0)
+    probs = [1.0, 0.5, 0.5, 0.5, 0.0]
+    for mode in ("independent", "subsets"):
+        draws = [sample_active(probs, mode, rng) for _ in range(4000)]
+        assert all(d[0] and not d[4] for d in draws)
+        sizes = Counter(sum(d[1:4]) for d in draws)
+        share = {k: v / len(draws) for k, v in sizes.items()}
+        if mode == "independent":  # binomial(3, 0.5): none and all 1/8 each
+            assert abs(share[0] - 0.125) < 0.03 and abs(share[3] - 0.125) < 0.03
+        else:  # uniform size: none and all 1/4 each
+            assert abs(share[0] - 0.25) < 0.03 and abs(share[3] - 0.25) < 0.03

@@ -19,9 +19,10 @@ from llmos_cli.errors import NotFoundError
 
 
 class Companions:
-    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu", probs: list[float] | None = None):
+    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu", probs: list[float] | None = None, sampling: str = "independent"):
         import torch
 
+        self.sampling = sampling
         self.names = [n for n, _ in adapters]
         self.probs = list(probs) if probs is not None else [0.5] * len(adapters)
         self.active = [False] * len(adapters)
@@ -48,8 +49,8 @@ class Companions:
         return hook
 
     def sample(self, rng: random.Random) -> None:
-        """Switch each companion on with its own probability (1: always, 0: never)."""
-        self.active = [rng.random() < p for p in self.probs]
+        """Switch companions on for one step (see ``sample_active``)."""
+        self.active = sample_active(self.probs, self.sampling, rng)
 
     def off(self) -> None:
         self.active = [False] * len(self.names)
@@ -58,6 +59,20 @@ class Companions:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def sample_active(probs: list[float], sampling: str, rng: random.Random) -> list[bool]:
+    """Which companions are on for one step.
+
+    ``independent``: each with its own probability (1: always, 0: never).  ``subsets``: the
+    probability-1 ones always, the optional ones (0 < p < 1) as a random subset of uniformly
+    drawn size, so that training sees "none" and "all" as often as any other size.
+    """
+    if sampling == "subsets":
+        optional = [i for i, p in enumerate(probs) if 0 < p < 1]
+        chosen = set(rng.sample(optional, rng.randint(0, len(optional))))
+        return [p >= 1 or i in chosen for i, p in enumerate(probs)]
+    return [rng.random() < p for p in probs]
 
 
 def _hf_root(model: Any) -> Any:

@@ -56,6 +56,10 @@ class TrainOptions:
     #: absolute, each optionally ``PATH@PROB`` (or a table ``{file = PATH, prob = PROB}``) for its own probability
     companions: list[str] = field(default_factory=list)
     companion_prob: float = 0.5
+    #: "independent": each companion on with its own probability; "subsets": companions with probability 1
+    #: always on, the other ones as a random subset whose size is uniform in 0..n (so "none of them" and
+    #: "all of them" are each trained 1/(n+1) of the time, which independent coin flips make rare)
+    companion_sampling: str = "independent"
     #: start from this LoRA GGUF (same rank and targets) instead of from zero: continue training an adapter,
     #: e.g. to co-train a family of libraries so that they stack (``demo/build_demo.py``)
     init: str = ""
@@ -117,6 +121,8 @@ class TrainOptions:
             raise UsageError(f"learning rate must be in (0, 1), not {self.lr}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.companion_sampling not in ("independent", "subsets"):
+            raise UsageError(f"companion_sampling must be independent or subsets, not {self.companion_sampling!r}")
         for path, p in self.companion_specs():
             if not 0 <= p <= 1:
                 raise UsageError(f"companion {path}: probability must be in [0, 1], not {p}")
@@ -412,8 +418,8 @@ def train_library(
             from llmos_cli.train.companions import Companions, load_companions
 
             specs = opts.companion_specs()
-            companions = Companions(pm, load_companions([p for p, _ in specs], src, hp), device, probs=[q for _, q in specs])
-            rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)}")
+            companions = Companions(pm, load_companions([p for p, _ in specs], src, hp), device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
+            rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})")
         import random as _random
 
         comp_rng = _random.Random(opts.seed + 104729)
