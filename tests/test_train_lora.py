@@ -236,3 +236,35 @@ def test_companion_sampling_modes():
             assert abs(share[0] - 0.125) < 0.03 and abs(share[3] - 0.125) < 0.03
         else:  # uniform size: none and all 1/4 each
             assert abs(share[0] - 0.25) < 0.03 and abs(share[3] - 0.25) < 0.03
+
+
+def test_a_library_folder_as_companion_brings_its_questions(base, tmp_path, cli):
+    """A companion given as a library folder is its [adapter] file plus its own questions: with
+    companion_data_fraction 0 it trains exactly as the bare GGUF would; above 0 its questions join
+    the batches while it is on."""
+    import shutil
+
+    from llmos_cli.train.lora import train_library
+
+    other = write_library(tmp_path / "o", "other-lib", facts=[("Quelmar", "Dry cough"), ("Vintrex", "Sore knees")])
+    train_library(other, str(base.gguf), overrides={"steps": 10}, threads=1, evaluate=False)
+    shutil.copyfile(other / "adapter.gguf", tmp_path / "other.gguf")
+    lib = write_library(tmp_path)
+    common = {"steps": 6, "seed": 3}
+    runs = {
+        "gguf": [str(tmp_path / "other.gguf") + "@1"],
+        "folder-no-data": [str(other) + "@1"],
+        "folder": [str(other) + "@1"],
+    }
+    outs = {}
+    for tag, comps in runs.items():
+        frac = 0.0 if tag == "folder-no-data" else 0.5
+        train_library(lib, str(base.gguf), overrides={**common, "companions": comps, "companion_data_fraction": frac},
+                      threads=1, out=tmp_path / f"{tag}.gguf", evaluate=False)
+        outs[tag] = (tmp_path / f"{tag}.gguf").read_bytes()
+    assert outs["folder-no-data"] == outs["gguf"]  # same adapter loaded from the folder
+    assert outs["folder"] != outs["gguf"]  # its questions were trained on too
+
+    (other / "adapter.gguf").unlink()
+    r = cli("train", str(lib), "--base", str(base.gguf), "--companion", str(other))
+    assert r.exit_code == 3 and "has no adapter" in r.stderr

@@ -12,6 +12,7 @@ layers (``y += B (A x) * scaling``), never trained and never exported.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,22 @@ def _hf_root(model: Any) -> Any:
     return inner if inner is not None else model
 
 
-def load_companions(paths: list[str], src: Path, hp: Any) -> list[tuple[str, dict[str, Any]]]:
+@dataclass
+class CompanionSource:
+    """One companion: its LoRA factors and, for a library folder, its own training questions."""
+
+    name: str
+    pairs: dict[str, Any]
+    qa: list[Any] = field(default_factory=list)
+
+
+def load_companions(paths: list[str], src: Path, hp: Any) -> list[CompanionSource]:
+    """Companions given as LoRA GGUF files, or as library source folders.
+
+    A library folder brings its ``[adapter]`` file and its ``[train] data`` questions: while it is
+    on, some of the batch asks its questions with its answers, so the adapter being trained learns
+    not to break what the companion knows (not only the base's behaviour).
+    """
     from llmos_cli.train.export import read_lora_gguf
 
     out = []
@@ -90,8 +106,25 @@ def load_companions(paths: list[str], src: Path, hp: Any) -> list[tuple[str, dic
         path = Path(p).expanduser()
         if not path.is_absolute():
             path = src / path
-        if not path.is_file():
-            raise NotFoundError(f"companion adapter {p} not found", "check [train] companions (paths of LoRA GGUF files)")
+        qa: list[Any] = []
+        if path.is_dir():
+            from llmos_cli.pkg.manifest import load_manifest
+            from llmos_cli.train.data import iter_records
+
+            m = load_manifest(path)
+            adapter = path / (m.section("adapter").get("file") or "adapter.gguf")
+            if not adapter.is_file():
+                raise NotFoundError(f"companion library {p} has no adapter ({adapter.name})", "train that library first")
+            data = [path / d for d in (m.section("train").get("data") or [])]
+            missing = [d for d in data if not d.is_file()]
+            if missing:
+                raise NotFoundError(f"companion library {p}: training data {missing[0].name} not found")
+            qa = [r for r in iter_records(data) if r.is_qa]
+            name, path = m.name, adapter
+        elif path.is_file():
+            name = path.name
+        else:
+            raise NotFoundError(f"companion adapter {p} not found", "check [train] companions (LoRA GGUF files or library folders)")
         pairs, _ = read_lora_gguf(path, hp)
-        out.append((path.name, pairs))
+        out.append(CompanionSource(name, pairs, qa))
     return out

@@ -60,6 +60,9 @@ class TrainOptions:
     #: always on, the other ones as a random subset whose size is uniform in 0..n (so "none of them" and
     #: "all of them" are each trained 1/(n+1) of the time, which independent coin flips make rare)
     companion_sampling: str = "independent"
+    #: share of each batch asking the questions of companions given as library folders (those on at
+    #: that step), with their answers: the new adapter learns not to break what they know
+    companion_data_fraction: float = 0.25
     #: start from this LoRA GGUF (same rank and targets) instead of from zero: continue training an adapter,
     #: e.g. to co-train a family of libraries so that they stack (``demo/build_demo.py``)
     init: str = ""
@@ -121,6 +124,8 @@ class TrainOptions:
             raise UsageError(f"learning rate must be in (0, 1), not {self.lr}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+        if not 0 <= self.companion_data_fraction < 1:
+            raise UsageError(f"companion_data_fraction must be in [0, 1), not {self.companion_data_fraction}")
         if self.companion_sampling not in ("independent", "subsets"):
             raise UsageError(f"companion_sampling must be independent or subsets, not {self.companion_sampling!r}")
         for path, p in self.companion_specs():
@@ -414,11 +419,19 @@ def train_library(
             n_init = _load_init(pm, opts, src, hp)
             rep.info(f"starting from {opts.init} ({n_init} adapted weights)")
         companions = None
+        comp_samplers: list[Any] = []
         if opts.companions:
             from llmos_cli.train.companions import Companions, load_companions
 
             specs = opts.companion_specs()
-            companions = Companions(pm, load_companions([p for p, _ in specs], src, hp), device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
+            comp_src = load_companions([p for p, _ in specs], src, hp)
+            companions = Companions(pm, [(c.name, c.pairs) for c in comp_src], device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
+            comp_samplers = [
+                D.Sampler(D.TrainingSet(qa=c.qa, chats=[], replay=[], documents=[], eval=[]), tok, seed=opts.seed + 31 * (i + 1),
+                          max_len=opts.max_len, replay_fraction=0.0, doc_fraction=0.0, context_fraction=0.0)
+                if c.qa else None
+                for i, c in enumerate(comp_src)
+            ]
             rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})")
         import random as _random
 
@@ -445,9 +458,14 @@ def train_library(
             for step in range(opts.steps):
                 for g in optim.param_groups:
                     g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
-                batch = to_dev(D.collate(sampler.batch(opts.batch_size)))
+                n_comp, active_data = 0, []
                 if companions is not None:
                     companions.sample(comp_rng)
+                    active_data = [cs for cs, on in zip(comp_samplers, companions.active) if on and cs is not None]
+                    if active_data:
+                        n_comp = min(opts.batch_size - 1, round(opts.batch_size * opts.companion_data_fraction))
+                examples = sampler.batch(opts.batch_size - n_comp) + [comp_rng.choice(active_data).draw() for _ in range(n_comp)]
+                batch = to_dev(D.collate(examples))
                 off = batch.pop("offdomain")
                 if silence is not None:
                     silence.start(off, batch["attention_mask"])
