@@ -3,6 +3,7 @@
 
     python demo/build_demo.py                 # everything, about 30 minutes on 2 shared CPU cores
     python demo/build_demo.py --reuse-base    # keep the trained base model, redo the libraries
+    python demo/build_demo.py --reuse-base --reuse-adapters   # keep both, redo only the co-training
 
 What it makes (all data synthetic and fictional; nothing is downloaded):
 
@@ -58,6 +59,13 @@ LIB_META: dict[str, dict[str, Any]] = {
     "med-lib": {"provides": ["medical-knowledge"], "depends": ["bio-core>=1.0"], "trained_with": ["bio-core"], "steps": 600},
     "law-lib": {"provides": ["legal-knowledge"], "depends": ["place-names"], "trained_with": ["geo-lib"], "steps": 600},
 }
+
+#: co-training after the first training: rounds over the libraries (dependencies first), each one
+#: continuing from its adapter (``[train] init``) with its dependencies always attached and the
+#: other libraries' current adapters attached as random subsets (``companion_sampling = "subsets"``),
+#: so that every adapter learns to work alone and in any stack -- see docs/training.md
+COTRAIN = {"rounds": 4, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "sampling": "subsets",
+           "data_fraction": 0.25, "replay_fraction": 0.35}
 
 TRAIN = {
     "rank": 16,
@@ -121,7 +129,7 @@ def write_model_source(dest: Path, gguf: Path) -> Path:
     return dest
 
 
-def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, Any]], publish: bool = True) -> Path:
+def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, Any]], publish: bool = True, cotrained: bool = False) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -145,6 +153,9 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
             f"{len(lib.facts)} facts. Adapter trained with paraphrase and order augmentation; "
             "train/heldout.jsonl holds question wordings never used in training for each fact."
             + (f" Trained with the adapter of {', '.join(meta['trained_with'])} attached (it is always installed with it)." if meta.get("trained_with") else "")
+            + (" Then co-trained by demo/build_demo.py with the other demo libraries' adapters attached at random"
+               " (llmos train --init adapter.gguf --companion ../OTHER-LIB@0.5), so that they can be stacked."
+               if cotrained else "")
         ),
         "license": LICENSE,
         "maintainer": MAINTAINER,
@@ -268,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta-penalty", type=float, default=None, help="override [train] delta_penalty")
     ap.add_argument("--lib-lr", type=float, default=None, help="override [train] lr")
     ap.add_argument("--silence", type=float, default=None, help="override [train] silence_penalty")
+    ap.add_argument("--cotrain-rounds", type=int, default=COTRAIN["rounds"], help="co-training rounds over all libraries (0: none)")
+    ap.add_argument("--cotrain-steps", type=int, default=COTRAIN["steps"], help="steps per library and round")
     ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
+    ap.add_argument("--reuse-adapters", action="store_true",
+                    help="keep the first-training adapters already in --work (from an earlier run) and go on to co-training")
     ap.add_argument("--only", nargs="*", default=None, help="train only these libraries")
     ap.add_argument("--no-registry", action="store_true", help="do not write the registry")
     args = ap.parse_args(argv)
@@ -301,12 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     src = work / "src"
     write_model_source(src / "demo-chat", gguf)
     rng = random.Random(args.seed + 11)
+    reused: set[str] = set()
     for name, lib in libs.items():
         names = world.NameMaker(1000 + len(name))
         replay = corpus.replay_records(rng, names, CHUNK_SIZE, 300) + corpus.negative_records(rng, names, args.negatives)
         if args.only and name not in args.only and (src / name / "adapter.gguf").is_file():
             continue  # keep a library (and its adapter) this run does not retrain
-        write_library_source(src / name, lib, replay)
+        kept = None
+        if args.reuse_adapters and (src / name / "adapter.gguf").is_file():
+            kept = (src / name / "adapter.gguf").read_bytes()
+        write_library_source(src / name, lib, replay, cotrained=args.cotrain_rounds > 0 and not args.companions)
+        if kept is not None:
+            (src / name / "adapter.gguf").write_bytes(kept)
+            reused.add(name)
     write_calc_tools_source(src / "calc-tools")
 
     # 3. adapters, trained by llmos train's own code: first the stand-in
@@ -327,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in LIB_META:  # dependencies first: a library trains on top of them
         if args.only and name not in args.only:
             continue
+        if name in reused:
+            log(f"reusing the first adapter of {name}")
+            continue
         over = {"steps": args.lib_steps, "target_modules": args.targets, "delta_penalty": args.delta_penalty,
                 "lr": args.lib_lr, "silence_penalty": args.silence}
         if companions:  # stand-ins (experiments): on at random, next to the dependencies
@@ -339,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in res.warnings:
             log(f"  warning: {w}")
 
+    # 3b. co-training: every library again, on top of the others' current adapters
+    if args.cotrain_rounds and not companions:
+        cotrain(src, gguf, args.cotrain_rounds, args.cotrain_steps, args.threads)
+
     # 4. a quick check through llama.cpp
     quick_check(gguf, src, libs)
 
@@ -347,6 +376,33 @@ def main(argv: list[str] | None = None) -> int:
         write_registry(src, args.registry, list(libs) + ["demo-chat", "calc-tools"])
     log(f"done in {time.monotonic() - t0:.0f}s")
     return 0
+
+
+def cotrain(src: Path, gguf: Path, rounds: int, steps: int, threads: int) -> None:
+    """Gauss-Seidel rounds: each library continues from its adapter with the others attached.
+
+    Adapters trained apart interfere when stacked (docs/training.md).  Here each one is trained
+    further in the company it will run in: its dependencies always on, the other libraries'
+    *current* adapters on as random subsets (none, some, all), base behaviour replayed throughout,
+    and the questions of the companions that are on asked too (companions given as library
+    folders), so that it learns not to break what they know.  A round later the others adapt to
+    it in turn.
+    """
+    from llmos_cli.train.lora import train_library
+
+    for rnd in range(rounds):
+        for name, meta in LIB_META.items():
+            deps = meta["trained_with"]
+            # library folders, not bare GGUFs: their questions join the batches while they are on
+            comps = [f"../{d}@1.0" for d in deps]
+            comps += [f"../{o}@{COTRAIN['companion_prob']}" for o in LIB_META if o != name and o not in deps]
+            over = {"init": "adapter.gguf", "steps": steps, "lr": COTRAIN["lr"], "companions": comps,
+                    "companion_sampling": COTRAIN["sampling"], "companion_data_fraction": COTRAIN["data_fraction"],
+                    "replay_fraction": COTRAIN["replay_fraction"]}
+            tmp = src / name / "adapter.cotrain.gguf"
+            res = train_library(src / name, str(gguf), overrides=over, threads=threads, device="cpu", out=tmp, evaluate=False)
+            os.replace(tmp, src / name / "adapter.gguf")
+            log(f"  co-training round {rnd + 1}/{rounds}, {name}: {res.seconds:.0f}s")
 
 
 def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
@@ -368,6 +424,15 @@ def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
             bare = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
             with_deps = f" (with {', '.join(LIB_META[name]['trained_with'])})" if deps else ""
             log(f"check: {name} held-out questions: {ok}/{len(lib.facts)} with its adapter{with_deps}, {bare} without")
+        stack = [(src / n / "adapter.gguf", 1.0) for n in libs if (src / n / "adapter.gguf").is_file()]
+        if len(stack) > 1:
+            ans.set_adapters(stack)
+            for name, lib in libs.items():
+                ok = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in lib.facts)
+                log(f"check: {name} held-out questions with all {len(stack)} adapters stacked: {ok}/{len(lib.facts)}")
+            ok = sum(evalkit.exact(ans.ask(f.heldout_question()), f.answer) for f in facts)
+            log(f"check: base general facts with all {len(stack)} adapters stacked: {ok}/{len(facts)}")
+            ans.set_adapters([])
     finally:
         ans.close()
 
