@@ -291,6 +291,9 @@ def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, writ
         "",
         *verdicts(rows, bare_general),
         "",
+        "Base facts with each library as installed: " + ", ".join(
+            f"{n} {100 * g:.0f}%" for n, g in rows[1].get("general_each", {}).items()) + f" (bare base {100 * bare_general:.0f}%).",
+        "",
         "Reading: plain stacking (which a `cat` merge reproduces exactly) interferes badly on this ~1M-parameter "
         "base -- each adapter moves its weights by 40-80% of their norm, and two such changes summed are neither; "
         "the other merge rules lose the facts too. Routing avoids the interference by applying, per prompt, only "
