@@ -343,3 +343,18 @@ def test_archive_adapter_checked_against_base(tmp_path, write_source):
     base_arch = build_package(base, tmp_path / "pool").path
     rep = check_path(lib_arch, base_arch)
     assert codes(rep) == {"architecture-mismatch": "error"}
+
+
+def test_train_table_problems_are_warnings(tmp_path, write_source):
+    """[train] only matters to whoever retrains: unknown keys and values llmos train would refuse are
+    reported as warnings (the package still passes); a good table reports nothing."""
+    src = write_source(tmp_path, "good", extra={"train": {"rank": 8, "steps": 10, "companions": [{"file": "../x", "prob": 0.5}],
+                                                         "companion_sampling": "subsets"}})
+    assert check_path(src).findings == []
+    src = write_source(tmp_path, "bad", extra={"train": {"rank": 8, "stpes": 10, "target_modules": ["lm_head"]}})
+    rep = check_path(src)
+    assert codes(rep) == {"train-unknown-key": "warning", "train-options": "warning"}
+    f = {x.code: x for x in rep.findings}
+    assert f["train-unknown-key"].field == "train.stpes"
+    assert "lm_head" in f["train-options"].message
+    assert rep.exit_code == 0

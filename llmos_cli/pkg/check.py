@@ -296,6 +296,7 @@ def check_source_files(
     """Checks of a source folder beyond the manifest schema (files, globs, GGUFs)."""
     out: list[Finding] = []
     out += _file_findings(manifest, payload)
+    out += _train_findings(manifest)
     if "files" in manifest.raw:
         out.append(Finding("source-files-table", "warning", "a source manifest's [files] is ignored; llmos build writes it", field="files"))
     if any(f.severity == "error" for f in out):
@@ -311,6 +312,29 @@ def check_source_files(
         elif not find_base:
             return out + [f for f in _gguf_findings(manifest, locate, base_arch=None, lookup_note=None) if f.code != "base-not-found"]
     out += _gguf_findings(manifest, locate, base_arch=base_info, lookup_note=note)
+    return out
+
+
+def _train_findings(manifest: Manifest) -> list[Finding]:
+    """``[train]`` only matters to whoever retrains the adapter: problems there are warnings."""
+    table = manifest.section("train")
+    if not table:
+        return []
+    from dataclasses import fields
+
+    from llmos_cli.errors import LlmosError
+    from llmos_cli.train.lora import TrainOptions
+
+    known = {f.name for f in fields(TrainOptions)} | {"data", "eval", "replay"}
+    out = [
+        Finding("train-unknown-key", "warning", f"unknown [train] key {key!r}; llmos train ignores it", field=f"train.{key}")
+        for key in table
+        if key not in known
+    ]
+    try:
+        TrainOptions.from_manifest(table)
+    except LlmosError as exc:
+        out.append(Finding("train-options", "warning", f"llmos train would refuse this table: {exc.message}", field="train"))
     return out
 
 
