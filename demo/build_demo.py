@@ -64,8 +64,8 @@ LIB_META: dict[str, dict[str, Any]] = {
 #: continuing from its adapter (``[train] init``) with its dependencies always attached and the
 #: other libraries' current adapters attached as random subsets (``companion_sampling = "subsets"``),
 #: so that every adapter learns to work alone and in any stack -- see docs/training.md
-COTRAIN = {"rounds": 4, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "sampling": "subsets",
-           "data_fraction": 0.25, "replay_fraction": 0.35}
+COTRAIN = {"rounds": 5, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "sampling": "subsets",
+           "data_fraction": 0.25, "replay_fraction": 0.8}
 
 TRAIN = {
     "rank": 16,
