@@ -124,7 +124,7 @@ _llmos() {
         "llmos tools list")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur")) ;;
         "llmos train")
-            COMPREPLY=($(compgen -W "--base -b --steps --rank -r --alpha --lr --batch-size --target --seed --companion --init --device --threads --output -o --no-eval --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--base -b --steps --rank -r --alpha --lr --batch-size --target --seed --companion --init --device --threads --output -o --no-eval --rounds --cotrain-steps --skip-first --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos unhold")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos update")

@@ -64,8 +64,7 @@ LIB_META: dict[str, dict[str, Any]] = {
 #: continuing from its adapter (``[train] init``) with its dependencies always attached and the
 #: other libraries' current adapters attached as random subsets (``companion_sampling = "subsets"``),
 #: so that every adapter learns to work alone and in any stack -- see docs/training.md
-COTRAIN = {"rounds": 5, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "sampling": "subsets",
-           "data_fraction": 0.25, "replay_fraction": 0.8}
+COTRAIN = {"rounds": 5, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "data_fraction": 0.25, "replay_fraction": 0.8}
 
 TRAIN = {
     "rank": 16,
@@ -379,30 +378,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cotrain(src: Path, gguf: Path, rounds: int, steps: int, threads: int) -> None:
-    """Gauss-Seidel rounds: each library continues from its adapter with the others attached.
+    """Co-training rounds with ``llmos train``'s own family code (``llmos_cli.train.family``).
 
     Adapters trained apart interfere when stacked (docs/training.md).  Here each one is trained
     further in the company it will run in: its dependencies always on, the other libraries'
     *current* adapters on as random subsets (none, some, all), base behaviour replayed throughout,
-    and the questions of the companions that are on asked too (companions given as library
-    folders), so that it learns not to break what they know.  A round later the others adapt to
-    it in turn.
+    and the questions of the companions that are on asked too, so that it learns not to break
+    what they know.  A round later the others adapt to it in turn.  The same as
+    ``llmos train bio-core geo-lib med-lib law-lib --skip-first --rounds N``.
     """
-    from llmos_cli.train.lora import train_library
+    from llmos_cli.train.family import CotrainOptions, cotrain_round, plan_family
 
+    members = plan_family([src / name for name in LIB_META])
+    opts = CotrainOptions(rounds=rounds, steps=steps, lr=COTRAIN["lr"], companion_prob=COTRAIN["companion_prob"],
+                          data_fraction=COTRAIN["data_fraction"], replay_fraction=COTRAIN["replay_fraction"])
     for rnd in range(rounds):
-        for name, meta in LIB_META.items():
-            deps = meta["trained_with"]
-            # library folders, not bare GGUFs: their questions join the batches while they are on
-            comps = [f"../{d}@1.0" for d in deps]
-            comps += [f"../{o}@{COTRAIN['companion_prob']}" for o in LIB_META if o != name and o not in deps]
-            over = {"init": "adapter.gguf", "steps": steps, "lr": COTRAIN["lr"], "companions": comps,
-                    "companion_sampling": COTRAIN["sampling"], "companion_data_fraction": COTRAIN["data_fraction"],
-                    "replay_fraction": COTRAIN["replay_fraction"]}
-            tmp = src / name / "adapter.cotrain.gguf"
-            res = train_library(src / name, str(gguf), overrides=over, threads=threads, device="cpu", out=tmp, evaluate=False)
-            os.replace(tmp, src / name / "adapter.gguf")
-            log(f"  co-training round {rnd + 1}/{rounds}, {name}: {res.seconds:.0f}s")
+        for res in cotrain_round(members, str(gguf), opts, device="cpu", threads=threads):
+            log(f"  co-training round {rnd + 1}/{rounds}, {res.library}: {res.seconds:.0f}s")
 
 
 def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:

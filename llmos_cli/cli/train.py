@@ -13,7 +13,10 @@ from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, ou
 def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Libraries")
     def train(
-        src: Annotated[Path, typer.Argument(help="Library source folder (llmos.toml with a [train] table).")],
+        srcs: Annotated[
+            list[Path],
+            typer.Argument(metavar="DIR...", help="Library source folder(s) (llmos.toml with a [train] table). Several: a family, co-trained so that it stacks."),
+        ],
         base: Annotated[
             str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")
         ],
@@ -37,11 +40,22 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
         no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out exact-match check.")] = False,
+        rounds: Annotated[
+            Optional[int], typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")
+        ] = None,
+        cotrain_steps: Annotated[int, typer.Option("--cotrain-steps", help="Steps per library and co-training round.")] = 150,
+        skip_first: Annotated[
+            bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")
+        ] = False,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
     ) -> None:
-        """Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library."""
+        """Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library.
+
+        Given several libraries, train each (dependencies first), then co-train them in --rounds so
+        that their adapters can be attached together (see docs/training.md).
+        """
         rep = reporter(json)
         overrides: dict[str, Any] = {
             "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
@@ -51,10 +65,15 @@ def register(app: typer.Typer) -> None:
         }
 
         def work() -> Any:
-            if device not in ("auto", "cpu", "gpu", "cuda"):
-                from llmos_cli.errors import UsageError
+            from llmos_cli.errors import UsageError
 
+            if device not in ("auto", "cpu", "gpu", "cuda"):
                 raise UsageError(f"--device must be auto, cpu or gpu, not {device!r}")
+            if len(srcs) > 1:
+                return family()
+            if rounds is not None or skip_first:
+                raise UsageError("--rounds and --skip-first co-train several libraries", "name all the libraries of the family")
+            src = srcs[0]
             if simulate:
                 from llmos_cli.pkg.manifest import load_manifest
                 from llmos_cli.train.lora import TrainOptions
@@ -67,7 +86,30 @@ def register(app: typer.Typer) -> None:
 
             return train_library(src, base, overrides=overrides, device=device, threads=threads, out=output, evaluate=not no_eval, reporter=rep)
 
+        def family() -> Any:
+            from llmos_cli.errors import UsageError
+            from llmos_cli.train.family import CotrainOptions, plan_family, train_family
+
+            if output or init:
+                raise UsageError("--output and --init take one library", "co-training writes each library's own adapter")
+            opts = CotrainOptions(rounds=2 if rounds is None else rounds, steps=cotrain_steps)
+            opts.validate()
+            if simulate:
+                members = plan_family(list(srcs))
+                return {"simulated": True, "order": [m.name for m in members],
+                        "depends": {m.name: m.deps for m in members}, "first": not skip_first, "rounds": opts.rounds}
+            return train_family(list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device,
+                                threads=threads, evaluate=not no_eval, reporter=rep)
+
         def human(res: Any) -> None:
+            if isinstance(res, dict) and "order" in res:
+                out().print(f"would train {' -> '.join(res['order'])}" + (" (first training skipped)" if not res["first"] else "")
+                            + f", then {res['rounds']} co-training round(s)", markup=False)
+                return
+            if hasattr(res, "order"):
+                for path in res.to_json()["adapters"].values():
+                    out().print(path, markup=False)
+                return
             if isinstance(res, dict):
                 out().print(f"would train {res['library']} {res['version']} on {res['base']} -> {res['adapter']}", markup=False)
                 o = res["options"]
