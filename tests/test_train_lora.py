@@ -36,6 +36,10 @@ def test_train_cli_lowers_loss_and_writes_a_fitting_adapter(base, tmp_path, cli)
     assert (head.general_type, head.adapter_type, head.architecture) == ("adapter", "lora", "llama")
     assert head.lora_alpha == pytest.approx(8.0)
     assert check_adapter(head, read_header(base.gguf)) == []
+    from gguf import GGUFReader
+
+    base_field = GGUFReader(str(adapter)).fields["llmos.base"]
+    assert bytes(base_field.parts[-1]).decode() == base.gguf.name  # the base's file name, not a local path
     with LlamaCppEngine(base.gguf, EngineOptions(n_ctx=64, n_threads=1)) as eng:
         eng.set_adapters([(adapter, 1.0)])  # llama.cpp accepts it
 

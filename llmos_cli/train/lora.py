@@ -509,7 +509,7 @@ def train_library(
             hp,
             adapter_path,
             name=manifest.name,
-            metadata={"llmos.library": manifest.name, "llmos.library_version": manifest.version, "llmos.base": bm.label},
+            metadata={"llmos.library": manifest.name, "llmos.library_version": manifest.version, "llmos.base": bm.label if bm.name else Path(bm.label).name},
         )
         abi_ok = _abi_check(export.path, bm.gguf if bm.hf_dir is None else None, warnings)
     rep.info(
