@@ -74,13 +74,13 @@ def test_quickstart_install_med_lib_and_ask(llmos_proc):
     r = llmos_proc("list", "--json")
     installed = {p["name"] for p in json.loads(r.stdout)["data"]["packages"]}
     assert {"med-lib", "bio-core", "demo-chat"} <= installed
-    # the README's command; routing picks med-lib (and its dependency) for this prompt
+    # routing picks med-lib (and its dependency) for this prompt
     r = llmos_proc("run", "--route", QUICKSTART_QUESTION, "--json")
     assert r.exit_code == 0, r
     data = json.loads(r.stdout)["data"]
     assert data["text"].strip().rstrip(".") == QUICKSTART_ANSWER, data["text"]
     assert "med-lib" in {lib["name"] for lib in data["libraries"]}
-    # plainly stacked too: med-lib was trained with bio-core (its dependency) attached
+    # the README's command, plainly stacked: med-lib was trained with bio-core (its dependency) attached
     r = llmos_proc("run", QUICKSTART_QUESTION, "--json")
     assert r.exit_code == 0, r
     data = json.loads(r.stdout)["data"]
