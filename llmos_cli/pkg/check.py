@@ -325,7 +325,7 @@ def _train_findings(manifest: Manifest) -> list[Finding]:
     from llmos_cli.errors import LlmosError
     from llmos_cli.train.lora import TrainOptions
 
-    known = {f.name for f in fields(TrainOptions)} | {"data", "eval", "replay"}
+    known = {f.name for f in fields(TrainOptions)}
     out = [
         Finding("train-unknown-key", "warning", f"unknown [train] key {key!r}; llmos train ignores it", field=f"train.{key}")
         for key in table

@@ -59,8 +59,6 @@ class Req:
 
     @classmethod
     def _parse_uncached(cls, text: str) -> "Req":
-        if not isinstance(text, str):
-            raise RelationError(f"expected a string, got {type(text).__name__}")
         m = _REQ_RE.match(text)
         if not m:
             raise RelationError(f"cannot parse relation {text!r} (expected e.g. 'name>=1.0')")

@@ -162,7 +162,7 @@ def apply_model_defaults(req: RunRequest, parameters: dict[str, Any], explicit: 
         value = parameters[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        setattr(req.sampling, key, int(value) if key == "max_tokens" else float(value) if key != "top_k" else int(value))
+        setattr(req.sampling, key, int(value) if key in ("max_tokens", "top_k") else float(value))
 
 
 def _validate(req: RunRequest) -> None:

@@ -34,7 +34,7 @@ class Companions:
                 a = torch.tensor(p.a, dtype=torch.float32, device=device)
                 b = torch.tensor(p.b * p.scaling, dtype=torch.float32, device=device)
                 by_module.setdefault(weight_name[: -len(".weight")], []).append((idx, a, b))
-        root = _hf_root(model)
+        root = hf_root(model)
         for mod_name, items in by_module.items():
             module = root.get_submodule(mod_name)
             self._handles.append(module.register_forward_hook(self._hook(items)))
@@ -52,9 +52,6 @@ class Companions:
     def sample(self, rng: random.Random) -> None:
         """Switch companions on for one step (see ``sample_active``)."""
         self.active = sample_active(self.probs, self.sampling, rng)
-
-    def off(self) -> None:
-        self.active = [False] * len(self.names)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -76,7 +73,7 @@ def sample_active(probs: list[float], sampling: str, rng: random.Random) -> list
     return [rng.random() < p for p in probs]
 
 
-def _hf_root(model: Any) -> Any:
+def hf_root(model: Any) -> Any:
     """The transformers model inside a PeftModel (module names as in the HF checkpoint)."""
     inner = getattr(model, "base_model", None)
     inner = getattr(inner, "model", None)

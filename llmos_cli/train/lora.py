@@ -52,8 +52,9 @@ class TrainOptions:
     eval: list[str] = field(default_factory=list)
     replay: list[str] = field(default_factory=list)
     documents: bool = True
-    #: frozen LoRA GGUFs switched on at random during training (stacking robustness); paths in the library or
-    #: absolute, each optionally ``PATH@PROB`` (or a table ``{file = PATH, prob = PROB}``) for its own probability
+    #: frozen adapters switched on at random during training (stacking robustness): LoRA GGUF files or library
+    #: folders, relative to the library or absolute, each optionally ``PATH@PROB`` (or a table
+    #: ``{file = PATH, prob = PROB}``) for its own probability
     companions: list[str] = field(default_factory=list)
     companion_prob: float = 0.5
     #: "independent": each companion on with its own probability; "subsets": companions with probability 1
@@ -105,14 +106,10 @@ class TrainOptions:
         out = []
         for item in self.companions:
             path, sep, prob = item.rpartition("@")
-            if sep:
-                try:
-                    p = float(prob)
-                except ValueError:
-                    path, p = item, self.companion_prob
-            else:
-                path, p = item, self.companion_prob
-            out.append((path, p))
+            try:
+                out.append((path, float(prob)) if sep else (item, self.companion_prob))
+            except ValueError:  # an "@" that is part of the path
+                out.append((item, self.companion_prob))
         return out
 
     def validate(self) -> None:
@@ -542,7 +539,7 @@ def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:
     """Copy a LoRA GGUF's factors into the fresh peft adapter (``[train] init``)."""
     import torch
 
-    from llmos_cli.train.companions import _hf_root
+    from llmos_cli.train.companions import hf_root
     from llmos_cli.train.export import read_lora_gguf
 
     path = Path(opts.init).expanduser()
@@ -551,7 +548,7 @@ def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:
     if not path.is_file():
         raise NotFoundError(f"initial adapter {opts.init} not found", "check [train] init (a LoRA GGUF file)")
     pairs, _ = read_lora_gguf(path, hp)
-    root = _hf_root(pm)
+    root = hf_root(pm)
     scaling = opts.alpha / opts.rank
     for weight_name, p in pairs.items():
         mod_name = weight_name[: -len(".weight")]
