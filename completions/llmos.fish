@@ -242,7 +242,7 @@ complete -c llmos -n '__fish_seen_subcommand_from train' -l threads -r -d 'CPU t
 complete -c llmos -n '__fish_seen_subcommand_from train' -l output -s o -r -d 'Write the adapter here instead of the library\'s [adapter] file.'
 complete -c llmos -n '__fish_seen_subcommand_from train' -l no-eval -d 'Skip the held-out exact-match check.'
 complete -c llmos -n '__fish_seen_subcommand_from train' -l rounds -r -d 'Co-training rounds for several libraries (default 2; 0: train each once).'
-complete -c llmos -n '__fish_seen_subcommand_from train' -l cotrain-steps -r -d 'Steps per library and co-training round.'
+complete -c llmos -n '__fish_seen_subcommand_from train' -l cotrain-steps -r -d 'Steps per library and co-training round (default 150).'
 complete -c llmos -n '__fish_seen_subcommand_from train' -l skip-first -d 'Several libraries: keep their adapters and only co-train.'
 complete -c llmos -n '__fish_seen_subcommand_from train' -l json -d 'Print one JSON object (versioned envelope) on stdout.'
 complete -c llmos -n '__fish_seen_subcommand_from train' -l simulate -s s -l dry-run -d 'Print the plan and change nothing.'

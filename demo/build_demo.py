@@ -64,7 +64,8 @@ LIB_META: dict[str, dict[str, Any]] = {
 #: continuing from its adapter (``[train] init``) with its dependencies always attached and the
 #: other libraries' current adapters attached as random subsets (``companion_sampling = "subsets"``),
 #: so that every adapter learns to work alone and in any stack -- see docs/training.md
-COTRAIN = {"rounds": 5, "steps": 150, "lr": 2e-3, "companion_prob": 0.5, "data_fraction": 0.25, "replay_fraction": 0.8}
+#: (the other settings are ``llmos_cli.train.family.CotrainOptions``'s defaults)
+COTRAIN = {"rounds": 5, "replay_fraction": 0.8}
 
 TRAIN = {
     "rank": 16,
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lib-lr", type=float, default=None, help="override [train] lr")
     ap.add_argument("--silence", type=float, default=None, help="override [train] silence_penalty")
     ap.add_argument("--cotrain-rounds", type=int, default=COTRAIN["rounds"], help="co-training rounds over all libraries (0: none)")
-    ap.add_argument("--cotrain-steps", type=int, default=COTRAIN["steps"], help="steps per library and round")
+    ap.add_argument("--cotrain-steps", type=int, default=None, help="steps per library and round (default: llmos train's)")
     ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
     ap.add_argument("--reuse-adapters", action="store_true",
                     help="keep the first-training adapters already in --work (from an earlier run) and go on to co-training")
@@ -387,14 +388,18 @@ def cotrain(src: Path, gguf: Path, rounds: int, steps: int, threads: int) -> Non
     what they know.  A round later the others adapt to it in turn.  The same as
     ``llmos train bio-core geo-lib med-lib law-lib --skip-first --rounds N``.
     """
-    from llmos_cli.train.family import CotrainOptions, cotrain_round, plan_family
+    from llmos_cli.progress import NullReporter
+    from llmos_cli.train.family import CotrainOptions, train_family
 
-    members = plan_family([src / name for name in LIB_META])
-    opts = CotrainOptions(rounds=rounds, steps=steps, lr=COTRAIN["lr"], companion_prob=COTRAIN["companion_prob"],
-                          data_fraction=COTRAIN["data_fraction"], replay_fraction=COTRAIN["replay_fraction"])
-    for rnd in range(rounds):
-        for res in cotrain_round(members, str(gguf), opts, device="cpu", threads=threads):
-            log(f"  co-training round {rnd + 1}/{rounds}, {res.library}: {res.seconds:.0f}s")
+    class LogReporter(NullReporter):
+        def info(self, message: str) -> None:
+            log(f"  {message}")
+
+    opts = CotrainOptions(rounds=rounds, replay_fraction=COTRAIN["replay_fraction"])
+    if steps:
+        opts.steps = steps
+    train_family([src / name for name in LIB_META], str(gguf), cotrain=opts, skip_first=True, device="cpu", threads=threads,
+                 reporter=LogReporter())
 
 
 def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[
             Optional[int], typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")
         ] = None,
-        cotrain_steps: Annotated[int, typer.Option("--cotrain-steps", help="Steps per library and co-training round.")] = 150,
+        cotrain_steps: Annotated[Optional[int], typer.Option("--cotrain-steps", help="Steps per library and co-training round (default 150).")] = None,
         skip_first: Annotated[
             bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")
         ] = False,
@@ -92,7 +92,11 @@ def register(app: typer.Typer) -> None:
 
             if output or init:
                 raise UsageError("--output and --init take one library", "co-training writes each library's own adapter")
-            opts = CotrainOptions(rounds=2 if rounds is None else rounds, steps=cotrain_steps)
+            opts = CotrainOptions()
+            if rounds is not None:
+                opts.rounds = rounds
+            if cotrain_steps is not None:
+                opts.steps = cotrain_steps
             opts.validate()
             if simulate:
                 members = plan_family(list(srcs))

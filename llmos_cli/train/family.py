@@ -39,8 +39,9 @@ class CotrainOptions:
     steps: int = 150
     lr: float = 2e-3
     companion_prob: float = 0.5
-    data_fraction: float = 0.25
-    replay_fraction: float | None = None  # None: each library's own [train] value
+    #: None: each library's own [train] value (companion_data_fraction, replay_fraction)
+    data_fraction: float | None = None
+    replay_fraction: float | None = None
 
     def validate(self) -> None:
         if self.rounds < 0:
