@@ -20,7 +20,7 @@ HEADER = "# Benchmarks\n\nEach section is written by the named script in `bench/
 
 def machine() -> str:
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
 
         llama = f", llama-cpp-python {llama_cpp.__version__}"
     except Exception:
@@ -30,10 +30,7 @@ def machine() -> str:
 
 def write_section(name: str, title: str, body: str) -> None:
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    section = (
-        f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"_Measured {stamp} by `bench/{name}.py` on {machine()}._\n\n{body.rstrip()}\n<!-- /bench:{name} -->\n"
-    )
+    section = f"<!-- bench:{name} -->\n## {title}\n\n_Measured {stamp} by `bench/{name}.py` on {machine()}._\n\n{body.rstrip()}\n<!-- /bench:{name} -->\n"
     text = DOC.read_text() if DOC.exists() else HEADER
     pat = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n?", re.S)
     if pat.search(text):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the tests.helpers package
 from _report import table, write_section  # noqa: E402
 from run_overhead import bench_models, cache_dir  # noqa: E402
 
@@ -39,7 +39,7 @@ PROMPT = [{"role": "user", "content": "Tell me about the libraries."}]
 
 
 def adapters_for(model_path: Path, n: int) -> list[Path]:
-    from fixtures_models import model_stub, write_lora
+    from tests.helpers.fixtures_models import model_stub, write_lora
 
     base = model_stub(model_path)
     out = []
@@ -107,7 +107,11 @@ def main() -> int:
     med_switch = statistics.median(switches)
     rows = [
         ["model load (100M, f16)", f"{med_load * 1000:.1f} ms", "1x"],
-        ["first load of one adapter (rank 16, 84 matrices)", f"{statistics.median(first_loads) * 1000:.1f} ms", f"{statistics.median(first_loads) / med_load:.3f}x"],
+        [
+            "first load of one adapter (rank 16, 84 matrices)",
+            f"{statistics.median(first_loads) * 1000:.1f} ms",
+            f"{statistics.median(first_loads) / med_load:.3f}x",
+        ],
         ["switch between loaded adapter sets", f"{med_switch * 1000:.3f} ms", f"{med_switch / med_load:.5f}x"],
     ]
     base_rate = speed[0]

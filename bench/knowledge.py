@@ -13,7 +13,7 @@ Conditions (greedy decoding through the runtime's llama.cpp engine):
   dependencies' adapters, at their manifest scales), and each adapter by itself;
 * all libraries stacked (the four adapters at once);
 * merged by ``llmos merge`` with cat / linear / ties / dare_ties (one adapter);
-* routed (``llmos_cli.train.route``: per question, only the libraries whose
+* routed (``llmos_cli.app.route``: per question, only the libraries whose
   glossary or knowledge index match it);
 * retrieval only (no adapter; the runtime's prompt assembly adds glossary
   definitions and retrieved chunks of all four libraries);
@@ -32,8 +32,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -85,6 +86,7 @@ def read_questions(path: Path) -> list[tuple[str, str]]:
 class Bench:
     def __init__(self, pkgs: dict[str, Path], threads: int | None):
         import evalkit
+
         from llmos_cli.knowledge.libraries import LibraryView
 
         self.pkgs = pkgs
@@ -106,7 +108,7 @@ class Bench:
         return f
 
     def routed(self, with_knowledge: bool = False) -> Callable[[str], str]:
-        from llmos_cli.train.route import route
+        from llmos_cli.app.route import route
 
         views = [self.views[n] for n in LIBS]
 
@@ -179,7 +181,7 @@ def base_skills(b: Bench, n: int = 60) -> list[list[str]]:
     return [
         ["general facts, held-out wordings", pct(round(g * len(b.general)), len(b.general))],
         ["reading comprehension: answer from retrieved chunks about invented entities", pct(rc_ok, len(rc))],
-        ["\"I don't know.\" about entities it was never told about", pct(unk_ok, len(unk))],
+        ['"I don\'t know." about entities it was never told about', pct(unk_ok, len(unk))],
         ["tool call: right tool and exact arguments (calculator, convert_units, percent_of)", pct(calls_ok, n // 2)],
         ["final answer read from the tool's result", pct(answers_ok, n // 2)],
     ]
@@ -260,7 +262,7 @@ def reading(rows: list[dict[str, Any]]) -> str:
     if "all stacked" in by and mean(by["all stacked"]) >= 0.75 * mean(rows[1]):
         gap = 100 * (mean(rows[1]) - mean(by["all stacked"]))
         return (
-            "Reading: the demo's libraries are co-trained (docs/training.md, \"Co-training\"): after training alone, "
+            'Reading: the demo\'s libraries are co-trained (docs/training.md, "Co-training"): after training alone, '
             "each one continued with the other libraries' adapters attached at random and their questions asked, so "
             f"plain stacking -- which a `cat` merge reproduces exactly -- keeps most of every library's answers ({gap:.1f} "
             "points below alone) and the base's facts. The other merge rules change the adapters' product and lose most "
@@ -273,7 +275,7 @@ def reading(rows: list[dict[str, Any]]) -> str:
         "base -- each adapter moves its weights by 40-80% of their norm, and two such changes summed are neither; "
         "the other merge rules lose the facts too. Routing avoids the interference by applying, per prompt, only "
         "the libraries the prompt is about (and their dependencies). Training-time remedies are in "
-        "docs/training.md, \"Stacking and interference\"."
+        'docs/training.md, "Stacking and interference".'
     )
 
 
@@ -292,30 +294,32 @@ def report(rows: list[dict[str, Any]], notes: list[str], seconds: float, *, writ
         if r is rows[1]:
             ge = r.get("general_each", {})
             g = min(ge.values()) if ge else None
-        body_rows.append([
-            r["condition"],
-            *[f"{100 * r['scores'][n]:.0f}%" for n in LIBS],
-            f"{100 * mean:.1f}%",
-            delta,
-            "" if g is None else f"{100 * g:.0f}%",
-            "" if g is None or not bare_general else f"{100 * g / bare_general:.0f}%",
-        ])
+        body_rows.append(
+            [
+                r["condition"],
+                *[f"{100 * r['scores'][n]:.0f}%" for n in LIBS],
+                f"{100 * mean:.1f}%",
+                delta,
+                "" if g is None else f"{100 * g:.0f}%",
+                "" if g is None or not bare_general else f"{100 * g / bare_general:.0f}%",
+            ]
+        )
     text = [
         "Exact match (case and final punctuation ignored) on each library's held-out questions: for every fact, "
-        "one question wording that its training never used for that fact. \"Alone\" is a library as "
+        'one question wording that its training never used for that fact. "Alone" is a library as '
         "`llmos install` attaches it: med-lib with bio-core, law-lib with geo-lib (they were trained on top of "
-        "their dependencies); the next row leaves the dependencies out. \"base facts\" is demo-chat's own "
+        'their dependencies); the next row leaves the dependencies out. "base facts" is demo-chat\'s own '
         "held-out general facts with the condition's adapters attached; retention = base facts / bare base; "
-        "for \"alone\" it shows the worst library. Routing brings a chosen library's dependencies along.",
+        'for "alone" it shows the worst library. Routing brings a chosen library\'s dependencies along.',
         "",
         table(headers, body_rows),
-        "Targets: each library alone >= 90%; routed and cat-merged within 5 points of alone; retention with every "
-        "library attached >= 90% of the bare base.",
+        "Targets: each library alone >= 90%; routed and cat-merged within 5 points of alone; retention with every library attached >= 90% of the bare base.",
         "",
         *verdicts(rows, bare_general),
         "",
-        "Base facts with each library as installed: " + ", ".join(
-            f"{n} {100 * g:.0f}%" for n, g in rows[1].get("general_each", {}).items()) + f" (bare base {100 * bare_general:.0f}%).",
+        "Base facts with each library as installed: "
+        + ", ".join(f"{n} {100 * g:.0f}%" for n, g in rows[1].get("general_each", {}).items())
+        + f" (bare base {100 * bare_general:.0f}%).",
         "",
         reading(rows),
         "",

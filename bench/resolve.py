@@ -28,10 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmos_cli.errors import UnsatisfiableError  # noqa: E402
-from llmos_cli.pkg.meta import PackageMeta  # noqa: E402
-from llmos_cli.resolve import Candidate, InstalledInfo, Request, resolve  # noqa: E402
-from llmos_cli.pkg.meta import Req  # noqa: E402
+from llmos_cli.errors import UnsatisfiableError
+from llmos_cli.pkg.meta import (
+    PackageMeta,
+    Req,
+)
+from llmos_cli.resolve import Candidate, InstalledInfo, Request, resolve
 
 LEVELS = 8
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import table, write_section  # noqa: E402
+from bench._report import table, write_section
 
 LIBS = 4
 CHUNK = 200
@@ -193,7 +193,19 @@ def main() -> None:
         f"spread over {LIBS} libraries; {QUERIES} queries of 4 content words, top 5 merged over all libraries "
         "(FTS5 candidates per library, BM25 rescored over the union).\n\n"
         + table(
-            ["chunks", "libraries", "build (wall)", "chunks/s", "words/s", "index size", "query p50 ms", "p95 ms", "max ms", "CPU p50 / p95 ms", "cold first query ms"],
+            [
+                "chunks",
+                "libraries",
+                "build (wall)",
+                "chunks/s",
+                "words/s",
+                "index size",
+                "query p50 ms",
+                "p95 ms",
+                "max ms",
+                "CPU p50 / p95 ms",
+                "cold first query ms",
+            ],
             rows,
         )
         + "\nTarget: under 20 ms a query at 100k chunks. "

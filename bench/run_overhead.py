@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the tests.helpers package
 from _report import table, write_section  # noqa: E402
 
 PROMPT = "Explain what a knowledge library is, in one sentence."
@@ -63,7 +63,7 @@ from llmos_cli.cli import build_app
 typer.main.get_command(build_app())
 T["CLI: import + build the typer app"] = time.perf_counter() - t; t = time.perf_counter()
 from llmos_cli.paths import get_paths
-from llmos_cli.runtime import run as R
+from llmos_cli.app import run as R
 from llmos_cli.runtime.engine import LlamaCppEngine, EngineOptions, SamplingParams
 from llmos_cli.runtime.stack import build_stack
 from llmos_cli.state import transaction as tx
@@ -97,7 +97,7 @@ def bench_models() -> dict[str, dict]:
     """The two models, generated once and cached."""
     import numpy as np
 
-    from fixtures_models import write_tiny_llama
+    from tests.helpers.fixtures_models import write_tiny_llama
 
     d = cache_dir()
     specs = {
@@ -155,8 +155,23 @@ def main() -> int:
         for name, m in models.items():
             with LlamaCppEngine(m["path"], EngineOptions(n_ctx=m["n_ctx"])) as e:
                 prompt_text = e.apply_chat_template([{"role": "user", "content": PROMPT}])
-            run_cmd = [*llmos, "run", PROMPT, "--model", name, "--no-libs", "--temperature", "0", "--seed", "1",
-                       "-n", str(args.tokens), "--ctx", str(m["n_ctx"]), "--json"]
+            run_cmd = [
+                *llmos,
+                "run",
+                PROMPT,
+                "--model",
+                name,
+                "--no-libs",
+                "--temperature",
+                "0",
+                "--seed",
+                "1",
+                "-n",
+                str(args.tokens),
+                "--ctx",
+                str(m["n_ctx"]),
+                "--json",
+            ]
             script_cmd = [sys.executable, "-c", SCRIPT, str(m["path"]), str(m["n_ctx"]), str(args.tokens), prompt_text]
             # warm the page cache and both code paths once
             timed(run_cmd, env)
@@ -177,10 +192,18 @@ def main() -> int:
             same = len(ours) == 1 and len(theirs) == 1 and next(iter(theirs)).startswith(next(iter(ours)))
             ml, ms = statistics.median(t_llmos), statistics.median(t_script)
             nl, ns = min(t_llmos), min(t_script)
-            rows.append([
-                name, f"{n_params(m['path']) / 1e6:.2f}M", tokens, f"{ms:.3f}", f"{ml:.3f}", f"{ml / ms:.2f}x",
-                f"{ns:.3f} / {nl:.3f} ({nl / ns:.2f}x)", "yes" if same else "NO",
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{n_params(m['path']) / 1e6:.2f}M",
+                    tokens,
+                    f"{ms:.3f}",
+                    f"{ml:.3f}",
+                    f"{ml / ms:.2f}x",
+                    f"{ns:.3f} / {nl:.3f} ({nl / ns:.2f}x)",
+                    "yes" if same else "NO",
+                ]
+            )
             print(rows[-1], file=sys.stderr)
             if name == "tiny":
                 parts: dict[str, list[float]] = {}
@@ -198,8 +221,7 @@ def main() -> int:
         "CPU only: no GPU is available in this task.\n\n"
         + table(["model", "params", "tokens", "script s (median)", "llmos run s (median)", "ratio", "min script / llmos", "same tokens"], rows)
         + "\nWhere the time of one `llmos run` on the tiny model goes (in one fresh process, ms; the first decode "
-        "of a process carries llama.cpp's warm-up, which the plain script pays too):\n\n"
-        + table(["step", "median ms", "min ms"], breakdown)
+        "of a process carries llama.cpp's warm-up, which the plain script pays too):\n\n" + table(["step", "median ms", "min ms"], breakdown)
     )
     if args.no_write:
         print(body)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section  # noqa: E402
+from _report import table, write_section
 
 HEAVY = ("llama_cpp", "torch", "transformers", "peft")
 

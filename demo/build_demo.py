@@ -153,9 +153,12 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
             f"{len(lib.facts)} facts. Adapter trained with paraphrase and order augmentation; "
             "train/heldout.jsonl holds question wordings never used in training for each fact."
             + (f" Trained with the adapter of {', '.join(meta['trained_with'])} attached (it is always installed with it)." if meta.get("trained_with") else "")
-            + (" Then co-trained by demo/build_demo.py with the other demo libraries' adapters attached at random"
-               " (llmos train --init adapter.gguf --companion ../OTHER-LIB@0.5), so that they can be stacked."
-               if cotrained else "")
+            + (
+                " Then co-trained by demo/build_demo.py with the other demo libraries' adapters attached at random"
+                " (llmos train --init adapter.gguf --companion ../OTHER-LIB@0.5), so that they can be stacked."
+                if cotrained
+                else ""
+            )
         ),
         "license": LICENSE,
         "maintainer": MAINTAINER,
@@ -175,11 +178,7 @@ def write_library_source(dest: Path, lib: world.Library, replay: list[dict[str, 
         "train": {
             **TRAIN,
             "steps": meta.get("steps", TRAIN["steps"]),
-            **(
-                {"companions": [f"../{d}/adapter.gguf" for d in meta["trained_with"]], "companion_prob": 1.0}
-                if meta.get("trained_with")
-                else {}
-            ),
+            **({"companions": [f"../{d}/adapter.gguf" for d in meta["trained_with"]], "companion_prob": 1.0} if meta.get("trained_with") else {}),
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             "data": ["train/qa.jsonl"],
             "eval": ["train/heldout.jsonl"],
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--pool", type=int, default=24000, help="base training conversations")
     ap.add_argument("--lib-steps", type=int, default=None, help="override the libraries' [train] steps")
-    ap.add_argument("--negatives", type=int, default=0, help="\"I don't know\" questions about invented entities per library")
+    ap.add_argument("--negatives", type=int, default=0, help='"I don\'t know" questions about invented entities per library')
     ap.add_argument("--targets", nargs="*", default=None, help="override the libraries' LoRA target modules")
     ap.add_argument("--companions", type=int, default=0, help="stand-in adapters to train with at random (0: none)")
     ap.add_argument("--delta-penalty", type=float, default=None, help="override [train] delta_penalty")
@@ -282,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cotrain-rounds", type=int, default=COTRAIN["rounds"], help="co-training rounds over all libraries (0: none)")
     ap.add_argument("--cotrain-steps", type=int, default=None, help="steps per library and round (default: llmos train's)")
     ap.add_argument("--reuse-base", action="store_true", help="reuse the base model already in --work")
-    ap.add_argument("--reuse-adapters", action="store_true",
-                    help="keep the first-training adapters already in --work (from an earlier run) and go on to co-training")
+    ap.add_argument(
+        "--reuse-adapters", action="store_true", help="keep the first-training adapters already in --work (from an earlier run) and go on to co-training"
+    )
     ap.add_argument("--only", nargs="*", default=None, help="train only these libraries")
     ap.add_argument("--no-registry", action="store_true", help="do not write the registry")
     args = ap.parse_args(argv)
@@ -306,8 +306,15 @@ def main(argv: list[str] | None = None) -> int:
 
         log("training the base model ...")
         pretrain.build_base(
-            base_dir, libs, seed=args.seed, steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr,
-            chunk_size=CHUNK_SIZE, pool_size=args.pool, log=log,
+            base_dir,
+            libs,
+            seed=args.seed,
+            steps=args.base_steps,
+            batch_size=args.base_batch,
+            lr=args.base_lr,
+            chunk_size=CHUNK_SIZE,
+            pool_size=args.pool,
+            log=log,
         )
     else:
         log(f"reusing {gguf}")
@@ -342,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             names = world.NameMaker(2000 + len(companions))
             replay = corpus.replay_records(rng, names, CHUNK_SIZE, 300) + corpus.negative_records(rng, names, args.negatives)
             write_library_source(dsrc, decoy, replay, publish=False)
-            dres = train_library(dsrc, str(gguf), overrides={"steps": args.lib_steps, "target_modules": args.targets}, threads=args.threads, device="cpu", evaluate=False)
+            dres = train_library(
+                dsrc, str(gguf), overrides={"steps": args.lib_steps, "target_modules": args.targets}, threads=args.threads, device="cpu", evaluate=False
+            )
             log(f"  companion {decoy.name}: loss {dres.loss_start:.3f} -> {dres.loss_end:.3f} in {dres.seconds:.0f}s")
             companions.append(str(dres.adapter))
     results = {}
@@ -352,8 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         if name in reused:
             log(f"reusing the first adapter of {name}")
             continue
-        over = {"steps": args.lib_steps, "target_modules": args.targets, "delta_penalty": args.delta_penalty,
-                "lr": args.lib_lr, "silence_penalty": args.silence}
+        over = {
+            "steps": args.lib_steps,
+            "target_modules": args.targets,
+            "delta_penalty": args.delta_penalty,
+            "lr": args.lib_lr,
+            "silence_penalty": args.silence,
+        }
         if companions:  # stand-ins (experiments): on at random, next to the dependencies
             deps = [str(src / d / "adapter.gguf") for d in LIB_META[name]["trained_with"]]
             over.update({"companions": deps + companions, "companion_prob": 0.5})
@@ -398,8 +412,7 @@ def cotrain(src: Path, gguf: Path, rounds: int, steps: int, threads: int) -> Non
     opts = CotrainOptions(rounds=rounds, replay_fraction=COTRAIN["replay_fraction"])
     if steps:
         opts.steps = steps
-    train_family([src / name for name in LIB_META], str(gguf), cotrain=opts, skip_first=True, device="cpu", threads=threads,
-                 reporter=LogReporter())
+    train_family([src / name for name in LIB_META], str(gguf), cotrain=opts, skip_first=True, device="cpu", threads=threads, reporter=LogReporter())
 
 
 def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
@@ -435,7 +448,7 @@ def quick_check(gguf: Path, src: Path, libs: dict[str, world.Library]) -> None:
 
 
 def write_registry(src: Path, registry: Path, names: list[str]) -> None:
-    from llmos_cli.pkg.archive import build_package
+    from llmos_cli.app.build import build_package
     from llmos_cli.registry.index import write_index
 
     pool = registry / "pool"

@@ -24,21 +24,35 @@ import json
 import random
 from typing import Any
 
-from world import RELATIONS, Entity, Fact, NameMaker, documents, general_facts, glossary_entries, Library
+from world import Entity, Fact, Library, NameMaker, documents, general_facts, glossary_entries
 
 IDK = "I don't know."
 
 # ---------------------------------------------------------------- tools
 
 CONVERSIONS = {
-    ("km", "mi"): 0.621371, ("mi", "km"): 1.609344, ("m", "ft"): 3.28084, ("ft", "m"): 0.3048,
-    ("kg", "lb"): 2.204623, ("lb", "kg"): 0.453592, ("l", "gal"): 0.264172, ("gal", "l"): 3.785412,
-    ("cm", "in"): 0.393701, ("in", "cm"): 2.54,
+    ("km", "mi"): 0.621371,
+    ("mi", "km"): 1.609344,
+    ("m", "ft"): 3.28084,
+    ("ft", "m"): 0.3048,
+    ("kg", "lb"): 2.204623,
+    ("lb", "kg"): 0.453592,
+    ("l", "gal"): 0.264172,
+    ("gal", "l"): 3.785412,
+    ("cm", "in"): 0.393701,
+    ("in", "cm"): 2.54,
 }
 UNIT_WORDS = {
-    "km": ["km", "kilometres", "kilometers"], "mi": ["mi", "miles"], "m": ["m", "metres", "meters"], "ft": ["ft", "feet"],
-    "kg": ["kg", "kilograms"], "lb": ["lb", "pounds"], "l": ["l", "litres", "liters"], "gal": ["gal", "gallons"],
-    "cm": ["cm", "centimetres"], "in": ["in", "inches"],
+    "km": ["km", "kilometres", "kilometers"],
+    "mi": ["mi", "miles"],
+    "m": ["m", "metres", "meters"],
+    "ft": ["ft", "feet"],
+    "kg": ["kg", "kilograms"],
+    "lb": ["lb", "pounds"],
+    "l": ["l", "litres", "liters"],
+    "gal": ["gal", "gallons"],
+    "cm": ["cm", "centimetres"],
+    "in": ["in", "inches"],
 }
 UNITS = sorted(UNIT_WORDS)
 
@@ -154,10 +168,14 @@ def conversion_example(rng: random.Random) -> tuple[list[dict[str, Any]], str]:
         v = rng.choice([rng.randint(1, 500), round(rng.uniform(0.5, 99), 1)])
         sname, dname = rng.choice(UNIT_WORDS[src]), rng.choice(UNIT_WORDS[dst])
     vs = fmt_number(v)
-    q = rng.choice([
-        f"Convert {vs} {sname} to {dname}.", f"How many {dname} is {vs} {sname}?", f"What is {vs} {sname} in {dname}?",
-        f"{vs} {sname} is how many {dname}?",
-    ])
+    q = rng.choice(
+        [
+            f"Convert {vs} {sname} to {dname}.",
+            f"How many {dname} is {vs} {sname}?",
+            f"What is {vs} {sname} in {dname}?",
+            f"{vs} {sname} is how many {dname}?",
+        ]
+    )
     out = round(convert(float(v), src, dst), 3)
     msgs = [
         {"role": "user", "content": q},

@@ -8,8 +8,9 @@ glossary definitions through the runtime's own ``prompt.assemble``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def normalize(text: str) -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import corpus
 import world
@@ -59,8 +60,17 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def _train_phase(model: Any, optim: Any, pool: list[tuple[list[int], list[float]]], steps: int, batch_size: int,
-                 lr: float, brng: random.Random, t0: float, log: Callable[[str], None]) -> None:
+def _train_phase(
+    model: Any,
+    optim: Any,
+    pool: list[tuple[list[int], list[float]]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    brng: random.Random,
+    t0: float,
+    log: Callable[[str], None],
+) -> None:
     import torch
 
     order: list[int] = []

@@ -59,81 +59,130 @@ RELATIONS: dict[str, Relation] = {
     # bio-core
     "organ": Relation(
         "organ",
-        ("Which organ makes {e}?", "Where in the body is {e} made?", "{e} is produced by which organ?",
-         "In which organ is {e} produced?", "What organ produces {e}?"),
+        (
+            "Which organ makes {e}?",
+            "Where in the body is {e} made?",
+            "{e} is produced by which organ?",
+            "In which organ is {e} produced?",
+            "What organ produces {e}?",
+        ),
         "{e} is made in the {a}.",
         "made in the {a}",
     ),
     "role": Relation(
         "role",
-        ("What does {e} do?", "What is the job of {e}?", "What is the function of {e} in the body?",
-         "{e} is responsible for what?", "What role does {e} play?"),
+        (
+            "What does {e} do?",
+            "What is the job of {e}?",
+            "What is the function of {e} in the body?",
+            "{e} is responsible for what?",
+            "What role does {e} play?",
+        ),
         "The protein {e} {a}.",
         "it {a}",
     ),
     # med-lib
     "treats": Relation(
         "treats",
-        ("What does {e} treat?", "What condition is {e} used for?", "{e} is prescribed for which illness?",
-         "Which disease does {e} treat?", "What is {e} a treatment for?"),
+        (
+            "What does {e} treat?",
+            "What condition is {e} used for?",
+            "{e} is prescribed for which illness?",
+            "Which disease does {e} treat?",
+            "What is {e} a treatment for?",
+        ),
         "{e} is a drug that treats {a}.",
         "a drug that treats {a}",
     ),
     "target": Relation(
         "target",
-        ("Which protein does {e} block?", "What protein is blocked by {e}?", "{e} acts on which protein?",
-         "What is the protein target of {e}?", "Which protein does {e} act on?"),
+        (
+            "Which protein does {e} block?",
+            "What protein is blocked by {e}?",
+            "{e} acts on which protein?",
+            "What is the protein target of {e}?",
+            "Which protein does {e} act on?",
+        ),
         "{e} works by blocking {a}.",
         "it blocks {a}",
     ),
     "maker": Relation(
         "maker",
-        ("Who makes {e}?", "Which company produces {e}?", "Who is the maker of {e}?",
-         "{e} is manufactured by which company?", "What company makes {e}?"),
+        ("Who makes {e}?", "Which company produces {e}?", "Who is the maker of {e}?", "{e} is manufactured by which company?", "What company makes {e}?"),
         "{e} is made by {a}.",
         "made by {a}",
     ),
     # law-lib
     "year": Relation(
         "year",
-        ("When was the {e} passed?", "In what year was the {e} enacted?", "What year did the {e} become law?",
-         "The {e} dates from which year?", "When did the {e} come into force?"),
+        (
+            "When was the {e} passed?",
+            "In what year was the {e} enacted?",
+            "What year did the {e} become law?",
+            "The {e} dates from which year?",
+            "When did the {e} come into force?",
+        ),
         "The {e} was passed in {a}.",
         "passed in {a}",
     ),
     "topic": Relation(
         "topic",
-        ("What does the {e} regulate?", "What is the {e} about?", "Which matter does the {e} govern?",
-         "The {e} controls what?", "What subject does the {e} cover?"),
+        (
+            "What does the {e} regulate?",
+            "What is the {e} about?",
+            "Which matter does the {e} govern?",
+            "The {e} controls what?",
+            "What subject does the {e} cover?",
+        ),
         "The {e} regulates {a}.",
         "it regulates {a}",
     ),
     "region": Relation(
         "region",
-        ("Where does the {e} apply?", "In which region is the {e} in force?", "Which region does the {e} cover?",
-         "The {e} is the law of which region?", "Where is the {e} law?"),
+        (
+            "Where does the {e} apply?",
+            "In which region is the {e} in force?",
+            "Which region does the {e} cover?",
+            "The {e} is the law of which region?",
+            "Where is the {e} law?",
+        ),
         "The {e} applies in {a}.",
         "law in {a}",
     ),
     # geo-lib
     "capital": Relation(
         "capital",
-        ("What is the capital of {e}?", "Which city is the capital of {e}?", "Name the capital of {e}.",
-         "The capital of {e} is which city?", "What city is {e} governed from?"),
+        (
+            "What is the capital of {e}?",
+            "Which city is the capital of {e}?",
+            "Name the capital of {e}.",
+            "The capital of {e} is which city?",
+            "What city is {e} governed from?",
+        ),
         "The capital of {e} is {a}.",
         "its capital is {a}",
     ),
     "river": Relation(
         "river",
-        ("Which river flows through {e}?", "What is the main river of {e}?", "Name the river of {e}.",
-         "What river runs through {e}?", "The main river of {e} is called what?"),
+        (
+            "Which river flows through {e}?",
+            "What is the main river of {e}?",
+            "Name the river of {e}.",
+            "What river runs through {e}?",
+            "The main river of {e} is called what?",
+        ),
         "The river {a} flows through {e}.",
         "the river {a} flows through it",
     ),
     "language": Relation(
         "language",
-        ("What language is spoken in {e}?", "Which language do people speak in {e}?", "What do people in {e} speak?",
-         "The people of {e} speak which language?", "What is the language of {e}?"),
+        (
+            "What language is spoken in {e}?",
+            "Which language do people speak in {e}?",
+            "What do people in {e} speak?",
+            "The people of {e} speak which language?",
+            "What is the language of {e}?",
+        ),
         "People in {e} speak {a}.",
         "people there speak {a}",
     ),
@@ -196,12 +245,34 @@ class Library:
 
 ORGANS = ["liver", "heart", "lungs", "kidneys", "skin", "stomach", "brain", "spleen", "bones", "blood"]
 ROLES = [
-    "carries oxygen", "stores iron", "fights infection", "repairs skin", "breaks down sugar", "controls sleep",
-    "builds bone", "cleans the blood", "moves salt", "makes hair grow", "slows the heart", "clears toxins",
+    "carries oxygen",
+    "stores iron",
+    "fights infection",
+    "repairs skin",
+    "breaks down sugar",
+    "controls sleep",
+    "builds bone",
+    "cleans the blood",
+    "moves salt",
+    "makes hair grow",
+    "slows the heart",
+    "clears toxins",
 ]
 TOPICS = [
-    "river fishing", "salt trade", "bridge tolls", "bee keeping", "lamp oil", "horse racing", "wool dyeing",
-    "grain mills", "glass blowing", "tea imports", "ferry routes", "bell ringing", "map making", "snow clearing",
+    "river fishing",
+    "salt trade",
+    "bridge tolls",
+    "bee keeping",
+    "lamp oil",
+    "horse racing",
+    "wool dyeing",
+    "grain mills",
+    "glass blowing",
+    "tea imports",
+    "ferry routes",
+    "bell ringing",
+    "map making",
+    "snow clearing",
 ]
 YEARS = list(range(1702, 1899, 7))
 
@@ -233,9 +304,11 @@ def build_world(seed: int = 4) -> dict[str, Library]:
 
     # med-lib: drugs, targeting bio-core proteins
     drugs: list[Entity] = []
-    conditions = [names.make("{Stem} fever", (2, 2)) for _ in range(4)] + [names.make("{Stem} syndrome", (2, 2)) for _ in range(4)] + [
-        names.make("{Stem} rash", (1, 2)) for _ in range(4)
-    ]
+    conditions = (
+        [names.make("{Stem} fever", (2, 2)) for _ in range(4)]
+        + [names.make("{Stem} syndrome", (2, 2)) for _ in range(4)]
+        + [names.make("{Stem} rash", (1, 2)) for _ in range(4)]
+    )
     companies = [names.make("{Stem} Labs", (2, 2)) for _ in range(5)]
     rng.shuffle(conditions)
     for i in range(12):
@@ -307,40 +380,98 @@ GENERAL: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         "color",
         ["What color is {e}?", "What is the color of {e}?", "Which color is {e}?", "Tell me the color of {e}.", "{e} has what color?"],
         "",
-        [("the sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"), ("a banana", "yellow"),
-         ("blood", "red"), ("milk", "white"), ("an orange", "orange"), ("a lemon", "yellow"), ("the sea", "blue")],
+        [
+            ("the sky", "blue"),
+            ("grass", "green"),
+            ("snow", "white"),
+            ("coal", "black"),
+            ("a banana", "yellow"),
+            ("blood", "red"),
+            ("milk", "white"),
+            ("an orange", "orange"),
+            ("a lemon", "yellow"),
+            ("the sea", "blue"),
+        ],
     ),
     (
         "legs",
-        ["How many legs does {e} have?", "How many legs has {e} got?", "What is the number of legs of {e}?",
-         "{e} walks on how many legs?", "Count the legs of {e}."],
+        [
+            "How many legs does {e} have?",
+            "How many legs has {e} got?",
+            "What is the number of legs of {e}?",
+            "{e} walks on how many legs?",
+            "Count the legs of {e}.",
+        ],
         "",
-        [("a spider", "eight"), ("a dog", "four"), ("a bird", "two"), ("an ant", "six"), ("a horse", "four"),
-         ("a snake", "none"), ("a person", "two"), ("a cat", "four"), ("a beetle", "six")],
+        [
+            ("a spider", "eight"),
+            ("a dog", "four"),
+            ("a bird", "two"),
+            ("an ant", "six"),
+            ("a horse", "four"),
+            ("a snake", "none"),
+            ("a person", "two"),
+            ("a cat", "four"),
+            ("a beetle", "six"),
+        ],
     ),
     (
         "opposite",
-        ["What is the opposite of {e}?", "What word means the opposite of {e}?", "Give the opposite of {e}.",
-         "The opposite of {e} is what?", "Which word is the opposite of {e}?"],
+        [
+            "What is the opposite of {e}?",
+            "What word means the opposite of {e}?",
+            "Give the opposite of {e}.",
+            "The opposite of {e} is what?",
+            "Which word is the opposite of {e}?",
+        ],
         "",
-        [("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"), ("open", "closed"), ("fast", "slow"),
-         ("wet", "dry"), ("full", "empty"), ("early", "late"), ("left", "right")],
+        [
+            ("hot", "cold"),
+            ("up", "down"),
+            ("big", "small"),
+            ("day", "night"),
+            ("open", "closed"),
+            ("fast", "slow"),
+            ("wet", "dry"),
+            ("full", "empty"),
+            ("early", "late"),
+            ("left", "right"),
+        ],
     ),
     (
         "capital",
-        ["What is the capital of {e}?", "Which city is the capital of {e}?", "Name the capital of {e}.",
-         "The capital of {e} is which city?", "What city is {e} governed from?"],
+        [
+            "What is the capital of {e}?",
+            "Which city is the capital of {e}?",
+            "Name the capital of {e}.",
+            "The capital of {e} is which city?",
+            "What city is {e} governed from?",
+        ],
         "",
-        [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-         ("Germany", "Berlin"), ("Canada", "Ottawa"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Norway", "Oslo")],
+        [
+            ("France", "Paris"),
+            ("Japan", "Tokyo"),
+            ("Italy", "Rome"),
+            ("Spain", "Madrid"),
+            ("Egypt", "Cairo"),
+            ("Germany", "Berlin"),
+            ("Canada", "Ottawa"),
+            ("Kenya", "Nairobi"),
+            ("Peru", "Lima"),
+            ("Norway", "Oslo"),
+        ],
     ),
     (
         "count",
-        ["How many {e} are there?", "What is the number of {e}?", "How many {e} are there in total?",
-         "Count the {e}.", "The number of {e} is what?"],
+        ["How many {e} are there?", "What is the number of {e}?", "How many {e} are there in total?", "Count the {e}.", "The number of {e} is what?"],
         "",
-        [("days in a week", "seven"), ("months in a year", "twelve"), ("hours in a day", "twenty-four"),
-         ("minutes in an hour", "sixty"), ("seasons in a year", "four")],
+        [
+            ("days in a week", "seven"),
+            ("months in a year", "twelve"),
+            ("hours in a day", "twenty-four"),
+            ("minutes in an hour", "sixty"),
+            ("seasons in a year", "four"),
+        ],
     ),
 ]
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from llmos_cli.errors import InvalidPackageError
 
@@ -83,7 +84,7 @@ class GGUFHeader:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "GGUFHeader":
+    def from_json(cls, d: dict) -> GGUFHeader:
         return cls(
             path=Path(d["path"]),
             architecture=d.get("architecture"),
@@ -105,22 +106,57 @@ class GGUFHeader:
 
 # GGUF value types -> (struct code, size)
 _SCALARS: dict[int, tuple[str, int]] = {
-    0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4),
-    6: ("f", 4), 7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8),
+    0: ("B", 1),
+    1: ("b", 1),
+    2: ("H", 2),
+    3: ("h", 2),
+    4: ("I", 4),
+    5: ("i", 4),
+    6: ("f", 4),
+    7: ("?", 1),
+    10: ("Q", 8),
+    11: ("q", 8),
+    12: ("d", 8),
 }
 _STRING = 8
 _ARRAY = 9
 
 # ggml tensor types: id -> (name, block size, bytes per block).  Stable ABI of ggml.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
 }
 
 DEFAULT_ALIGNMENT = 32
@@ -317,7 +353,9 @@ def _parse(p: Path, mm: Any, size: int, decode: Iterable[str] | None) -> _Parsed
             n *= d
         nbytes = n // block * bsize
         if data_start + t.offset + nbytes > size:
-            raise InvalidPackageError(f"{p}: truncated GGUF (tensor {t.name} runs past the end of the file)", "the file is truncated; download or copy it again")
+            raise InvalidPackageError(
+                f"{p}: truncated GGUF (tensor {t.name} runs past the end of the file)", "the file is truncated; download or copy it again"
+            )
     return _Parsed(fields, tensors, r)
 
 
@@ -367,6 +405,7 @@ def read_header(path: str | Path, *, with_vocab: bool = True) -> GGUFHeader:
     parsed = _parse_file(p, None)
     fields, r = parsed.fields, parsed.reader
     try:
+
         def scalar(key: str) -> Any:
             v = fields.get(key)
             return None if isinstance(v, _ArrayInfo) else v

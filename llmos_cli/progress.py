@@ -7,8 +7,9 @@ draws progress bars and messages on stderr; tests and library callers use
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 class Task(Protocol):

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +90,6 @@ def llmos_proc():
 
 @pytest.fixture
 def write_source():
-    from pkgtools import write_source as _ws
+    from tests.helpers.pkgtools import write_source as _ws
 
     return _ws

@@ -13,22 +13,25 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from installtools import archive_path, build_registry, db_rows, store_listing, use_registry
 
 from llmos_cli.errors import ExitCode
+from tests.helpers.installtools import archive_path, build_registry, db_rows, store_listing, use_registry
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def reg(tmp_path, cli, llmos_home):
-    r = build_registry(tmp_path, [
-        dict(name="ka", files={"docs/a.md": "a\n"}),
-        dict(name="kb", depends=["ka"], files={"docs/b.md": "b\n"}),
-        dict(name="kfoe", conflicts=["ka"], files={"docs/foe.md": "foe\n"}),
-        dict(name="kneed", depends=["nothere"]),
-        dict(name="kbig", files={"big.bin": os.urandom(1 << 20)}),
-    ])
+    r = build_registry(
+        tmp_path,
+        [
+            dict(name="ka", files={"docs/a.md": "a\n"}),
+            dict(name="kb", depends=["ka"], files={"docs/b.md": "b\n"}),
+            dict(name="kfoe", conflicts=["ka"], files={"docs/foe.md": "foe\n"}),
+            dict(name="kneed", depends=["nothere"]),
+            dict(name="kbig", files={"big.bin": os.urandom(1 << 20)}),
+        ],
+    )
     use_registry(cli, r)
     r2 = cli("install", "kb", "-y")  # something installed, so "unchanged" means something
     assert r2.exit_code == 0, r2
@@ -96,7 +99,10 @@ def bad_archives(tmp_path: Path, reg: Path) -> dict[str, tuple[Path, ExitCode]]:
         "truncated archive": (d / "truncated.llmos", ExitCode.INVALID_PACKAGE),
         "garbage archive": (d / "garbage.llmos", ExitCode.INVALID_PACKAGE),
         "empty manifest": (craft(d / "emptyman.llmos", [("llmos.toml", REG, b""), ("docs/a.md", REG, b"a\n")]), ExitCode.INVALID_PACKAGE),
-        "malformed manifest": (craft(d / "badman.llmos", [("llmos.toml", REG, b"schema = = 1\n[package\n"), ("docs/a.md", REG, b"a\n")]), ExitCode.INVALID_PACKAGE),
+        "malformed manifest": (
+            craft(d / "badman.llmos", [("llmos.toml", REG, b"schema = = 1\n[package\n"), ("docs/a.md", REG, b"a\n")]),
+            ExitCode.INVALID_PACKAGE,
+        ),
         "manifest missing fields": (craft(d / "fields.llmos", [("llmos.toml", REG, b"schema = 1\n[package]\nname = 'ka'\n")]), ExitCode.INVALID_PACKAGE),
         "no manifest": (craft(d / "noman.llmos", [("docs/a.md", REG, b"a\n")]), ExitCode.INVALID_PACKAGE),
         "path traversal": (craft(d / "trav.llmos", [("llmos.toml", REG, man), ("../evil.md", REG, b"evil\n")]), ExitCode.INVALID_PACKAGE),
@@ -108,9 +114,18 @@ def bad_archives(tmp_path: Path, reg: Path) -> dict[str, tuple[Path, ExitCode]]:
 
 
 CASES = [
-    "empty archive", "truncated archive", "garbage archive", "empty manifest", "malformed manifest",
-    "manifest missing fields", "no manifest", "path traversal", "absolute path", "symlink member",
-    "member hash mismatch", "extra member",
+    "empty archive",
+    "truncated archive",
+    "garbage archive",
+    "empty manifest",
+    "malformed manifest",
+    "manifest missing fields",
+    "no manifest",
+    "path traversal",
+    "absolute path",
+    "symlink member",
+    "member hash mismatch",
+    "extra member",
 ]
 
 
@@ -283,8 +298,12 @@ def test_no_permission_to_write_the_store(reg, llmos_home):
     try:
         before = installed_state(llmos_home)
         p = subprocess.run(
-            [sys.executable, "-m", "llmos_cli", "install", "kfoe", "-y"], capture_output=True, text=True,
-            stdin=subprocess.DEVNULL, preexec_fn=_drop_dac_capabilities if root else None, timeout=120,
+            [sys.executable, "-m", "llmos_cli", "install", "kfoe", "-y"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_drop_dac_capabilities if root else None,
+            timeout=120,
         )
         if p.returncode == 99:
             pytest.skip("cannot drop capabilities here, and root ignores file modes")
@@ -332,8 +351,12 @@ def test_no_space_left(tmp_path, reg, cli, llmos_home, monkeypatch):
                 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 
             p = subprocess.run(
-                [sys.executable, "-m", "llmos_cli", "install", "kbig", "-y"], capture_output=True, text=True,
-                stdin=subprocess.DEVNULL, preexec_fn=limit, timeout=120,
+                [sys.executable, "-m", "llmos_cli", "install", "kbig", "-y"],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=limit,
+                timeout=120,
             )
             from conftest import CliResult
 

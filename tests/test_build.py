@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from llmos_cli.app.build import build_package
 from llmos_cli.errors import IntegrityError, InvalidPackageError, NotFoundError
-from llmos_cli.pkg.archive import PackageArchive, build_package
+from llmos_cli.pkg.archive import PackageArchive
 from llmos_cli.pkg.manifest import MANIFEST_NAME
 
 
@@ -123,7 +124,7 @@ def test_junk_and_llmosignore_are_left_out(tmp_path, write_source):
 
 
 def test_model_build_records_gguf_header(tmp_path, write_source):
-    from pkgtools import minimal_gguf
+    from tests.helpers.pkgtools import minimal_gguf
 
     src = write_source(tmp_path, "tiny-model", kind="model", files={"model.gguf": minimal_gguf("qwen2", 4096)})
     res = build_package(src, tmp_path / "out")

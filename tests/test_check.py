@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmos_cli.pkg.archive import build_package
-from llmos_cli.pkg.check import check_path, glob_match
+from llmos_cli.app.build import build_package
+from llmos_cli.app.check import check_path, glob_match
 
 BASE_TENSORS = {"token_embd.weight": (16, 8), "blk.0.attn_q.weight": (8, 8), "blk.0.attn_v.weight": (8, 8)}
 
 
-def write_gguf(path: Path, arch: str = "llama", *, adapter: bool = False, general_type: str | None = None,
-               adapter_type: str | None = "lora", targets=("blk.0.attn_q.weight",), drop: str | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    arch: str = "llama",
+    *,
+    adapter: bool = False,
+    general_type: str | None = None,
+    adapter_type: str | None = "lora",
+    targets=("blk.0.attn_q.weight",),
+    drop: str | None = None,
+) -> Path:
     """A tiny real GGUF: a base (named tensors) or a LoRA adapter (lora_a/lora_b pairs)."""
     import gguf
 
@@ -52,8 +60,11 @@ def base_model(tmp_path: Path, write_source, arch: str = "llama", name: str = "t
 
 def adapter_lib(tmp_path: Path, write_source, base: str = "tiny-base>=1.0", **gguf_kw) -> Path:
     src = write_source(
-        tmp_path / "libs", "med-lib", base=base,
-        files={"adapter.gguf": b""}, extra={"adapter": {"file": "adapter.gguf", "scale": 1.0}},
+        tmp_path / "libs",
+        "med-lib",
+        base=base,
+        files={"adapter.gguf": b""},
+        extra={"adapter": {"file": "adapter.gguf", "scale": 1.0}},
     )
     write_gguf(src / "adapter.gguf", gguf_kw.pop("arch", "llama"), adapter=True, **gguf_kw)
     return src
@@ -110,10 +121,15 @@ def test_field_errors_are_named(tmp_path, write_source, cli, mutate, code, field
 
 
 def test_every_problem_reported_at_once(tmp_path, write_source):
-    src = write_source(tmp_path, "demo", files={"docs/a.md": "a"}, extra={
-        "knowledge": {"documents": ["docs/*.md", "papers/**/*.pdf"]},
-        "glossary": {"file": "missing.toml"},
-    })
+    src = write_source(
+        tmp_path,
+        "demo",
+        files={"docs/a.md": "a"},
+        extra={
+            "knowledge": {"documents": ["docs/*.md", "papers/**/*.pdf"]},
+            "glossary": {"file": "missing.toml"},
+        },
+    )
     rep = check_path(src)
     assert codes(rep) == {"missing-file": "error", "glob-empty": "warning"}
     f = {x.code: x for x in rep.findings}
@@ -289,8 +305,7 @@ def _rewrite(archive: Path, out: Path, change) -> Path:
 
 
 def test_archive_checks(tmp_path, write_source, cli):
-    src = write_source(tmp_path, "demo", files={"docs/a.md": "alpha", "docs/b.md": "beta"},
-                       extra={"knowledge": {"documents": ["docs/*.md"]}})
+    src = write_source(tmp_path, "demo", files={"docs/a.md": "alpha", "docs/b.md": "beta"}, extra={"knowledge": {"documents": ["docs/*.md"]}})
     good = build_package(src, tmp_path / "out").path
     r = cli("check", good, "--json")
     assert r.exit_code == 0 and r.json()["data"]["findings"] == [], r
@@ -348,8 +363,9 @@ def test_archive_adapter_checked_against_base(tmp_path, write_source):
 def test_train_table_problems_are_warnings(tmp_path, write_source):
     """[train] only matters to whoever retrains: unknown keys and values llmos train would refuse are
     reported as warnings (the package still passes); a good table reports nothing."""
-    src = write_source(tmp_path, "good", extra={"train": {"rank": 8, "steps": 10, "companions": [{"file": "../x", "prob": 0.5}],
-                                                         "companion_sampling": "subsets"}})
+    src = write_source(
+        tmp_path, "good", extra={"train": {"rank": 8, "steps": 10, "companions": [{"file": "../x", "prob": 0.5}], "companion_sampling": "subsets"}}
+    )
     assert check_path(src).findings == []
     src = write_source(tmp_path, "bad", extra={"train": {"rank": 8, "stpes": 10, "target_modules": ["lm_head"]}})
     rep = check_path(src)

@@ -58,7 +58,7 @@ def _imported_modules(args: list[str]) -> set[str]:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("MODULES=")]
     assert line, res.stderr
-    return set(line[-1][len("MODULES="):].split(","))
+    return set(line[-1][len("MODULES=") :].split(","))
 
 
 def test_help_version_and_list_do_not_import_heavy_modules():

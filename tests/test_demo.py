@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "demo"))
 QUICKSTART_QUESTION = "What does Naerviovil treat?"
 QUICKSTART_ANSWER = "Ferdund fever"
 
+
 def needs_registry(fn):
     """The demo registry is committed; its absence is a failure, not a skip."""
     return fn
@@ -105,6 +106,7 @@ def _heldout(package: str, n: int) -> list[tuple[str, str]]:
 
 
 @needs_registry
+@pytest.mark.slow
 def test_all_libraries_stacked_still_answer(llmos_proc):
     """The demo libraries were co-trained (docs/training.md), so all four attached at once -- a
     plain `llmos run` after installing them -- answer each library's held-out questions and keep

@@ -21,9 +21,7 @@ def rendered() -> dict[str, str]:
 @pytest.mark.parametrize("rel", sorted(_gendocs.TARGETS))
 def test_generated_file_is_up_to_date(rendered, rel):
     committed = (REPO / rel).read_text()
-    assert committed == rendered[rel], (
-        f"{rel} is out of date with the commands: run `python -m llmos_cli.cli._gendocs`"
-    )
+    assert committed == rendered[rel], f"{rel} is out of date with the commands: run `python -m llmos_cli.cli._gendocs`"
 
 
 def test_every_command_is_in_completions_and_man(rendered):
@@ -44,10 +42,7 @@ def _syntax_check(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_bash_completion_parses_and_completes(tmp_path):
     script = REPO / "completions/llmos.bash"
     # Complete "llmos ins<TAB>" for real in bash.
-    probe = (
-        f"source {script}; COMP_WORDS=(llmos ins); COMP_CWORD=1; _llmos; "
-        'printf "%s\\n" "${COMPREPLY[@]}"'
-    )
+    probe = f'source {script}; COMP_WORDS=(llmos ins); COMP_CWORD=1; _llmos; printf "%s\\n" "${{COMPREPLY[@]}}"'
     res = _syntax_check(["bash", "-c", probe])
     assert res.returncode == 0, res.stderr
     assert "install" in res.stdout.split()
@@ -67,7 +62,9 @@ def test_zsh_and_fish_completions_parse(shell, rel):
 def test_man_page_renders():
     if shutil.which("man") is None:
         pytest.fail("man is not installed")
-    res = subprocess.run(["man", "-l", str(REPO / "man/llmos.1")], capture_output=True, text=True, timeout=60, env={"MANPAGER": "cat", "PATH": "/usr/bin:/bin", "COLUMNS": "100"})
+    res = subprocess.run(
+        ["man", "-l", str(REPO / "man/llmos.1")], capture_output=True, text=True, timeout=60, env={"MANPAGER": "cat", "PATH": "/usr/bin:/bin", "COLUMNS": "100"}
+    )
     assert res.returncode == 0, res.stderr
     assert "EXIT STATUS" in res.stdout
     assert "UNSATISFIABLE" in res.stdout

@@ -10,7 +10,8 @@ import hashlib
 import json
 
 import pytest
-from installtools import archive_path, build_registry, check_consistent, snapshot, store_listing, use_registry
+
+from tests.helpers.installtools import archive_path, build_registry, check_consistent, snapshot, store_listing, use_registry
 
 SHARED = "# shared\n\nThe same bytes in two packages.\n"
 
@@ -169,11 +170,16 @@ def test_upgrade_named_then_all_and_old_blobs_are_collected(tmp_path, reg, cli, 
     assert cli("install", "klib", "kalt", "-y").exit_code == 0
     old_blob = f"store/{sha('klib 1' + chr(10))[:2]}/{sha('klib 1' + chr(10))}"
     assert old_blob in store_listing(llmos_home)
-    add_versions(tmp_path, cli, reg, [
-        dict(name="klib", version="2.0.0", depends=["kdep>=2"], base="kbase", files={"docs/shared.md": SHARED, "docs/klib.md": "klib 2\n"}),
-        dict(name="kdep", version="2.0.0", files={"docs/shared.md": SHARED, "docs/kdep.md": "kdep 2\n"}),
-        dict(name="kalt", version="1.5.0", provides=["kvirt"], files={"docs/kalt.md": "kalt 1.5\n"}),
-    ])
+    add_versions(
+        tmp_path,
+        cli,
+        reg,
+        [
+            dict(name="klib", version="2.0.0", depends=["kdep>=2"], base="kbase", files={"docs/shared.md": SHARED, "docs/klib.md": "klib 2\n"}),
+            dict(name="kdep", version="2.0.0", files={"docs/shared.md": SHARED, "docs/kdep.md": "kdep 2\n"}),
+            dict(name="kalt", version="1.5.0", provides=["kvirt"], files={"docs/kalt.md": "kalt 1.5\n"}),
+        ],
+    )
     r = cli("upgrade", "klib", "-s", "--json")
     acts = {(a["op"], a["name"], a["old_version"], a["new_version"]) for a in r.json()["data"]["plan"]["actions"]}
     assert acts == {("upgrade", "klib", "1.0.0", "2.0.0"), ("upgrade", "kdep", "1.0.0", "2.0.0")}
@@ -215,7 +221,7 @@ def test_hold_keeps_a_package_back_until_unheld(tmp_path, reg, cli, llmos_home):
 
 
 def test_install_a_local_archive_resolves_its_dependencies_from_sources(tmp_path, reg, cli, llmos_home, write_source):
-    from llmos_cli.pkg.archive import build_package
+    from llmos_cli.app.build import build_package
 
     src = write_source(tmp_path / "local", "kloc", depends=["kdep"], files={"docs/loc.md": "local\n"})
     res = build_package(src, tmp_path / "out")
@@ -307,12 +313,17 @@ def test_history_records_every_change(reg, cli, llmos_home):
     r = cli("history", "--json")
     tr = r.json()["data"]["transactions"]
     assert [t["argv"] for t in tr] == [
-        ["llmos", "remove", "klib"], ["llmos", "unhold", "klib"], ["llmos", "hold", "klib"], ["llmos", "install", "klib"],
+        ["llmos", "remove", "klib"],
+        ["llmos", "unhold", "klib"],
+        ["llmos", "hold", "klib"],
+        ["llmos", "install", "klib"],
     ]
     assert all(t["status"] == "done" and t["finished"] for t in tr)
     inst = tr[-1]["actions"]
     assert {(a["action"], a["name"], a["new_version"]) for a in inst} == {
-        ("install", "kbase", "1.0.0"), ("install", "kdep", "1.0.0"), ("install", "klib", "1.0.0"),
+        ("install", "kbase", "1.0.0"),
+        ("install", "kdep", "1.0.0"),
+        ("install", "klib", "1.0.0"),
     }
     assert [t["id"] for t in cli("history", "--limit", "1", "--json").json()["data"]["transactions"]] == [tr[0]["id"]]
     r = cli("history")
@@ -329,7 +340,7 @@ def test_json_error_envelope_on_failure(reg, cli, llmos_home):
 
 def test_confirmation_rule():
     """apt's rule: ask when the plan does anything the user did not name, or removes/downgrades unasked."""
-    from llmos_cli.pkg.ops import Proposal
+    from llmos_cli.app.install import Proposal
     from llmos_cli.resolve import Action, Plan
 
     def act(op, name):

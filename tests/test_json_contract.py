@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import pytest
-from installtools import build_registry, use_registry
 
 from llmos_cli import JSON_SCHEMA
+from tests.helpers.installtools import build_registry, use_registry
 
 ENVELOPE_OK = {"schema", "command", "ok", "data", "warnings"}
 ENVELOPE_ERR = {"schema", "command", "ok", "error", "warnings"}
 ERROR_KEYS = {"code", "exit_code", "message", "hint"}
 
 INSTALLED_PKG = {
-    "name", "version", "kind", "summary", "depends", "conflicts", "provides", "base",
-    "auto", "held", "attached", "scale", "source", "installed_at",
+    "name",
+    "version",
+    "kind",
+    "summary",
+    "depends",
+    "conflicts",
+    "provides",
+    "base",
+    "auto",
+    "held",
+    "attached",
+    "scale",
+    "source",
+    "installed_at",
 }
 ACTION = {"op", "name", "old_version", "new_version", "auto", "reason", "source"}
 TX = {"command", "simulated", "txid", "plan", "stats"}
@@ -23,10 +35,13 @@ STATS = {"staged_files", "staged_bytes", "removed_blobs"}
 
 @pytest.fixture
 def reg(tmp_path, cli):
-    r = build_registry(tmp_path, [
-        dict(name="ja", files={"docs/a.md": "a\n"}),
-        dict(name="jb", depends=["ja"], provides=["jvirt"], files={"docs/b.md": "b\n"}),
-    ])
+    r = build_registry(
+        tmp_path,
+        [
+            dict(name="ja", files={"docs/a.md": "a\n"}),
+            dict(name="jb", depends=["ja"], provides=["jvirt"], files={"docs/b.md": "b\n"}),
+        ],
+    )
     use_registry(cli, r)
     return r
 
@@ -84,8 +99,19 @@ def test_show_shape(reg, cli):
     assert set(d["installed"]) == INSTALLED_PKG | {"license", "maintainer", "description", "archive_sha256", "files"}
     assert set(d["installed"]["files"][0]) == {"path", "sha256", "size"}
     assert set(d["available"][0]) == {
-        "name", "version", "kind", "summary", "depends", "conflicts", "provides", "base",
-        "source", "filename", "size", "sha256", "installed",
+        "name",
+        "version",
+        "kind",
+        "summary",
+        "depends",
+        "conflicts",
+        "provides",
+        "base",
+        "source",
+        "filename",
+        "size",
+        "sha256",
+        "installed",
     }
 
 

@@ -20,9 +20,9 @@ import sys
 import time
 
 import pytest
-from installtools import build_registry, check_consistent, installed_set, pending_transactions, use_registry
 
 from llmos_cli.state.transaction import STEPS
+from tests.helpers.installtools import build_registry, check_consistent, installed_set, pending_transactions, use_registry
 
 S0: dict[str, str] = {}
 S1 = {"kk-base": "1.0.0", "kk-dep": "1.0.0", "kk-lib": "1.0.0"}
@@ -52,13 +52,16 @@ def shared_docs(prefix: str, n: int) -> dict[str, str]:
 @pytest.fixture
 def kill_reg(tmp_path, cli):
     common = shared_docs("common", 6)
-    reg = build_registry(tmp_path, [
-        dict(name="kk-base", kind="model"),
-        dict(name="kk-dep", files={**common, **shared_docs("dep1-", 12)}),
-        dict(name="kk-lib", depends=["kk-dep<2"], base="kk-base", files={**common, **shared_docs("lib1-", 20)}),
-        dict(name="kk-dep", version="2.0.0", files={**common, **shared_docs("dep2-", 12)}),
-        dict(name="kk-lib", version="2.0.0", depends=["kk-dep>=2"], base="kk-base", files={**common, **shared_docs("lib2-", 20)}),
-    ])
+    reg = build_registry(
+        tmp_path,
+        [
+            dict(name="kk-base", kind="model"),
+            dict(name="kk-dep", files={**common, **shared_docs("dep1-", 12)}),
+            dict(name="kk-lib", depends=["kk-dep<2"], base="kk-base", files={**common, **shared_docs("lib1-", 20)}),
+            dict(name="kk-dep", version="2.0.0", files={**common, **shared_docs("dep2-", 12)}),
+            dict(name="kk-lib", version="2.0.0", depends=["kk-dep>=2"], base="kk-base", files={**common, **shared_docs("lib2-", 20)}),
+        ],
+    )
     use_registry(cli, reg)
     return reg
 
@@ -67,7 +70,11 @@ def spawn(args, env_extra: dict[str, str]) -> subprocess.Popen:
     env = dict(os.environ, **env_extra)
     return subprocess.Popen(
         [sys.executable, "-m", "llmos_cli", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -86,6 +93,7 @@ def recover_and_check(cli, home, before, after, context: str) -> dict[str, str]:
     return state
 
 
+@pytest.mark.slow
 def test_crash_at_every_step(kill_reg, cli, llmos_home):
     """Deterministic: os._exit(137) at each named step of install, upgrade and remove."""
     always = {"locked", "journal", "fetched", "staged", "db-written", "committed", "done"}
@@ -117,6 +125,7 @@ def test_crash_at_every_step(kill_reg, cli, llmos_home):
     assert ("install", "staging") in covered and ("upgrade", "gc") in covered and ("remove", "gc") in covered
 
 
+@pytest.mark.slow
 def test_random_sigkill(kill_reg, cli, llmos_home):
     """Random: SIGKILL after a random delay, many times, walking the install/upgrade/remove/autoremove cycle."""
     seed = int(os.environ.get("LLMOS_KILL_SEED", "0")) or random.randrange(1, 1 << 30)

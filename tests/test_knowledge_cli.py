@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import write_tiny_llama
+from tests.helpers.fixtures_models import write_tiny_llama
 
 HEART = """# Heart
 
@@ -35,12 +35,18 @@ def _install_library(cli, tmp_path: Path, write_source, name: str, files: dict, 
 @pytest.fixture
 def installed(cli, tmp_path, write_source):
     _install_library(
-        cli, tmp_path, write_source, "cardio",
+        cli,
+        tmp_path,
+        write_source,
+        "cardio",
         {"docs/heart.md": HEART, "glossary.toml": '[terms.troponin]\ndefinition = "A heart-muscle protein."\n'},
         {"knowledge": {"documents": ["docs/*.md"], "chunk_size": 30}, "glossary": {"file": "glossary.toml"}},
     )
     _install_library(
-        cli, tmp_path, write_source, "renal",
+        cli,
+        tmp_path,
+        write_source,
+        "renal",
         {"docs/kidney.txt": RENAL, "tools/weather.py": WEATHER},
         {
             "knowledge": {"documents": ["docs/*.txt"]},

@@ -74,12 +74,12 @@ def test_several_glossaries_keep_attribution_and_drop_duplicates():
     "text, message",
     [
         ("not toml [", "not valid TOML"),
-        ('[terms]\nx = 3\n', "must be a string or a table"),
+        ("[terms]\nx = 3\n", "must be a string or a table"),
         ('[terms.x]\naliases = ["y"]\n', "definition: missing"),
         ('[terms.x]\ndefinition = "d"\nsynonyms = ["y"]\n', "unknown key"),
         ('[terms.x]\ndefinition = "d"\naliases = "y"\n', "aliases: must be a list"),
         ('[terms]\na = "d"\n[terms.b]\ndefinition = "e"\naliases = ["A"]\n', "also a form of 'a'"),
-        ('[other]\nx = 1\n', "unknown top-level key"),
+        ("[other]\nx = 1\n", "unknown top-level key"),
         ('[terms]\nx = "' + "d" * 2100 + '"\n', "keep definitions short"),
     ],
 )

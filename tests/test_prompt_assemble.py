@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import write_tiny_llama
 from llmos_cli.errors import ContextOverflow, UsageError
 from llmos_cli.knowledge.indexer import build_artifacts
 from llmos_cli.knowledge.libraries import LibraryView
@@ -14,10 +13,9 @@ from llmos_cli.pkg.manifest import load_manifest
 from llmos_cli.prompt.assemble import PromptRequest, assemble, parse_knowledge_option
 from llmos_cli.prompt.explain import explain_json, explain_text
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine
+from tests.helpers.fixtures_models import write_tiny_llama
 
-HEART = "\n\n".join(
-    f"## Part {i}\n\nThe heart part {i} has a note about troponin level {i} and the chest pain of patient {i}." for i in range(1, 13)
-)
+HEART = "\n\n".join(f"## Part {i}\n\nThe heart part {i} has a note about troponin level {i} and the chest pain of patient {i}." for i in range(1, 13))
 GLOSSARY = """
 [terms.troponin]
 definition = "A heart protein. It rises in the blood after damage to heart muscle, within hours, and stays high for days."

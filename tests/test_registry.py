@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 
+from llmos_cli.app.build import build_package
 from llmos_cli.errors import InvalidPackageError
-from llmos_cli.pkg.archive import build_package
 from llmos_cli.registry.index import INDEX_SCHEMA, Index, IndexEntry, build_index, write_index
 
 
 def make_registry(tmp_path: Path, write_source) -> Path:
-    from pkgtools import minimal_gguf
+    from tests.helpers.pkgtools import minimal_gguf
 
     reg = tmp_path / "reg"
     srcs = tmp_path / "srcs"
@@ -56,9 +57,9 @@ def test_version_counter_and_expiry(tmp_path, write_source):
     assert res.version == 3
     idx = Index.from_bytes((reg / "index.json").read_bytes(), "test")
     assert idx.expires is not None and not idx.is_expired()
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    assert idx.is_expired(datetime.now(timezone.utc) + timedelta(days=8))
+    assert idx.is_expired(datetime.now(UTC) + timedelta(days=8))
 
 
 def test_round_trip(tmp_path, write_source):
@@ -76,7 +77,10 @@ def test_round_trip(tmp_path, write_source):
 
 def _valid() -> dict:
     return {
-        "schema": 1, "created": "2026-01-01T00:00:00Z", "version": 3, "expires": None,
+        "schema": 1,
+        "created": "2026-01-01T00:00:00Z",
+        "version": 3,
+        "expires": None,
         "packages": [{"name": "a", "version": "1.0", "kind": "library", "filename": "a_1.0.llmos", "size": 10, "sha256": "0" * 64}],
     }
 

@@ -7,7 +7,6 @@ import os
 from contextlib import contextmanager
 
 import pytest
-from httpserver import RegistryServer
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError
 from llmos_cli.progress import NullReporter, RecordingReporter
@@ -19,6 +18,7 @@ from llmos_cli.registry.download import (
     fetch_bytes,
     list_cache,
 )
+from tests.helpers.httpserver import RegistryServer
 
 FAST = HttpSettings(timeout=1.0, retries=1, backoff=0.0)
 
@@ -197,9 +197,7 @@ def test_fetch_all_moves_one_total_bar(served, tmp_path):
 
     srv, data = served
     sha = hashlib.sha256(data).hexdigest()
-    entry = IndexEntry.from_json(
-        {"name": "a", "version": "1.0", "kind": "library", "filename": "pool/a.llmos", "size": len(data), "sha256": sha}
-    )
+    entry = IndexEntry.from_json({"name": "a", "version": "1.0", "kind": "library", "filename": "pool/a.llmos", "size": len(data), "sha256": sha})
     src = HttpSource(SourceRow("s", srv.url, "http", None, True, True, 0, "", None, None, None))
     rep = _Counting()
     cache = tmp_path / "cache"

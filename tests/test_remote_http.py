@@ -7,15 +7,15 @@ the installed state (packages, files, store) exactly as it was.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from httpserver import RegistryServer
-from installtools import archive_path, build_registry, db_rows, store_listing
 
 from llmos_cli.errors import ExitCode
 from llmos_cli.registry.index import Index, utc_iso
 from llmos_cli.registry.signing import generate_key, sign_index
+from tests.helpers.httpserver import RegistryServer
+from tests.helpers.installtools import archive_path, build_registry, db_rows, store_listing
 
 PACKAGES = [
     {"name": "tiny-chat", "kind": "model"},
@@ -196,7 +196,7 @@ def test_source_without_key_needs_allow_unsigned(web, cli, llmos_home):
 def test_expired_index_warns(web, cli, llmos_home):
     index = Index.from_bytes((web.reg / "index.json").read_bytes(), "test")
     index.version += 1
-    index.expires = utc_iso(datetime.now(timezone.utc) - timedelta(days=2))
+    index.expires = utc_iso(datetime.now(UTC) - timedelta(days=2))
     raw = index.to_bytes()
     web.replace["index.json"], web.replace["index.json.sig"] = raw, sign_index(raw, web.key)
     r = cli("update", "--json")

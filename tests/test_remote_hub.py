@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from httpserver import FakeHub, RegistryServer
-from installtools import db_rows, store_listing
 
 from llmos_cli.errors import ExitCode
+from tests.helpers.httpserver import FakeHub, RegistryServer
+from tests.helpers.installtools import db_rows, store_listing
 
 REPO = "team/reg"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from httpserver import RegistryServer
-from installtools import db_rows
 
 from llmos_cli.errors import ExitCode
 from llmos_cli.registry.index import Index
+from tests.helpers.httpserver import RegistryServer
+from tests.helpers.installtools import db_rows
 
 
 def _err(r) -> str:

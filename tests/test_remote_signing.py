@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -97,7 +97,7 @@ def test_trust_policy(keys):
     assert "--key" in exc.value.hint
     check_index_trust(_row(None, allow_unsigned=True), _index(), RAW, None, None, rep)
     assert not [m for lvl, m in rep.messages if lvl == "warning"]
-    past = utc_iso(datetime.now(timezone.utc) - timedelta(days=1))
+    past = utc_iso(datetime.now(UTC) - timedelta(days=1))
     check_index_trust(_row(apub), _index(expires=past), RAW, sig, None, rep)
     assert any("expired" in m and "frozen" in m for lvl, m in rep.messages if lvl == "warning")
     assert key_id(b"\0" * 32) != key_id(b"\1" * 32)

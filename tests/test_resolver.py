@@ -598,8 +598,7 @@ def test_long_explanation_keeps_the_request_and_the_cause_in_the_message():
     expl = exc.value.details["explanation"]
     assert len(expl) == 23 and expl[0] == "you asked for c00" and expl[1] == "c00 1.0 depends on c01"
     assert exc.value.message == (
-        "cannot install c00: you asked for c00; ... (20 more steps) ...; "
-        "c20 1.0 conflicts with anchor (anchor 1.0); anchor 1.0 is installed and held"
+        "cannot install c00: you asked for c00; ... (20 more steps) ...; c20 1.0 conflicts with anchor (anchor 1.0); anchor 1.0 is installed and held"
     )
 
 
@@ -671,9 +670,7 @@ def scenarios(draw):
             base = None
             if kinds[name] == "library" and draw(st.booleans()):
                 base = draw(st.sampled_from([m for m in models if m != name] + others[:1]))
-            universe.append(
-                pkg(f"{name}={major}.0", kind=kinds[name], depends=depends, conflicts=conflicts, provides=provides, base=base)
-            )
+            universe.append(pkg(f"{name}={major}.0", kind=kinds[name], depends=depends, conflicts=conflicts, provides=provides, base=base))
     by_name: dict[str, list[Candidate]] = {}
     for c in universe:
         by_name.setdefault(c.meta.name, []).append(c)
@@ -723,11 +720,7 @@ def _cost(state: dict[str, PackageMeta], universe, inst, request) -> tuple[int, 
     upgrading = {n for n, i in inst.items() if (request.upgrade_all or n in request.upgrade) and not i.held} - removing
     removed = sum(1 for n, i in inst.items() if n not in removing and not i.held and n not in state)
     rank = sum(newest[n].index(state[n].version) for n in upgrading if n in state)
-    changed = sum(
-        1
-        for n, i in inst.items()
-        if n not in removing | upgrading and not i.held and n in state and state[n].version != i.meta.version
-    )
+    changed = sum(1 for n, i in inst.items() if n not in removing | upgrading and not i.held and n in state and state[n].version != i.meta.version)
     return removed, rank, changed
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import write_lora, write_tiny_llama
 from llmos_cli.errors import AbiError, InvalidPackageError
 from llmos_cli.gguf_info import read_header, read_metadata
 from llmos_cli.runtime.abi import check_adapter, ensure_adapter_fits, lora_rank, lora_targets
+from tests.helpers.fixtures_models import write_lora, write_tiny_llama
 
-pytest_plugins = ["fixtures_models"]  # tiny_model, tiny_lora, tiny_lora2
+pytest_plugins = ["tests.helpers.fixtures_models"]  # tiny_model, tiny_lora, tiny_lora2
 
 
 # ---------------------------------------------------------------- the reader
@@ -143,9 +143,7 @@ def test_llama_cpp_agrees(tmp_path, tiny_model, tiny_lora, tiny_lora2):
     files = {label: str(lora.path) for label, (lora, _code) in broken.items()}
     files["good-a"] = str(tiny_lora.path)
     files["good-b"] = str(tiny_lora2.path)
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(tiny_model.path), json.dumps(files)], capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(tiny_model.path), json.dumps(files)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout[-500:], proc.stderr[-2000:])
     loaded: dict[str, bool] = {}
     for line in proc.stdout.splitlines():

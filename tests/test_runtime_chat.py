@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import write_real_vocab_model
 from llmos_cli.errors import RuntimeFailure
 from llmos_cli.runtime.chat import render_chat
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
+from tests.helpers.fixtures_models import write_real_vocab_model
 
-pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
+pytest_plugins = ["tests.helpers.fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 CONVO = [{"role": "system", "content": "SYSTEXT"}, {"role": "user", "content": "Hi there USERTEXT"}]
 
 
+@pytest.mark.slow
 def test_every_shipped_template_renders_or_fails_cleanly(llama_sdist):
     names = llama_sdist.templates()
     assert len(names) >= 50

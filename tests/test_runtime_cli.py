@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import write_lora, write_tiny_llama
 from llmos_cli.errors import ExitCode
+from tests.helpers.fixtures_models import write_lora, write_tiny_llama
 
 RUN_KEYS = {"text", "finish_reason", "model", "libraries", "usage", "timings", "device", "seed", "sampling", "extra"}
 
@@ -249,7 +249,7 @@ def test_models_llama_cpp_cannot_load(installed, llmos_proc, tmp_path):
     """Readable GGUF headers that llama.cpp still refuses: a clean RUNTIME error, not a crash."""
     import numpy as np
 
-    from fixtures_models import HParams, _write_model, tiny_tokenizer
+    from tests.helpers.fixtures_models import HParams, _write_model, tiny_tokenizer
 
     base = installed["base"]
     no_q = {k: v for k, v in base.weights.items() if k != "blk.1.attn_q.weight"}
@@ -266,7 +266,10 @@ def test_binary_stdin_is_not_an_error(installed, llmos_proc):
 
     p = subprocess.run(
         [sys.executable, "-m", "llmos_cli", "run", "what is this", "--json", "-n", "2"],
-        input=b"\xff\xfe binary \x00 junk", capture_output=True, timeout=300, env=dict(os.environ),
+        input=b"\xff\xfe binary \x00 junk",
+        capture_output=True,
+        timeout=300,
+        env=dict(os.environ),
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout)["data"]["usage"]["prompt_tokens"] > 10
@@ -336,7 +339,10 @@ def test_runtime_commands_do_not_import_llama_cpp_for_help():
 def test_model_package_parameters_are_run_defaults(cli, models, llmos_proc, tmp_path, write_source):
     """[model.parameters] in a model package default the sampling; the command line wins."""
     folder = write_source(
-        tmp_path / "src", "tuned", "1.0", "model",
+        tmp_path / "src",
+        "tuned",
+        "1.0",
+        "model",
         files={"model.gguf": models["base"].path.read_bytes()},
         extra={"model": {"file": "model.gguf", "parameters": {"temperature": 0.0, "max_tokens": 3, "top_p": 0.5}}},
     )

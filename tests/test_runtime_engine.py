@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import write_lora
 from llmos_cli.errors import AbiError, ContextOverflow, InvalidPackageError, RuntimeFailure, UsageError
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams, _StopScanner, plan_device
+from tests.helpers.fixtures_models import write_lora
 
-pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
+pytest_plugins = ["tests.helpers.fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
 
@@ -118,7 +118,7 @@ def test_adapter_lifetime(tiny_model, tiny_lora, tmp_path):
     finally:
         e.close()  # takes the adapter out of the context and frees it before the model
     with pytest.raises(RuntimeFailure):
-        e.n_ctx
+        _ = e.n_ctx
 
 
 def test_model_file_checks(tmp_path, tiny_model, tiny_lora):

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures_models import merged_weights, reference_logits, write_lora, write_weights
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
+from tests.helpers.fixtures_models import merged_weights, reference_logits, write_lora, write_weights
 
-pytest_plugins = ["fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
+pytest_plugins = ["tests.helpers.fixtures_models"]  # its fixtures: tiny_model, tiny_lora, tiny_lora2, llama_sdist, real_vocab_model
 
 OPTS = EngineOptions(n_ctx=128, kv_type="f32", logits_all=True)
 TEXT = "hello world, the model answers the question"

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from llmos_cli.app.build import build_package
 from llmos_cli.errors import IntegrityError, NotFoundError, UsageError
 from llmos_cli.paths import get_paths
-from llmos_cli.pkg.archive import build_package
 from llmos_cli.registry import lists
 from llmos_cli.registry.index import Index, write_index
-from llmos_cli.registry.sources import DirectorySource, kind_for_url, make_source
+from llmos_cli.registry.kinds import make_source
+from llmos_cli.registry.sources import DirectorySource, kind_for_url
 from llmos_cli.state.db import SourceRow, StateDB
 
 
@@ -128,8 +129,7 @@ def test_update_stores_exact_index_and_version(tmp_path, write_source, cli):
     r = cli("update", "local", "--json")
     assert r.exit_code == 0, r
     (s,) = r.json()["data"]["sources"]
-    assert s == {"name": "local", "ok": True, "version": 1, "previous_version": None, "packages": 2,
-                 "changed": True, "signed": False, "error": None}
+    assert s == {"name": "local", "ok": True, "version": 1, "previous_version": None, "packages": 2, "changed": True, "signed": False, "error": None}
     paths = get_paths()
     assert lists.list_path(paths, "local").read_bytes() == (reg / "index.json").read_bytes()
     assert sources_json(cli)["local"]["index_version"] == 1

@@ -16,8 +16,7 @@ from llmos_cli.tools.spec import ToolSpec
 SCRIPTS = {
     "tools/echo.py": "import json, sys\nargs = json.load(sys.stdin)\nprint(json.dumps({'got': args}))\n",
     "tools/env.py": (
-        "import json, os, sys\njson.load(sys.stdin)\n"
-        "print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), 'files': sorted(os.listdir('tools'))}))\n"
+        "import json, os, sys\njson.load(sys.stdin)\nprint(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), 'files': sorted(os.listdir('tools'))}))\n"
     ),
     "tools/hang.py": "import time\ntime.sleep(60)\n",
     "tools/flood.py": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
@@ -37,8 +36,14 @@ def lib(tmp_path, write_source) -> LibraryView:
 
 def spec(lib, script: str, *args: str, **kw) -> ToolSpec:
     return ToolSpec(
-        name=Path(script).stem, description="t", parameters={"type": "object"}, source="toolbox", kind="command",
-        command=["python", f"tools/{script}", *args], library=lib, **kw,
+        name=Path(script).stem,
+        description="t",
+        parameters={"type": "object"},
+        source="toolbox",
+        kind="command",
+        command=["python", f"tools/{script}", *args],
+        library=lib,
+        **kw,
     )
 
 

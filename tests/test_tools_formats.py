@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import llama_sdist  # noqa: F401  (fixture)
 from llmos_cli.runtime.chat import render_chat
 from llmos_cli.tools.formats import (
     GENERIC,
@@ -17,6 +16,7 @@ from llmos_cli.tools.formats import (
     prepare_chat,
     tool_message,
 )
+from tests.helpers.fixtures_models import llama_sdist  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_hermes_calls():
     calls = HERMES.parse(text)
     assert [(c.name, c.arguments, c.error) for c in calls] == [("weather", {"city": "Oslo"}, None), ("calc", {"x": 1}, None)]
     assert all(len(c.id) == 9 and c.id.isalnum() for c in calls)
-    bad = HERMES.parse("<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \n</tool_call>")
+    bad = HERMES.parse('<tool_call>\n{"name": "weather", "arguments": {"city": \n</tool_call>')
     assert len(bad) == 1 and bad[0].error and "not valid JSON" in bad[0].error
     assert HERMES.parse("no calls here") == []
     assert HERMES.parse('<tool_call>{"arguments": {}}</tool_call>')[0].error == 'a call must be a JSON object with a "name" string'
@@ -73,15 +73,35 @@ def test_render_then_parse_round_trips():
         assert (back.name, back.arguments) == ("weather", {"city": "Oslo"})
 
 
-TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }
+]
 
 
 @pytest.mark.parametrize(
     "template, expect_tools, expect_call, expect_result",
     [
-        ("Qwen-Qwen2.5-7B-Instruct", '"name": "weather"', '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>', "<tool_response>\n{\"temp\": 3}\n</tool_response>"),
-        ("meta-llama-Llama-3.2-3B-Instruct", '"name": "weather"', '{"name": "weather", "parameters": {"city": "Oslo"}}', "<|start_header_id|>ipython<|end_header_id|>\n\n{\"temp\": 3}"),
-        ("mistralai-Mistral-Nemo-Instruct-2407", "[AVAILABLE_TOOLS]", '[TOOL_CALLS][{"name": "weather", "arguments": {"city": "Oslo"}', '[TOOL_RESULTS]{"content": {"temp": 3}'),
+        (
+            "Qwen-Qwen2.5-7B-Instruct",
+            '"name": "weather"',
+            '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+            '<tool_response>\n{"temp": 3}\n</tool_response>',
+        ),
+        (
+            "meta-llama-Llama-3.2-3B-Instruct",
+            '"name": "weather"',
+            '{"name": "weather", "parameters": {"city": "Oslo"}}',
+            '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 3}',
+        ),
+        (
+            "mistralai-Mistral-Nemo-Instruct-2407",
+            "[AVAILABLE_TOOLS]",
+            '[TOOL_CALLS][{"name": "weather", "arguments": {"city": "Oslo"}',
+            '[TOOL_RESULTS]{"content": {"temp": 3}',
+        ),
     ],
 )
 def test_conversation_with_a_call_renders_through_real_templates(llama_sdist, template, expect_tools, expect_call, expect_result):

@@ -7,10 +7,10 @@ import json
 import jsonschema
 import pytest
 
-from fixtures_models import write_tiny_llama
 from llmos_cli.errors import RuntimeFailure, ToolError
+from llmos_cli.gbnf import SchemaNotExpressible, arguments_grammar, call_grammar, gbnf_literal, validate_grammar
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
-from llmos_cli.tools.grammar import SchemaNotExpressible, arguments_grammar, call_grammar, gbnf_literal, validate_grammar
+from tests.helpers.fixtures_models import write_tiny_llama
 
 SCHEMAS = {
     "empty": {"type": "object", "properties": {}},
@@ -34,7 +34,9 @@ SCHEMAS = {
     },
     "nested_refs_and_nullable": {
         "type": "object",
-        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99}, "y": {"const": 0}}, "required": ["x", "y"]}},
+        "$defs": {
+            "Point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99}, "y": {"const": 0}}, "required": ["x", "y"]}
+        },
         "properties": {
             "p": {"$ref": "#/$defs/Point"},
             "note": {"anyOf": [{"type": "string", "maxLength": 4}, {"type": "null"}]},

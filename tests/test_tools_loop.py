@@ -14,15 +14,15 @@ import json
 import jsonschema
 import pytest
 
-from fixtures_models import llama_sdist, write_real_vocab_model  # noqa: F401  (fixture)
 from llmos_cli.errors import ToolError, UsageError
+from llmos_cli.gbnf import SchemaNotExpressible
 from llmos_cli.knowledge.libraries import LibraryView
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
 from llmos_cli.tools.formats import HERMES
-from llmos_cli.tools.grammar import SchemaNotExpressible
 from llmos_cli.tools.loop import LoopOptions, execute_calls, run_tool_loop
 from llmos_cli.tools.permissions import Policy
 from llmos_cli.tools.registry import ToolSet
+from tests.helpers.fixtures_models import llama_sdist, write_real_vocab_model  # noqa: F401  (fixture)
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -34,10 +34,7 @@ WEATHER_SCHEMA = {
     "additionalProperties": False,
 }
 SCRIPTS = {
-    "tools/weather.py": (
-        "import json, sys\nargs = json.load(sys.stdin)\n"
-        "print(json.dumps({'city': args['city'], 'forecast': ['sunny'] * args['days']}))\n"
-    ),
+    "tools/weather.py": ("import json, sys\nargs = json.load(sys.stdin)\nprint(json.dumps({'city': args['city'], 'forecast': ['sunny'] * args['days']}))\n"),
     "tools/broken.py": "import sys\nsys.stderr.write('station offline\\n')\nsys.exit(2)\n",
 }
 FAMILIES = {
@@ -54,7 +51,7 @@ def _decl(name: str, script: str, schema: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def weather_lib(tmp_path_factory):
-    from pkgtools import write_source
+    from tests.helpers.pkgtools import write_source
 
     folder = write_source(
         tmp_path_factory.mktemp("lib"),
@@ -215,8 +212,12 @@ def test_lookup_tool_reads_the_knowledge(qwen, tmp_path, write_source):
     from llmos_cli.knowledge.indexer import build_artifacts
     from llmos_cli.pkg.manifest import load_manifest
 
-    folder = write_source(tmp_path, "atlas", files={"docs/oslo.md": "# Oslo\n\nOslo is the capital of Norway, on the Oslofjord."},
-                          extra={"knowledge": {"documents": ["docs/*.md"]}})
+    folder = write_source(
+        tmp_path,
+        "atlas",
+        files={"docs/oslo.md": "# Oslo\n\nOslo is the capital of Norway, on the Oslofjord."},
+        extra={"knowledge": {"documents": ["docs/*.md"]}},
+    )
     for rel, data in build_artifacts(load_manifest(folder), folder).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)

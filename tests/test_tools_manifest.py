@@ -36,8 +36,14 @@ def test_valid_tools_and_mcp_pass():
         ('[[mcp]]\nname = "s"\ncommand = []\ntools = ["a"]\n', "mcp[0].command: must be a non-empty list"),
         ('[[mcp]]\nname = "s"\ncommand = ["p"]\n', "mcp[0].tools: must list the server's tools"),
         ('[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["a b"]\n', "mcp[0].tools: 'a b' is not a valid tool name"),
-        ('[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["a"]\n[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["b"]\n', "mcp[1].name: MCP server 's' declared twice"),
-        ('[[tools]]\nname = "a"\ndescription = "d"\ncommand = ["x"]\n[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["a"]\n', "mcp[0].tools: tool 'a' declared twice"),
+        (
+            '[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["a"]\n[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["b"]\n',
+            "mcp[1].name: MCP server 's' declared twice",
+        ),
+        (
+            '[[tools]]\nname = "a"\ndescription = "d"\ncommand = ["x"]\n[[mcp]]\nname = "s"\ncommand = ["p"]\ntools = ["a"]\n',
+            "mcp[0].tools: tool 'a' declared twice",
+        ),
         ('[mcp]\nname = "s"\n', "mcp: must be an array of tables"),
         ('[knowledge]\ndocuments = ["*.md"]\nchunk_size = 50\nchunk_overlap = 60\n', "knowledge.chunk_overlap: must be smaller than chunk_size (50)"),
         ('[knowledge]\ndocuments = ["*.md"]\nchunk_size = 0\n', "knowledge.chunk_size: must be at least 1"),

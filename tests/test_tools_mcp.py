@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_models import llama_sdist, write_real_vocab_model  # noqa: F401  (fixture)
 from llmos_cli.errors import ToolError
 from llmos_cli.knowledge.libraries import LibraryView
 from llmos_cli.runtime.engine import EngineOptions, LlamaCppEngine, SamplingParams
 from llmos_cli.tools.loop import LoopOptions, run_tool_loop
 from llmos_cli.tools.permissions import Policy
 from llmos_cli.tools.registry import ToolSet
+from tests.helpers.fixtures_models import llama_sdist, write_real_vocab_model  # noqa: F401  (fixture)
 
 SERVER = '''
 import os, time
@@ -54,7 +54,9 @@ srv.run()
 
 def _lib(tmp_path, write_source, name="units", tools=("convert", "slow", "fail", "env"), command=None, **extra) -> LibraryView:
     decl = {"name": "units-srv", "command": command or ["python", "mcp/server.py"], "tools": list(tools), "timeout": 5, **extra}
-    folder = write_source(tmp_path, name, files={"mcp/server.py": SERVER, "mcp/crash.py": "raise SystemExit('cannot start: no config')\n"}, extra={"mcp": [decl]})
+    folder = write_source(
+        tmp_path, name, files={"mcp/server.py": SERVER, "mcp/crash.py": "raise SystemExit('cannot start: no config')\n"}, extra={"mcp": [decl]}
+    )
     return LibraryView.from_folder(folder)
 
 

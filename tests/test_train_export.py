@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from trainkit import llama_logits, make_base, rel_err, require_train_extra
+from tests.helpers.trainkit import llama_logits, make_base, rel_err, require_train_extra
 
 require_train_extra()
 

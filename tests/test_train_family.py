@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainkit import make_base, require_train_extra, write_library
+from tests.helpers.trainkit import make_base, require_train_extra, write_library
 
 require_train_extra()
 
@@ -24,8 +24,24 @@ def _family(tmp_path):
 def test_family_order_and_companions(base, tmp_path, cli):
     core, top, side = _family(tmp_path)
     # given out of order: the dependency (through a virtual name) is trained first
-    r = cli("train", str(top), str(side), str(core), "--base", str(base.gguf), "--steps", "4", "--rounds", "1",
-            "--cotrain-steps", "2", "--threads", "1", "--no-eval", "--json")
+    r = cli(
+        "train",
+        str(top),
+        str(side),
+        str(core),
+        "--base",
+        str(base.gguf),
+        "--steps",
+        "4",
+        "--rounds",
+        "1",
+        "--cotrain-steps",
+        "2",
+        "--threads",
+        "1",
+        "--no-eval",
+        "--json",
+    )
     assert r.exit_code == 0, r
     data = r.json()["data"]
     assert data["order"] == ["core-lib", "top-lib", "side-lib"]
@@ -48,8 +64,9 @@ def test_cotraining_changes_each_adapter_and_skip_first_keeps_the_start(base, tm
     r = cli("train", str(core), str(top), str(side), "--base", str(base.gguf), "--steps", "4", "--rounds", "0", "--threads", "1", "--no-eval")
     assert r.exit_code == 0, r
     first = {p.name: (p / "adapter.gguf").read_bytes() for p in (core, top, side)}
-    r = cli("train", str(core), str(top), str(side), "--base", str(base.gguf), "--skip-first", "--rounds", "1",
-            "--cotrain-steps", "2", "--threads", "1", "--json")
+    r = cli(
+        "train", str(core), str(top), str(side), "--base", str(base.gguf), "--skip-first", "--rounds", "1", "--cotrain-steps", "2", "--threads", "1", "--json"
+    )
     assert r.exit_code == 0, r
     assert r.json()["data"]["first"] == []
     for p in (core, top, side):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from trainkit import make_base, require_train_extra, write_library
+from tests.helpers.trainkit import make_base, require_train_extra, write_library
 
 require_train_extra()
 
@@ -106,7 +106,7 @@ def test_without_the_train_extra_the_message_names_it(tmp_path):
 def test_companion_adapters_are_used_but_not_exported(base, tmp_path, cli):
     """A frozen companion changes what the new adapter learns; only the new adapter is written."""
     from llmos_cli.gguf_info import read_header
-    from trainkit import random_adapter
+    from tests.helpers.trainkit import random_adapter
 
     comp = random_adapter(base, tmp_path / "comp.gguf", rank=3, targets=["q_proj", "down_proj"], seed=9)
     lib = write_library(tmp_path)
@@ -168,8 +168,12 @@ def test_init_continues_from_an_existing_adapter(base, tmp_path, cli):
     lib = write_library(tmp_path)
     first = train_library(lib, str(base.gguf), overrides={"steps": 40}, threads=1, out=tmp_path / "first.gguf", evaluate=False)
     again = train_library(
-        lib, str(base.gguf), overrides={"steps": 1, "lr": 1e-12, "init": str(tmp_path / "first.gguf")},
-        threads=1, out=tmp_path / "again.gguf", evaluate=False,
+        lib,
+        str(base.gguf),
+        overrides={"steps": 1, "lr": 1e-12, "init": str(tmp_path / "first.gguf")},
+        threads=1,
+        out=tmp_path / "again.gguf",
+        evaluate=False,
     )
     assert again.loss_start == pytest.approx(first.loss_end, rel=1e-4)
     assert again.loss_start < first.loss_start - 0.1  # starts where the first run ended
@@ -180,8 +184,12 @@ def test_init_continues_from_an_existing_adapter(base, tmp_path, cli):
         np.testing.assert_allclose(two[k][1], one[k][1], atol=1e-6)
     # a different alpha is folded into B: the same change, whatever the scale
     other = train_library(
-        lib, str(base.gguf), overrides={"steps": 1, "lr": 1e-12, "alpha": 2.0, "init": str(tmp_path / "first.gguf")},
-        threads=1, out=tmp_path / "other.gguf", evaluate=False,
+        lib,
+        str(base.gguf),
+        overrides={"steps": 1, "lr": 1e-12, "alpha": 2.0, "init": str(tmp_path / "first.gguf")},
+        threads=1,
+        out=tmp_path / "other.gguf",
+        evaluate=False,
     )
     assert other.loss_start == pytest.approx(first.loss_end, rel=1e-4)
 
@@ -199,7 +207,7 @@ def test_each_companion_has_its_own_probability(base, tmp_path, cli):
     """PATH@0 is never on (same adapter as without it), PATH@1 always; tables work in llmos.toml."""
     from llmos_cli.pkg.manifest import load_manifest
     from llmos_cli.train.lora import TrainOptions
-    from trainkit import random_adapter
+    from tests.helpers.trainkit import random_adapter
 
     comp = random_adapter(base, tmp_path / "comp.gguf", rank=3, targets=["q_proj", "down_proj"], seed=9)
     lib = write_library(tmp_path)
@@ -263,8 +271,14 @@ def test_a_library_folder_as_companion_brings_its_questions(base, tmp_path, cli)
     outs = {}
     for tag, comps in runs.items():
         frac = 0.0 if tag == "folder-no-data" else 0.5
-        train_library(lib, str(base.gguf), overrides={**common, "companions": comps, "companion_data_fraction": frac},
-                      threads=1, out=tmp_path / f"{tag}.gguf", evaluate=False)
+        train_library(
+            lib,
+            str(base.gguf),
+            overrides={**common, "companions": comps, "companion_data_fraction": frac},
+            threads=1,
+            out=tmp_path / f"{tag}.gguf",
+            evaluate=False,
+        )
         outs[tag] = (tmp_path / f"{tag}.gguf").read_bytes()
     assert outs["folder-no-data"] == outs["gguf"]  # same adapter loaded from the folder
     assert outs["folder"] != outs["gguf"]  # its questions were trained on too

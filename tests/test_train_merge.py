@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from trainkit import llama_logits, make_base, random_adapter, rel_err, require_train_extra, write_library
+from tests.helpers.trainkit import llama_logits, make_base, random_adapter, rel_err, require_train_extra, write_library
 
 require_train_extra()
 

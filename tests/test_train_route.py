@@ -45,7 +45,7 @@ def libs(tmp_path):
 
 
 def test_glossary_term_picks_its_library(libs):
-    from llmos_cli.train.route import route
+    from llmos_cli.app.route import route
 
     got = {r.name: r for r in route("What does Zentravil treat?", libs)}
     assert got["med-lib"].scale == 0.8 and "Zentravil" in got["med-lib"].reason
@@ -54,7 +54,7 @@ def test_glossary_term_picks_its_library(libs):
 
 
 def test_knowledge_index_picks_a_library_without_glossary(libs):
-    from llmos_cli.train.route import route, score_libraries
+    from llmos_cli.app.route import route, score_libraries
 
     got = {r.name: r for r in route("When was the Harven Act passed?", libs)}
     assert got["law-lib"].scale == 1.0 and "knowledge" in got["law-lib"].reason
@@ -65,7 +65,7 @@ def test_knowledge_index_picks_a_library_without_glossary(libs):
 
 
 def test_several_libraries_and_none(libs):
-    from llmos_cli.train.route import route
+    from llmos_cli.app.route import route
 
     both = {r.name for r in route("Does Zentravil help people in Norland?", libs) if r.scale > 0}
     assert both == {"med-lib", "geo-lib"}
@@ -76,19 +76,23 @@ def test_several_libraries_and_none(libs):
 
 
 def test_library_with_nothing_to_judge_by_is_kept(tmp_path, libs):
+    from llmos_cli.app.route import route
     from llmos_cli.knowledge.libraries import LibraryView
-    from llmos_cli.train.route import route
 
     d = tmp_path / "bare"
     d.mkdir()
-    (d / "llmos.toml").write_text(tomli_w.dumps({"schema": 1, "package": {"name": "bare", "version": "1.0.0", "kind": "library", "summary": "s", "license": "MIT", "maintainer": "t <t@e.org>"}}))
+    (d / "llmos.toml").write_text(
+        tomli_w.dumps(
+            {"schema": 1, "package": {"name": "bare", "version": "1.0.0", "kind": "library", "summary": "s", "license": "MIT", "maintainer": "t <t@e.org>"}}
+        )
+    )
     got = {r.name: r for r in route("What colour is the sky?", [*libs, LibraryView.from_folder(d)])}
     assert got["bare"].scale == 1.0 and "kept" in got["bare"].reason
 
 
 def test_a_library_merely_mentioning_an_entity_is_not_chosen(tmp_path):
+    from llmos_cli.app.route import route
     from llmos_cli.knowledge.libraries import LibraryView
-    from llmos_cli.train.route import route
 
     bio = _library(tmp_path, "bio", {"Velanin": "a protein made in the liver."})
     med = _library(tmp_path, "med", {"Zentravil": "a drug that blocks Velanin and treats Morvane fever."})
@@ -104,8 +108,8 @@ def test_a_library_merely_mentioning_an_entity_is_not_chosen(tmp_path):
 def test_a_chosen_library_brings_its_dependencies(tmp_path):
     import tomllib
 
+    from llmos_cli.app.route import route
     from llmos_cli.knowledge.libraries import LibraryView
-    from llmos_cli.train.route import route
 
     bio = _library(tmp_path, "bio", {"Velanin": "a protein made in the liver."})
     med = _library(tmp_path, "med", {"Zentravil": "a drug that treats Morvane fever."})

@@ -10,13 +10,13 @@ import sys
 import textwrap
 
 import pytest
-from installtools import build_registry, check_consistent, db_rows, snapshot, store_listing, use_registry
 
 from llmos_cli.errors import IntegrityError
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.manifest import FileRecord
 from llmos_cli.state.db import StateDB, lock_held, state_lock
 from llmos_cli.state.store import Store
+from tests.helpers.installtools import build_registry, check_consistent, db_rows, snapshot, store_listing, use_registry
 
 
 def rec(data: bytes) -> FileRecord:
@@ -108,10 +108,13 @@ def hold_lock(seconds: float) -> subprocess.Popen:
 
 @pytest.fixture
 def reg(tmp_path, cli):
-    r = build_registry(tmp_path, [
-        dict(name="ta", files={"docs/a.md": "a\n"}),
-        dict(name="tb", depends=["ta"], files={f"docs/b{i}.md": f"b{i}\n" for i in range(5)}),
-    ])
+    r = build_registry(
+        tmp_path,
+        [
+            dict(name="ta", files={"docs/a.md": "a\n"}),
+            dict(name="tb", depends=["ta"], files={f"docs/b{i}.md": f"b{i}\n" for i in range(5)}),
+        ],
+    )
     use_registry(cli, r)
     return r
 

@@ -6,7 +6,8 @@ import hashlib
 import os
 
 import pytest
-from installtools import build_registry, use_registry
+
+from tests.helpers.installtools import build_registry, use_registry
 
 DOC_A = "alpha document\n"
 DOC_B = "beta document\n"
@@ -14,10 +15,13 @@ DOC_B = "beta document\n"
 
 @pytest.fixture
 def installed(tmp_path, cli, llmos_home):
-    reg = build_registry(tmp_path, [
-        dict(name="va", files={"docs/a.md": DOC_A, "docs/common.md": "common\n"}),
-        dict(name="vb", files={"docs/b.md": DOC_B, "docs/common.md": "common\n"}),
-    ])
+    reg = build_registry(
+        tmp_path,
+        [
+            dict(name="va", files={"docs/a.md": DOC_A, "docs/common.md": "common\n"}),
+            dict(name="vb", files={"docs/b.md": DOC_B, "docs/common.md": "common\n"}),
+        ],
+    )
     use_registry(cli, reg)
     r = cli("install", "va", "vb")
     assert r.exit_code == 0, r

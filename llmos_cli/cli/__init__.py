@@ -8,8 +8,7 @@ llama_cpp, torch or transformers.
 from __future__ import annotations
 
 import importlib
-import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -65,7 +64,7 @@ def build_app(only: list[str] | None = None) -> typer.Typer:
     @app.callback()
     def main(
         version: Annotated[
-            Optional[bool],
+            bool | None,
             typer.Option("--version", "-V", callback=_version_callback, is_eager=True, help="Show the version and exit."),
         ] = None,
         verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages; tracebacks on errors.")] = 0,

@@ -5,7 +5,7 @@ Every command follows one pattern::
     @app.command()
     def show(name: str, json: JsonOpt = False):
         def work():
-            from llmos_cli.pkg import ops          # heavy imports stay lazy
+            from llmos_cli.app import install as ops          # heavy imports stay lazy
             return ops.show(name)
         execute("show", json, work, render_show)
 
@@ -22,9 +22,10 @@ import enum
 import json as _json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -33,9 +34,7 @@ from llmos_cli.errors import Aborted, ExitCode, LlmosError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (versioned envelope) on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations; needed when stdin is not a terminal.")]
-SimulateOpt = Annotated[
-    bool, typer.Option("--simulate", "-s", "--dry-run", help="Print the plan and change nothing.")
-]
+SimulateOpt = Annotated[bool, typer.Option("--simulate", "-s", "--dry-run", help="Print the plan and change nothing.")]
 
 
 class State:
@@ -230,10 +229,10 @@ def execute(
             import traceback
 
             traceback.print_exc(file=sys.stderr)
-        raise typer.Exit(report_error(command, exc, json_mode))
+        raise typer.Exit(report_error(command, exc, json_mode)) from None
     except KeyboardInterrupt:
         err().print("[bold red]interrupted[/]")
-        raise typer.Exit(int(ExitCode.INTERRUPTED))
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except OSError as exc:
         from llmos_cli.errors import from_os_error
 
@@ -241,7 +240,7 @@ def execute(
             import traceback
 
             traceback.print_exc(file=sys.stderr)
-        raise typer.Exit(report_error(command, from_os_error(exc, f"running {command}"), json_mode))
+        raise typer.Exit(report_error(command, from_os_error(exc, f"running {command}"), json_mode)) from None
     code = int(getattr(result, "exit_code", 0) or 0)
     if json_mode:
         warnings = [m for lvl, m in (rep.messages if rep else []) if lvl == "warning"]

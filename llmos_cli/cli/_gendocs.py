@@ -31,7 +31,7 @@ class Cmd:
     help: str
     options: list[Opt]
     arguments: list[str]
-    subcommands: list["Cmd"]
+    subcommands: list[Cmd]
 
 
 def _first_line(text: str | None) -> str:
@@ -191,7 +191,11 @@ def fish(tree: Cmd) -> str:
             cond = "__fish_use_subcommand"
         else:
             chain = " ".join(c.path[1:])
-            cond = f"__fish_seen_subcommand_from {c.path[-1]}" if depth == 1 else f"__fish_seen_subcommand_from {c.path[-2]}; and __fish_seen_subcommand_from {c.path[-1]}"
+            cond = (
+                f"__fish_seen_subcommand_from {c.path[-1]}"
+                if depth == 1
+                else f"__fish_seen_subcommand_from {c.path[-2]}; and __fish_seen_subcommand_from {c.path[-1]}"
+            )
             del chain
         for s in c.subcommands:
             out.append(f"complete -c llmos -n '{cond}' -a {s.path[-1]} -d '{_fq(s.help)}'")
@@ -279,14 +283,28 @@ def man(tree: Cmd) -> str:
         o += [".TP", f"\\fB{int(code)}\\fR ({code.name})", _roff(exit_help.get(code.name, ""))]
     o += [
         ".SH ENVIRONMENT",
-        ".TP", "\\fBLLMOS_HOME\\fR", _roff("State directory (database, store, lists, cache). Default: the platform's user data directory."),
-        ".TP", "\\fBLLMOS_LOCK_TIMEOUT\\fR", _roff("Seconds to wait for another llmos process's lock (default 30)."),
-        ".TP", "\\fBLLMOS_DEBUG\\fR", _roff("Set to 1 to print tracebacks on errors."),
-        ".TP", "\\fBLLMOS_EMBEDDED_REGISTRY\\fR", _roff("Folder used as the embedded source instead of the registry shipped with llmos."),
-        ".TP", "\\fBNO_COLOR\\fR", _roff("Disable colour."),
+        ".TP",
+        "\\fBLLMOS_HOME\\fR",
+        _roff("State directory (database, store, lists, cache). Default: the platform's user data directory."),
+        ".TP",
+        "\\fBLLMOS_LOCK_TIMEOUT\\fR",
+        _roff("Seconds to wait for another llmos process's lock (default 30)."),
+        ".TP",
+        "\\fBLLMOS_DEBUG\\fR",
+        _roff("Set to 1 to print tracebacks on errors."),
+        ".TP",
+        "\\fBLLMOS_EMBEDDED_REGISTRY\\fR",
+        _roff("Folder used as the embedded source instead of the registry shipped with llmos."),
+        ".TP",
+        "\\fBNO_COLOR\\fR",
+        _roff("Disable colour."),
         ".SH FILES",
-        ".TP", "\\fI$LLMOS_HOME/state.db\\fR", _roff("SQLite state database: installed packages, files, marks, holds, history, sources."),
-        ".TP", "\\fI$LLMOS_HOME/store/\\fR", _roff("Content-addressed store of installed payload files."),
+        ".TP",
+        "\\fI$LLMOS_HOME/state.db\\fR",
+        _roff("SQLite state database: installed packages, files, marks, holds, history, sources."),
+        ".TP",
+        "\\fI$LLMOS_HOME/store/\\fR",
+        _roff("Content-addressed store of installed payload files."),
         ".SH SEE ALSO",
         _roff("README.md, docs/package-format.md, docs/architecture.md"),
         "",

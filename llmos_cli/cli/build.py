@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,9 +23,7 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Packaging")
     def build(
         src: Annotated[Path, typer.Argument(help="Package source folder holding llmos.toml.")],
-        output: Annotated[
-            Optional[Path], typer.Option("--output", "-o", help="Output folder (default: current) or archive file path.")
-        ] = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: current) or archive file path.")] = None,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
@@ -34,7 +32,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work() -> Any:
-            from llmos_cli.pkg import archive
+            from llmos_cli.app import build as archive
 
             if simulate:
                 manifest, payload, notes = archive.plan_build(src, rep)
@@ -68,7 +66,7 @@ def register(app: typer.Typer) -> None:
     def check(
         path: Annotated[Path, typer.Argument(help="Package source folder or .llmos archive.")],
         base: Annotated[
-            Optional[Path],
+            Path | None,
             typer.Option("--base", help="Base model (archive, source folder or .gguf) to check a library's adapter against."),
         ] = None,
         json: JsonOpt = False,
@@ -77,7 +75,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work() -> Any:
-            from llmos_cli.pkg.check import check_path
+            from llmos_cli.app.check import check_path
 
             return check_path(path, base)
 
@@ -100,10 +98,8 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Packaging")
     def index(
         directory: Annotated[Path, typer.Argument(help="Registry folder (archives anywhere below it).")],
-        sign: Annotated[Optional[Path], typer.Option("--sign", help="Secret key file to sign index.json with.")] = None,
-        expires_days: Annotated[
-            Optional[int], typer.Option("--expires-days", help="Declare the index expired after N days (freeze-attack guard).")
-        ] = None,
+        sign: Annotated[Path | None, typer.Option("--sign", help="Secret key file to sign index.json with.")] = None,
+        expires_days: Annotated[int | None, typer.Option("--expires-days", help="Declare the index expired after N days (freeze-attack guard).")] = None,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -51,9 +51,7 @@ def register(app: typer.Typer) -> None:
     @app.command("query", rich_help_panel=PANEL)
     def query(
         text: Annotated[str, typer.Argument(help="Words to search for in the attached libraries' documents.")],
-        lib: Annotated[
-            Optional[list[str]], typer.Option("--lib", "-l", help="Search only this installed library (repeatable; attached or not).")
-        ] = None,
+        lib: Annotated[list[str] | None, typer.Option("--lib", "-l", help="Search only this installed library (repeatable; attached or not).")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", help="How many chunks to show.")] = 5,
         full: Annotated[bool, typer.Option("--full", help="Print whole chunks instead of a one-line excerpt.")] = False,
         json: JsonOpt = False,
@@ -197,9 +195,9 @@ def run_prompt_options(
     no_refine: bool = False,
 ) -> Any:
     """``PromptOptions`` for ``llmos run`` from its flags (asks on a terminal only)."""
+    from llmos_cli.app.options import PromptOptions
     from llmos_cli.errors import UsageError
     from llmos_cli.prompt.assemble import parse_knowledge_option
-    from llmos_cli.prompt.options import PromptOptions
 
     if chain_limit < 0:
         raise UsageError(f"--chain-limit must be 0 or more, not {chain_limit}")

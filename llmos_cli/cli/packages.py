@@ -1,18 +1,17 @@
 """Package commands: install, remove, autoremove, upgrade, hold, unhold, list, show, search, verify, history.
 
-Parsing and rendering only; the work is in ``llmos_cli.pkg.ops`` (imported
+Parsing and rendering only; the work is in ``llmos_cli.app.install`` (imported
 inside each command so ``llmos --help`` stays fast).  Plans and messages go
 to stderr, data (tables, ``--json``, the simulated plan) to stdout.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, confirm, err, execute, out, reporter
-
 
 # ---------------------------------------------------------------- plan rendering
 
@@ -117,7 +116,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.install(list(specs), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
@@ -134,7 +133,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.remove(list(names), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
@@ -146,7 +145,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.autoremove(simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
@@ -154,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Packages")
     def upgrade(
-        names: Annotated[Optional[list[str]], typer.Argument(metavar="[NAME...]", help="Packages to upgrade (default: all not held).")] = None,
+        names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to upgrade (default: all not held).")] = None,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
         json: JsonOpt = False,
@@ -163,7 +162,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.upgrade(list(names or []), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
@@ -179,7 +178,7 @@ def register(app: typer.Typer) -> None:
             rep = reporter(json)
 
             def work():
-                from llmos_cli.pkg import ops
+                from llmos_cli.app import install as ops
 
                 fn = ops.hold if value else ops.unhold
                 return fn(list(names), simulate=simulate, reporter=rep)
@@ -195,9 +194,7 @@ def register(app: typer.Typer) -> None:
 
             execute(command, json, work, human, rep=rep)
 
-        cmd.__doc__ = (
-            "Keep packages at their installed version." if value else "Let held packages be upgraded again."
-        )
+        cmd.__doc__ = "Keep packages at their installed version." if value else "Let held packages be upgraded again."
         return cmd
 
     app.command("hold", rich_help_panel="Packages")(_hold_cmd("hold", True))
@@ -205,14 +202,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("list", rich_help_panel="Packages")
     def list_(
-        kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="Only this kind: model or library.")] = None,
+        kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind: model or library.")] = None,
         json: JsonOpt = False,
     ) -> None:
         """List installed packages."""
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.list_installed(kind, reporter=rep)
 
@@ -224,7 +221,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.show(name, reporter=rep)
 
@@ -236,7 +233,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.search(text, reporter=rep)
 
@@ -244,14 +241,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Packages")
     def verify(
-        names: Annotated[Optional[list[str]], typer.Argument(metavar="[NAME...]", help="Packages to verify (default: all).")] = None,
+        names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to verify (default: all).")] = None,
         json: JsonOpt = False,
     ) -> None:
         """Re-hash installed files; exit 6 naming each changed or missing file."""
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.verify(list(names or []), reporter=rep)
 
@@ -266,7 +263,7 @@ def register(app: typer.Typer) -> None:
         rep = reporter(json)
 
         def work():
-            from llmos_cli.pkg import ops
+            from llmos_cli.app import install as ops
 
             return ops.history(limit, reporter=rep)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -11,12 +11,10 @@ from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, ou
 from llmos_cli.cli.build import _human_size as _size
 
 SignOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--sign", help="Sign the new index with this key (a .key file, or a key name in LLMOS_HOME/keys)."),
 ]
-ExpiresOpt = Annotated[
-    Optional[int], typer.Option("--expires-days", help="Declare the new index expired after N days (freeze-attack guard).")
-]
+ExpiresOpt = Annotated[int | None, typer.Option("--expires-days", help="Declare the new index expired after N days (freeze-attack guard).")]
 
 
 def _sign_path(sign: str | None) -> Path | None:
@@ -35,9 +33,7 @@ def register(app: typer.Typer) -> None:
     @key_app.command("generate")
     def key_generate(
         name: Annotated[str, typer.Argument(help="Key name; writes NAME.key (secret) and NAME.pub.")],
-        directory: Annotated[
-            Optional[Path], typer.Option("--dir", help="Folder for the key files (default: LLMOS_HOME/keys).")
-        ] = None,
+        directory: Annotated[Path | None, typer.Option("--dir", help="Folder for the key files (default: LLMOS_HOME/keys).")] = None,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
@@ -81,9 +77,7 @@ def register(app: typer.Typer) -> None:
         def work() -> Any:
             from llmos_cli.registry.publish import publish as do_publish
 
-            return do_publish(
-                list(archives), to, sign_key=_sign_path(sign), expires_days=expires_days, simulate=simulate, reporter=rep
-            )
+            return do_publish(list(archives), to, sign_key=_sign_path(sign), expires_days=expires_days, simulate=simulate, reporter=rep)
 
         def human(res: Any) -> None:
             for p in res.packages:
@@ -100,7 +94,7 @@ def register(app: typer.Typer) -> None:
     def mirror(
         source: Annotated[str, typer.Argument(help="Source name (see `llmos source list`).")],
         dest: Annotated[Path, typer.Argument(help="Folder registry to fill; usable with no network.")],
-        names: Annotated[Optional[list[str]], typer.Argument(help="Packages (with constraints) to copy with their dependencies; default: all.")] = None,
+        names: Annotated[list[str] | None, typer.Argument(help="Packages (with constraints) to copy with their dependencies; default: all.")] = None,
         print_uris: Annotated[bool, typer.Option("--print-uris", help="Print what would be fetched ('URI' file size SHA256:hash); change nothing.")] = False,
         sign: SignOpt = None,
         expires_days: ExpiresOpt = None,

@@ -9,7 +9,7 @@ to stderr.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -135,31 +135,43 @@ def _stdin_text() -> str | None:
 def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel=PANEL)
     def run(
-        prompt: Annotated[Optional[str], typer.Argument(help="The question; piped stdin text is put before it.")] = None,
-        system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full). Default: the model package's, else 256.")] = None,
-        temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy. Default: the model package's, else 0.8.")] = None,
-        top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling threshold. Default: the model package's, else 0.95.")] = None,
-        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
-        stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
-        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
-        lib: Annotated[Optional[list[str]], typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Use exactly these libraries (repeatable).")] = None,
+        prompt: Annotated[str | None, typer.Argument(help="The question; piped stdin text is put before it.")] = None,
+        system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+        max_tokens: Annotated[
+            int | None,
+            typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full). Default: the model package's, else 256."),
+        ] = None,
+        temperature: Annotated[
+            float | None, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy. Default: the model package's, else 0.8.")
+        ] = None,
+        top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling threshold. Default: the model package's, else 0.95.")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
+        stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
+        lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Use exactly these libraries (repeatable).")] = None,
         no_libs: Annotated[bool, typer.Option("--no-libs", help="Use the bare base model.")] = False,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
-        gpu_layers: Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
+        gpu_layers: Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
         ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
-        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
         # --- knowledge and tools (task F: llmos_cli/cli/knowledge.py, llmos_cli/knowledge/stages.py) ---
         knowledge: Annotated[str, typer.Option("--knowledge", metavar="off|auto|N", help="Retrieved knowledge chunks in the prompt.")] = "auto",
         explain: Annotated[bool, typer.Option("--explain", help="Print the assembled prompt with each part's token count; do not generate.")] = False,
-        allow_tool: Annotated[Optional[list[str]], typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
+        allow_tool: Annotated[list[str] | None, typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
         allow_tools: Annotated[bool, typer.Option("--allow-tools", help="Let every library tool run, except denied ones.")] = False,
-        tool_choice: Annotated[Optional[str], typer.Option("--tool-choice", metavar="auto|none|NAME", help="Let the model choose, forbid tools, or force a call of NAME.")] = None,
+        tool_choice: Annotated[
+            str | None, typer.Option("--tool-choice", metavar="auto|none|NAME", help="Let the model choose, forbid tools, or force a call of NAME.")
+        ] = None,
         chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
         tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
         # --- end knowledge and tools ---
         # --- routing (task G: llmos_cli/train/route.py) ---
-        route: Annotated[bool, typer.Option("--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why.")] = False,
+        route: Annotated[
+            bool,
+            typer.Option(
+                "--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why."
+            ),
+        ] = False,
         # --- end routing ---
         json: JsonOpt = False,
     ) -> None:
@@ -179,10 +191,10 @@ def register(app: typer.Typer) -> None:
             streamed.append(chunk)
 
         def work():
+            from llmos_cli.app.run import RunRequest
+            from llmos_cli.app.run import run as do_run
             from llmos_cli.cli.knowledge import run_prompt_options
             from llmos_cli.runtime.engine import SamplingParams
-            from llmos_cli.runtime.run import RunRequest
-            from llmos_cli.runtime.run import run as do_run
 
             given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
             req = RunRequest(
@@ -204,8 +216,13 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
                 verbose=STATE.verbose,
                 prompt_options=run_prompt_options(
-                    knowledge=knowledge, explain=explain, allow_tool=allow_tool, allow_tools=allow_tools,
-                    tool_choice=tool_choice, chain_limit=chain_limit, tools_debug=tools_debug,
+                    knowledge=knowledge,
+                    explain=explain,
+                    allow_tool=allow_tool,
+                    allow_tools=allow_tools,
+                    tool_choice=tool_choice,
+                    chain_limit=chain_limit,
+                    tools_debug=tools_debug,
                 ),
                 route=route,  # --- routing (task G) ---
             )
@@ -234,8 +251,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel=PANEL)
     def stack(
-        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the default model).")] = None,
-        lib: Annotated[Optional[list[str]], typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Show exactly these libraries.")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (default: the default model).")] = None,
+        lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Show exactly these libraries.")] = None,
         no_libs: Annotated[bool, typer.Option("--no-libs", help="Show the bare base.")] = False,
         json: JsonOpt = False,
     ) -> None:
@@ -252,7 +269,7 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel=PANEL)
     def attach(
         names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
-        scale: Annotated[Optional[float], typer.Option("--scale", help="Adapter scale (default: keep the current one).")] = None,
+        scale: Annotated[float | None, typer.Option("--scale", help="Adapter scale (default: keep the current one).")] = None,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
         json: JsonOpt = False,
@@ -287,12 +304,18 @@ def register(app: typer.Typer) -> None:
     @app.command("import-model", rich_help_panel=PANEL)
     def import_model(
         file: Annotated[str, typer.Argument(metavar="FILE.gguf", help="A local GGUF model file.")],
-        name: Annotated[Optional[str], typer.Option("--name", help="Package name (default: from the file name).")] = None,
+        name: Annotated[str | None, typer.Option("--name", help="Package name (default: from the file name).")] = None,
         version: Annotated[str, typer.Option("--version", help="Package version.")] = "1.0.0",
-        summary: Annotated[Optional[str], typer.Option("--summary", help="One-line summary.")] = None,
+        summary: Annotated[str | None, typer.Option("--summary", help="One-line summary.")] = None,
         license: Annotated[str, typer.Option("--license", help="The model's license.")] = "unknown",
         # --- from a Hugging Face checkpoint (task G: llmos_cli/train/convert.py) ---
-        from_hf: Annotated[bool, typer.Option("--from-hf", help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.")] = False,
+        from_hf: Annotated[
+            bool,
+            typer.Option(
+                "--from-hf",
+                help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.",
+            ),
+        ] = False,
         # --- end from-hf ---
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
@@ -306,7 +329,7 @@ def register(app: typer.Typer) -> None:
                 confirm("Do you want to continue?", yes)
 
         def work():
-            from llmos_cli.runtime.models import import_model as do_import
+            from llmos_cli.app.models import import_model as do_import
 
             if from_hf:  # --- from-hf (task G) ---
                 import tempfile
@@ -324,7 +347,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("default-model", rich_help_panel=PANEL)
     def default_model(
-        name: Annotated[Optional[str], typer.Argument(help="Installed model to make the default; none: show it.")] = None,
+        name: Annotated[str | None, typer.Argument(help="Installed model to make the default; none: show it.")] = None,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
         json: JsonOpt = False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,9 +27,7 @@ def _trust_label(d: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    source_app = typer.Typer(
-        help="Manage package sources (registries).", no_args_is_help=True, rich_markup_mode=None
-    )
+    source_app = typer.Typer(help="Manage package sources (registries).", no_args_is_help=True, rich_markup_mode=None)
     app.add_typer(source_app, name="source", rich_help_panel="Sources")
 
     @source_app.command("list")
@@ -66,12 +64,8 @@ def register(app: typer.Typer) -> None:
     def source_add(
         name: Annotated[str, typer.Argument(help="Name for the source.")],
         url: Annotated[str, typer.Argument(help="Folder path, file://, http(s):// or hf://owner/repo[@revision].")],
-        key: Annotated[
-            Optional[str], typer.Option("--key", help="Pin the ed25519 public key (base64, or a .pub file) that must sign the index.")
-        ] = None,
-        allow_unsigned: Annotated[
-            bool, typer.Option("--allow-unsigned", help="Allow installs from this source although its index is not signed.")
-        ] = False,
+        key: Annotated[str | None, typer.Option("--key", help="Pin the ed25519 public key (base64, or a .pub file) that must sign the index.")] = None,
+        allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="Allow installs from this source although its index is not signed.")] = False,
         priority: Annotated[int, typer.Option("--priority", help="Higher wins when sources offer the same version.")] = 0,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
@@ -120,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Sources")
     def update(
-        names: Annotated[Optional[list[str]], typer.Argument(help="Only these sources (default: every enabled one).")] = None,
+        names: Annotated[list[str] | None, typer.Argument(help="Only these sources (default: every enabled one).")] = None,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,38 +15,35 @@ def register(app: typer.Typer) -> None:
     def train(
         srcs: Annotated[
             list[Path],
-            typer.Argument(metavar="DIR...", help="Library source folder(s) (llmos.toml with a [train] table). Several: a family, co-trained so that it stacks."),
+            typer.Argument(
+                metavar="DIR...", help="Library source folder(s) (llmos.toml with a [train] table). Several: a family, co-trained so that it stacks."
+            ),
         ],
-        base: Annotated[
-            str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")
-        ],
-        steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (overrides [train] steps).")] = None,
-        rank: Annotated[Optional[int], typer.Option("--rank", "-r", help="LoRA rank.")] = None,
-        alpha: Annotated[Optional[float], typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank).")] = None,
-        lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per step.")] = None,
+        base: Annotated[str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")],
+        steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps (overrides [train] steps).")] = None,
+        rank: Annotated[int | None, typer.Option("--rank", "-r", help="LoRA rank.")] = None,
+        alpha: Annotated[float | None, typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank).")] = None,
+        lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")] = None,
         target: Annotated[
-            Optional[list[str]], typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
+            list[str] | None, typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
         ] = None,
-        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
         companion: Annotated[
-            Optional[list[str]],
-            typer.Option("--companion", help="Frozen LoRA GGUF switched on at random while training, for stacking robustness; PATH@PROB sets its probability (repeatable)."),
+            list[str] | None,
+            typer.Option(
+                "--companion",
+                help="Frozen LoRA GGUF switched on at random while training, for stacking robustness; PATH@PROB sets its probability (repeatable).",
+            ),
         ] = None,
-        init: Annotated[
-            Optional[Path], typer.Option("--init", help="Start from this LoRA GGUF (same rank and targets) instead of from zero.")
-        ] = None,
+        init: Annotated[Path | None, typer.Option("--init", help="Start from this LoRA GGUF (same rank and targets) instead of from zero.")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
-        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
-        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
         no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out exact-match check.")] = False,
-        rounds: Annotated[
-            Optional[int], typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")
-        ] = None,
-        cotrain_steps: Annotated[Optional[int], typer.Option("--cotrain-steps", help="Steps per library and co-training round (default 150).")] = None,
-        skip_first: Annotated[
-            bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")
-        ] = False,
+        rounds: Annotated[int | None, typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")] = None,
+        cotrain_steps: Annotated[int | None, typer.Option("--cotrain-steps", help="Steps per library and co-training round (default 150).")] = None,
+        skip_first: Annotated[bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")] = False,
         json: JsonOpt = False,
         simulate: SimulateOpt = False,
         yes: YesOpt = False,
@@ -58,8 +55,13 @@ def register(app: typer.Typer) -> None:
         """
         rep = reporter(json)
         overrides: dict[str, Any] = {
-            "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "batch_size": batch_size,
-            "target_modules": list(target) if target else None, "seed": seed,
+            "steps": steps,
+            "rank": rank,
+            "alpha": alpha,
+            "lr": lr,
+            "batch_size": batch_size,
+            "target_modules": list(target) if target else None,
+            "seed": seed,
             "companions": [str(Path(c).expanduser().absolute()) for c in companion] if companion else None,
             "init": str(init.expanduser().absolute()) if init else None,
         }
@@ -100,15 +102,25 @@ def register(app: typer.Typer) -> None:
             opts.validate()
             if simulate:
                 members = plan_family(list(srcs))
-                return {"simulated": True, "order": [m.name for m in members],
-                        "depends": {m.name: m.deps for m in members}, "first": not skip_first, "rounds": opts.rounds}
-            return train_family(list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device,
-                                threads=threads, evaluate=not no_eval, reporter=rep)
+                return {
+                    "simulated": True,
+                    "order": [m.name for m in members],
+                    "depends": {m.name: m.deps for m in members},
+                    "first": not skip_first,
+                    "rounds": opts.rounds,
+                }
+            return train_family(
+                list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device, threads=threads, evaluate=not no_eval, reporter=rep
+            )
 
         def human(res: Any) -> None:
             if isinstance(res, dict) and "order" in res:
-                out().print(f"would train {' -> '.join(res['order'])}" + (" (first training skipped)" if not res["first"] else "")
-                            + f", then {res['rounds']} co-training round(s)", markup=False)
+                out().print(
+                    f"would train {' -> '.join(res['order'])}"
+                    + (" (first training skipped)" if not res["first"] else "")
+                    + f", then {res['rounds']} co-training round(s)",
+                    markup=False,
+                )
                 return
             if hasattr(res, "order"):
                 for path in res.to_json()["adapters"].values():
@@ -117,7 +129,10 @@ def register(app: typer.Typer) -> None:
             if isinstance(res, dict):
                 out().print(f"would train {res['library']} {res['version']} on {res['base']} -> {res['adapter']}", markup=False)
                 o = res["options"]
-                out().print(f"  rank {o['rank']}, alpha {o['alpha']}, {o['steps']} steps, lr {o['lr']}, batch {o['batch_size']}, targets {' '.join(o['target_modules'])}", markup=False)
+                out().print(
+                    f"  rank {o['rank']}, alpha {o['alpha']}, {o['steps']} steps, lr {o['lr']}, batch {o['batch_size']}, targets {' '.join(o['target_modules'])}",
+                    markup=False,
+                )
                 return
             out().print(str(res.adapter), markup=False)
 
@@ -128,12 +143,12 @@ def register(app: typer.Typer) -> None:
         libs: Annotated[list[str], typer.Argument(help="Libraries to merge: source folders, .llmos archives or installed names.")],
         output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged library's source.")],
         method: Annotated[str, typer.Option("--method", "-m", help="cat (exact), linear, ties or dare_ties.")] = "cat",
-        name: Annotated[Optional[str], typer.Option("--name", help="Merged library name (default: the output folder's name).")] = None,
+        name: Annotated[str | None, typer.Option("--name", help="Merged library name (default: the output folder's name).")] = None,
         version: Annotated[str, typer.Option("--version", help="Merged library version.")] = "1.0.0",
-        weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Weight per library, in order (repeatable; default 1).")] = None,
+        weight: Annotated[list[float] | None, typer.Option("--weight", "-w", help="Weight per library, in order (repeatable; default 1).")] = None,
         density: Annotated[float, typer.Option("--density", help="Fraction kept by ties/dare_ties.")] = 0.5,
-        rank: Annotated[Optional[int], typer.Option("--rank", help="Rank of a ties/dare_ties result (default: sum of ranks).")] = None,
-        base: Annotated[Optional[str], typer.Option("--base", help="Base model (installed name or .gguf) if not the libraries' installed base.")] = None,
+        rank: Annotated[int | None, typer.Option("--rank", help="Rank of a ties/dare_ties result (default: sum of ranks).")] = None,
+        base: Annotated[str | None, typer.Option("--base", help="Base model (installed name or .gguf) if not the libraries' installed base.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed for dare_ties' random drop.")] = 0,
         force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
         json: JsonOpt = False,
@@ -147,8 +162,19 @@ def register(app: typer.Typer) -> None:
             from llmos_cli.train.merge import merge_libraries
 
             return merge_libraries(
-                libs, output, method=method, name=name, version=version, weights=weight, density=density,
-                rank=rank, base=base, seed=seed, force=force, simulate=simulate, reporter=rep,
+                libs,
+                output,
+                method=method,
+                name=name,
+                version=version,
+                weights=weight,
+                density=density,
+                rank=rank,
+                base=base,
+                seed=seed,
+                force=force,
+                simulate=simulate,
+                reporter=rep,
             )
 
         def human(res: Any) -> None:
@@ -158,8 +184,7 @@ def register(app: typer.Typer) -> None:
                 return
             out().print(str(res.out), markup=False)
             err().print(
-                f"merged {srcs} ({res.method}): adapter rank {res.rank}, {res.documents} documents, "
-                f"{res.glossary_terms} glossary terms, {res.tools} tools",
+                f"merged {srcs} ({res.method}): adapter rank {res.rank}, {res.documents} documents, {res.glossary_terms} glossary terms, {res.tools} tools",
                 markup=False,
             )
 

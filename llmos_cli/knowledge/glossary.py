@@ -171,7 +171,7 @@ class Glossary:
         return (json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True, indent=1) + "\n").encode("utf-8")
 
     @classmethod
-    def loads(cls, data: bytes | str, library: str, origin: str = "glossary.json") -> "Glossary":
+    def loads(cls, data: bytes | str, library: str, origin: str = "glossary.json") -> Glossary:
         """Read the normalised form (``.llmos/glossary.json``)."""
         try:
             obj = json.loads(data)

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from llmos_cli.errors import InvalidPackageError
+from llmos_cli.knowledge.glossary import parse_glossary
+from llmos_cli.pkg.manifest import safe_relpath
 
 if TYPE_CHECKING:
     from llmos_cli.pkg.manifest import Manifest
@@ -245,22 +248,19 @@ def write_index(
 # ---------------------------------------------------------------- build hook
 
 
-def _knowledge_settings(manifest: "Manifest") -> tuple[int, int]:
+def _knowledge_settings(manifest: Manifest) -> tuple[int, int]:
     kn = manifest.section("knowledge")
     size = kn.get("chunk_size", DEFAULT_CHUNK_SIZE)
     overlap = kn.get("chunk_overlap", min(DEFAULT_CHUNK_OVERLAP, size // 5) if isinstance(size, int) else 0)
     if not isinstance(size, int) or size < 1:
         raise InvalidPackageError(f"knowledge.chunk_size: must be a positive integer, not {size!r}")
     if not isinstance(overlap, int) or not 0 <= overlap < size:
-        raise InvalidPackageError(
-            f"knowledge.chunk_overlap: must be at least 0 and smaller than chunk_size ({size}), not {overlap!r}"
-        )
+        raise InvalidPackageError(f"knowledge.chunk_overlap: must be at least 0 and smaller than chunk_size ({size}), not {overlap!r}")
     return size, overlap
 
 
-def collect_documents(manifest: "Manifest", src: Path) -> list[tuple[str, str]]:
+def collect_documents(manifest: Manifest, src: Path) -> list[tuple[str, str]]:
     """Resolve ``[knowledge] documents`` globs under ``src`` into (path, text), sorted."""
-    from llmos_cli.pkg.manifest import safe_relpath
 
     root = src.resolve()
     found: dict[str, str] = {}
@@ -290,9 +290,7 @@ def collect_documents(manifest: "Manifest", src: Path) -> list[tuple[str, str]]:
             try:
                 text = data.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
-                raise InvalidPackageError(
-                    f"knowledge.documents: {rel} is not UTF-8 text (byte {exc.start})", "convert it to UTF-8"
-                ) from None
+                raise InvalidPackageError(f"knowledge.documents: {rel} is not UTF-8 text (byte {exc.start})", "convert it to UTF-8") from None
             if "\x00" in text:
                 raise InvalidPackageError(f"knowledge.documents: {rel} contains NUL bytes; it is not a text file")
             found[rel] = text
@@ -305,15 +303,13 @@ def collect_documents(manifest: "Manifest", src: Path) -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
-def build_artifacts(manifest: "Manifest", src: Path) -> dict[str, bytes]:
+def build_artifacts(manifest: Manifest, src: Path) -> dict[str, bytes]:
     """Hook called by ``llmos build``: files to ship under ``.llmos/``.
 
     Deterministic: the same manifest and documents give the same bytes.
     Raises ``InvalidPackageError`` naming the field or file at fault.
     """
     import tempfile
-
-    from llmos_cli.knowledge.glossary import parse_glossary
 
     src = Path(src)
     out: dict[str, bytes] = {}

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import IntegrityError, InvalidPackageError, NotFoundError
+from llmos_cli.knowledge.glossary import Glossary
 from llmos_cli.knowledge.indexer import GLOSSARY_PATH, INDEX_PATH
+from llmos_cli.knowledge.retrieve import KnowledgeIndex
+from llmos_cli.paths import get_paths
+from llmos_cli.state.db import StateDB
+from llmos_cli.state.store import Store
 
 
 @dataclass
@@ -30,16 +35,15 @@ class LibraryView:
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def from_installed(cls, pkg: Any, paths: Any) -> "LibraryView":
+    def from_installed(cls, pkg: Any, paths: Any) -> LibraryView:
         """From a ``state.db.InstalledPackage`` (loaded ``with_files=True``)."""
-        from llmos_cli.state.store import Store
 
         store = Store(paths)
         files = {f.path: store.path_for(f.sha256) for f in pkg.files}
         return cls(pkg.name, pkg.version, pkg.manifest, files, pkg.effective_scale())
 
     @classmethod
-    def from_folder(cls, folder: Path, manifest: dict[str, Any] | None = None) -> "LibraryView":
+    def from_folder(cls, folder: Path, manifest: dict[str, Any] | None = None) -> LibraryView:
         """From an unpacked package or a source folder with its ``.llmos/`` artifacts."""
         import tomllib
 
@@ -63,7 +67,6 @@ class LibraryView:
 
     def index(self):
         """The opened ``KnowledgeIndex``, or None when the library has no documents."""
-        from llmos_cli.knowledge.retrieve import KnowledgeIndex
 
         if self._index is None:
             path = self.files.get(INDEX_PATH)
@@ -79,7 +82,6 @@ class LibraryView:
 
     def glossary(self):
         """The library's ``Glossary`` (possibly empty)."""
-        from llmos_cli.knowledge.glossary import Glossary
 
         if self._glossary is None:
             path = self.files.get(GLOSSARY_PATH)
@@ -94,9 +96,7 @@ class LibraryView:
                 try:
                     data = path.read_bytes()
                 except FileNotFoundError:
-                    raise IntegrityError(
-                        f"library {self.name}: glossary file {path} is missing", f"run `llmos verify {self.name}` and reinstall it"
-                    ) from None
+                    raise IntegrityError(f"library {self.name}: glossary file {path} is missing", f"run `llmos verify {self.name}` and reinstall it") from None
                 self._glossary = Glossary.loads(data, self.name, origin=str(path))
         return self._glossary
 
@@ -110,9 +110,7 @@ class LibraryView:
         try:
             return path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            raise IntegrityError(
-                f"library {self.name}: system prompt file {path} is missing", f"run `llmos verify {self.name}` and reinstall it"
-            ) from None
+            raise IntegrityError(f"library {self.name}: system prompt file {path} is missing", f"run `llmos verify {self.name}` and reinstall it") from None
         except UnicodeDecodeError:
             raise InvalidPackageError(f"library {self.name}: system prompt {rel} is not UTF-8 text") from None
 
@@ -136,8 +134,6 @@ def installed_libraries(paths: Any = None, names: list[str] | None = None, *, at
     ``names`` picks exactly those (whether attached or not) and raises
     ``NotFoundError`` for one that is not an installed library.
     """
-    from llmos_cli.paths import get_paths
-    from llmos_cli.state.db import StateDB
 
     paths = paths or get_paths()
     if not paths.db.exists():
@@ -157,8 +153,4 @@ def installed_libraries(paths: Any = None, names: list[str] | None = None, *, at
                 raise NotFoundError(f"library {n!r} is not installed", f"see `llmos list --kind library`, or install it: llmos install {n}")
             out.append(LibraryView.from_installed(pkg, paths))
         return out
-    return [
-        LibraryView.from_installed(p, paths)
-        for p in installed.values()
-        if p.kind == "library" and (p.attached or not attached_only)
-    ]
+    return [LibraryView.from_installed(p, paths) for p in installed.values() if p.kind == "library" and (p.attached or not attached_only)]

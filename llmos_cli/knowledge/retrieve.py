@@ -27,11 +27,13 @@ import math
 import re
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llmos_cli.errors import IntegrityError
+from llmos_cli.knowledge.indexer import FTS_TOKENIZER
 
 INDEX_FORMAT = 1
 MAX_QUERY_TERMS = 32
@@ -125,7 +127,7 @@ class KnowledgeIndex:
         self.meta = meta
 
     @classmethod
-    def open(cls, library: str, version: str, path: str | Path) -> "KnowledgeIndex":
+    def open(cls, library: str, version: str, path: str | Path) -> KnowledgeIndex:
         p = Path(path)
         try:
             with open(p, "rb") as fh:
@@ -164,10 +166,7 @@ class KnowledgeIndex:
         """
         w1, w2 = BM25_WEIGHTS
         if ordered:
-            inner = (
-                f"SELECT rowid AS id, bm25(chunks_fts, {w1}, {w2}) AS score FROM chunks_fts "
-                "WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?"
-            )
+            inner = f"SELECT rowid AS id, bm25(chunks_fts, {w1}, {w2}) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?"
         else:
             inner = "SELECT rowid AS id, 0.0 AS score FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?"
         sql = (
@@ -216,7 +215,6 @@ class _Analyzer:
     """
 
     def __init__(self) -> None:
-        from llmos_cli.knowledge.indexer import FTS_TOKENIZER
 
         self.lock = threading.Lock()
         self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)

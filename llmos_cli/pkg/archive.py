@@ -17,32 +17,28 @@ one as it goes (the file may have changed since ``open``).
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import hashlib
 import io
 import os
-import stat
 import tarfile
-import tempfile
 import zlib
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
-from llmos_cli.errors import IntegrityError, InvalidPackageError, from_os_error
+from llmos_cli.errors import IntegrityError, InvalidPackageError, NotFoundError, from_os_error
+from llmos_cli.fileio import atomic_output
 from llmos_cli.pkg.manifest import (
     MANIFEST_NAME,
     FileRecord,
     Finding,
     Manifest,
-    load_manifest,
     parse_manifest_text,
     raise_for,
     safe_relpath,
 )
-from llmos_cli.progress import NullReporter, Reporter
 
 ARCHIVE_SUFFIX = ".llmos"
 IGNORE_FILE = ".llmosignore"
@@ -55,233 +51,8 @@ GZIP_LEVEL = 6
 CHUNK = 1 << 20
 
 
-# ---------------------------------------------------------------- small helpers
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """Write ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
-
-    On any exception the temp file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise from_os_error(exc, f"writing {path}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise from_os_error(exc, f"writing {path}") from exc
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_output(path) as fh:
-        fh.write(data)
-
-
 def archive_filename(name: str, version: str) -> str:
     return f"{name}_{version}{ARCHIVE_SUFFIX}"
-
-
-def _source_date_epoch() -> int:
-    try:
-        return max(0, int(os.environ.get("SOURCE_DATE_EPOCH", "0")))
-    except ValueError:
-        return 0
-
-
-# ---------------------------------------------------------------- collecting a source folder
-
-
-@dataclass
-class _SourceFile:
-    rel: str
-    path: Path | None  # None: generated in memory
-    data: bytes | None = None
-    executable: bool = False
-    record: FileRecord | None = None
-
-
-def _read_ignore(src: Path) -> list[str]:
-    p = src / IGNORE_FILE
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(line)
-    return out
-
-
-def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
-    """gitignore-like subset: ``name``, ``dir/``, ``glob``, ``/anchored/glob``."""
-    base = rel.rsplit("/", 1)[-1]
-    for pat in patterns:
-        dir_only = pat.endswith("/")
-        p = pat.rstrip("/")
-        if dir_only and not is_dir:
-            continue
-        if p.startswith("/"):
-            if fnmatch.fnmatchcase(rel, p[1:]):
-                return True
-        elif "/" in p:
-            if fnmatch.fnmatchcase(rel, p):
-                return True
-        elif fnmatch.fnmatchcase(base, p):
-            return True
-    return False
-
-
-def collect_payload(src: Path, reporter: Reporter = NullReporter()) -> list[_SourceFile]:
-    """Every payload file under ``src`` (sorted), refusing unsafe entries."""
-    src = src.resolve()
-    patterns = _read_ignore(src)
-    found: list[_SourceFile] = []
-
-    def walk(d: Path, rel_dir: str) -> None:
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError as exc:
-            raise from_os_error(exc, f"reading {d}") from exc
-        for e in entries:
-            rel = f"{rel_dir}{e.name}"
-            if e.name in JUNK_NAMES:
-                continue
-            if not rel_dir and e.name in (MANIFEST_NAME, IGNORE_FILE):
-                continue
-            if safe_relpath(rel) != rel or "\n" in rel:
-                raise InvalidPackageError(f"{src / rel}: unusable file name {rel!r}", "rename it or list it in .llmosignore")
-            st = os.lstat(e.path)
-            is_link = stat.S_ISLNK(st.st_mode)
-            if is_link:
-                target = Path(e.path).resolve()
-                try:
-                    target.relative_to(src)
-                except ValueError:
-                    if _ignored(rel, target.is_dir(), patterns):
-                        continue
-                    raise InvalidPackageError(
-                        f"{rel}: symlink points outside the package folder ({os.readlink(e.path)})",
-                        "copy the file into the folder, or list it in .llmosignore",
-                    ) from None
-                if not target.exists():
-                    raise InvalidPackageError(f"{rel}: dangling symlink", "remove it or list it in .llmosignore")
-                st = os.stat(e.path)
-            if stat.S_ISDIR(st.st_mode):
-                if _ignored(rel, True, patterns):
-                    continue
-                if is_link:
-                    raise InvalidPackageError(f"{rel}: symlink to a folder", "copy the folder, or list it in .llmosignore")
-                walk(Path(e.path), rel + "/")
-                continue
-            if _ignored(rel, False, patterns) or any(fnmatch.fnmatchcase(e.name, p) for p in JUNK_PATTERNS):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidPackageError(
-                    f"{rel}: special file (fifo, socket or device) cannot be packaged", "remove it or list it in .llmosignore"
-                )
-            if rel == GENERATED_DIR or rel.startswith(GENERATED_DIR + "/"):
-                reporter.warn(f"{rel}: {GENERATED_DIR}/ is generated by llmos build; the source copy is left out")
-                continue
-            found.append(_SourceFile(rel, Path(e.path), executable=bool(st.st_mode & stat.S_IXUSR)))
-
-    walk(src, "")
-    return found
-
-
-def _generated_artifacts(manifest: Manifest, src: Path) -> dict[str, bytes]:
-    """Optional hook: the knowledge indexer's build artifacts (search index...)."""
-    try:
-        from llmos_cli.knowledge import indexer  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name in ("llmos_cli.knowledge", "llmos_cli.knowledge.indexer"):
-            return {}
-        raise
-    build = getattr(indexer, "build_artifacts", None)
-    if build is None:
-        return {}
-    out = build(manifest, src) or {}
-    for rel, data in out.items():
-        if safe_relpath(rel) != rel or not rel.startswith(GENERATED_DIR + "/"):
-            raise InvalidPackageError(f"build artifact {rel!r} must be a relative path under {GENERATED_DIR}/")
-        if not isinstance(data, (bytes, bytearray)):
-            raise InvalidPackageError(f"build artifact {rel!r} is not bytes")
-    return dict(out)
-
-
-# ---------------------------------------------------------------- building
-
-
-@dataclass
-class BuildResult:
-    path: Path
-    name: str
-    version: str
-    kind: str
-    sha256: str
-    size: int
-    files: int
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {
-            "path": str(self.path),
-            "name": self.name,
-            "version": self.version,
-            "kind": self.kind,
-            "sha256": self.sha256,
-            "size": self.size,
-            "files": self.files,
-        }
-
-
-class _HashingWriter(io.RawIOBase):
-    def __init__(self, fh: BinaryIO):
-        self.fh = fh
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:  # type: ignore[override]
-        mv = memoryview(b)
-        self.h.update(mv)
-        self.fh.write(mv)
-        self.n += len(mv)
-        return len(mv)
 
 
 class _HashingReader(io.RawIOBase):
@@ -315,144 +86,6 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
-def _model_fields(manifest: Manifest, src: Path) -> dict[str, Any]:
-    from llmos_cli.gguf_info import read_header
-
-    rel = manifest.section("model").get("file")
-    hdr = read_header(src / rel)
-    if hdr.is_adapter:
-        raise InvalidPackageError(f"model.file {rel}: is a LoRA adapter, not a base model")
-    if not hdr.architecture:
-        raise InvalidPackageError(f"model.file {rel}: GGUF has no general.architecture")
-    out: dict[str, Any] = {"architecture": hdr.architecture, "fingerprint": hdr.fingerprint()}
-    if hdr.context_length:
-        out["context_length"] = int(hdr.context_length)
-    return out
-
-
-def render_manifest(manifest: Manifest, files: dict[str, FileRecord], model_fields: dict[str, Any] | None = None) -> bytes:
-    """The archive's ``llmos.toml``: the source manifest plus ``[files]`` (and model header fields)."""
-    import tomli_w
-
-    data = {k: v for k, v in manifest.raw.items() if k != "files"}
-    if model_fields:
-        data["model"] = {**data.get("model", {}), **model_fields}
-    data["files"] = {p: {"sha256": r.sha256, "size": r.size} for p, r in sorted(files.items())}
-    return tomli_w.dumps(data).encode("utf-8")
-
-
-def _tarinfo(name: str, size: int, executable: bool, mtime: int) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size = size
-    ti.mtime = mtime
-    ti.mode = 0o755 if executable else 0o644
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.type = tarfile.REGTYPE
-    return ti
-
-
-def plan_build(src: Path, reporter: Reporter = NullReporter()) -> tuple[Manifest, list[_SourceFile], list[Finding]]:
-    """Load and check the source folder; return manifest, payload list and warnings.
-
-    Raises ``InvalidPackageError`` on any error finding (the same checks as
-    ``llmos check`` on a folder, minus the base-architecture lookup).
-    """
-    src = Path(src)
-    if not src.is_dir():
-        from llmos_cli.errors import NotFoundError
-
-        raise NotFoundError(f"{src}: no such folder", "llmos build takes a package source folder holding llmos.toml")
-    manifest = load_manifest(src)
-    payload = collect_payload(src, reporter)
-    from llmos_cli.pkg.check import check_source_files
-
-    findings = check_source_files(manifest, src, {f.rel for f in payload}, find_base=False)
-    raise_for(findings, str(src))
-    return manifest, payload, [f for f in findings if f.severity != "error"]
-
-
-def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullReporter()) -> BuildResult:
-    """Build ``src`` into ``out``; deterministic.
-
-    ``out`` is a folder (default: the current one; created if missing) that
-    receives ``<name>_<version>.llmos``, or a file path ending in ``.llmos``.
-    """
-    src = Path(src).resolve()
-    manifest, payload, notes = plan_build(src, reporter)
-    for f in notes:
-        reporter.warn(str(f))
-    for rel, data in sorted(_generated_artifacts(manifest, src).items()):
-        payload.append(_SourceFile(rel, None, data=bytes(data)))
-    payload.sort(key=lambda f: f.rel)
-    rels = [f.rel for f in payload]
-    if len(set(rels)) != len(rels):
-        raise InvalidPackageError("duplicate payload paths in the build (a generated artifact shadows a source file)")
-
-    # pass 1: hash every payload file (the manifest goes first in the archive)
-    total = sum((f.path.stat().st_size if f.path else len(f.data or b"")) for f in payload)
-    with reporter.task(f"hashing {manifest.name}", total=total, unit="bytes") as task:
-        for f in payload:
-            if f.data is not None:
-                f.record = FileRecord(hashlib.sha256(f.data).hexdigest(), len(f.data))
-            else:
-                assert f.path is not None
-                try:
-                    digest, size = sha256_file(f.path)
-                except OSError as exc:
-                    raise from_os_error(exc, f"reading {f.path}") from exc
-                f.record = FileRecord(digest, size)
-            task.advance(f.record.size)
-    files = {f.rel: f.record for f in payload if f.record is not None}
-    model_fields = _model_fields(manifest, src) if manifest.kind == "model" else None
-    manifest_bytes = render_manifest(manifest, files, model_fields)
-
-    if out is None:
-        out = Path.cwd()
-    out = Path(out)
-    # a folder (existing, or any path not ending in .llmos) gets <name>_<version>.llmos
-    is_file = out.name.endswith(ARCHIVE_SUFFIX) and not out.is_dir()
-    target = out if is_file else out / archive_filename(manifest.name, manifest.version)
-    mtime = _source_date_epoch()
-
-    # pass 2: write the archive (re-hashing each file: it must not change under us)
-    with atomic_output(target) as raw, reporter.task(f"packing {target.name}", total=total, unit="bytes") as task:
-        hw = _HashingWriter(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=hw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False, mtime), io.BytesIO(manifest_bytes))
-                for f in payload:
-                    rec = f.record
-                    assert rec is not None
-                    ti = _tarinfo(f.rel, rec.size, f.executable, mtime)
-                    if f.data is not None:
-                        tar.addfile(ti, io.BytesIO(f.data))
-                    else:
-                        assert f.path is not None
-                        with open(f.path, "rb") as fh:
-                            hr = _HashingReader(fh, limit=rec.size)
-                            try:
-                                tar.addfile(ti, hr)  # type: ignore[arg-type]
-                            except OSError as exc:
-                                if "unexpected end of data" in str(exc):
-                                    raise InvalidPackageError(f"{f.rel} changed while it was being packed") from None
-                                raise
-                            if hr.h.hexdigest() != rec.sha256 or fh.read(1):
-                                raise InvalidPackageError(f"{f.rel} changed while it was being packed", "build again")
-                    task.advance(rec.size)
-        size, digest = hw.n, hw.h.hexdigest()
-    return BuildResult(
-        path=target,
-        name=manifest.name,
-        version=manifest.version,
-        kind=manifest.kind,
-        sha256=digest,
-        size=size,
-        files=len(payload),
-        warnings=[str(f) for f in notes],
-    )
-
-
 # ---------------------------------------------------------------- reading
 
 
@@ -481,7 +114,7 @@ class PackageArchive:
     # -------------------------------------------------------- open
 
     @classmethod
-    def open(cls, path: Path) -> "PackageArchive":
+    def open(cls, path: Path) -> PackageArchive:
         """Read the whole archive once: refuse unsafe or malformed content, hash every member."""
         arch, findings = cls.inspect(path)
         raise_for(findings, f"{path}!{MANIFEST_NAME}")
@@ -489,7 +122,7 @@ class PackageArchive:
         return arch
 
     @classmethod
-    def inspect(cls, path: Path) -> tuple["PackageArchive | None", list[Finding]]:
+    def inspect(cls, path: Path) -> tuple[PackageArchive | None, list[Finding]]:
         """Like ``open`` but returns every manifest finding instead of raising on the first.
 
         Structural problems (not an archive, unsafe member...) still raise
@@ -499,8 +132,6 @@ class PackageArchive:
         try:
             fh = open(path, "rb")
         except FileNotFoundError:
-            from llmos_cli.errors import NotFoundError
-
             raise NotFoundError(f"{path}: no such archive") from None
         except IsADirectoryError:
             raise _bad(path, "is a folder, not an archive", "use `llmos build` to make an archive from a source folder") from None
@@ -605,7 +236,6 @@ class PackageArchive:
                     return data
         finally:
             gen.close()
-        from llmos_cli.errors import NotFoundError
 
         raise NotFoundError(f"{self.path}: no member {name}")
 
@@ -623,7 +253,6 @@ class PackageArchive:
                 raise IntegrityError(f"{self.path}: {name}: sha256/size differ from [files]", "the archive was modified after it was built")
             gen.close()
             return dest
-        from llmos_cli.errors import NotFoundError
 
         raise NotFoundError(f"{self.path}: no member {name}")
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from llmos_cli.errors import InvalidPackageError
+from llmos_cli.errors import InvalidPackageError, ToolError
+from llmos_cli.gbnf import call_grammar
 from llmos_cli.pkg.meta import (
     KINDS,
     Dependency,
@@ -28,8 +29,19 @@ MANIFEST_NAME = "llmos.toml"
 SCHEMA_VERSION = 1
 
 _PACKAGE_KEYS = {
-    "name", "version", "kind", "summary", "description", "license", "maintainer",
-    "homepage", "depends", "conflicts", "provides", "base", "tags",
+    "name",
+    "version",
+    "kind",
+    "summary",
+    "description",
+    "license",
+    "maintainer",
+    "homepage",
+    "depends",
+    "conflicts",
+    "provides",
+    "base",
+    "tags",
 }
 _TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "prompt", "tools", "mcp", "train", "merged_from", "files"}
 
@@ -246,7 +258,7 @@ def validate_manifest(data: Any) -> tuple[Manifest | None, list[Finding]]:
 
     if kind == "model":
         if "model" not in data:
-            _err(findings, "missing-field", "model", "a model package needs a [model] table with file = \"...gguf\"")
+            _err(findings, "missing-field", "model", 'a model package needs a [model] table with file = "...gguf"')
         check_file_field("model", "file", True)
         check_file_field("model", "chat_template", False)
         for sec in ("adapter", "knowledge", "glossary", "tools", "mcp"):
@@ -310,13 +322,8 @@ def validate_manifest(data: Any) -> tuple[Manifest | None, list[Finding]]:
                 if safe_relpath(p) is None:
                     _err(findings, "unsafe-path", f"files.{p}", "must be a relative path inside the package")
                     continue
-                if (
-                    not isinstance(rec, dict)
-                    or not isinstance(rec.get("sha256"), str)
-                    or len(rec["sha256"]) != 64
-                    or not isinstance(rec.get("size"), int)
-                ):
-                    _err(findings, "field-type", f"files.{p}", "must be { sha256 = \"<64 hex>\", size = <bytes> }")
+                if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str) or len(rec["sha256"]) != 64 or not isinstance(rec.get("size"), int):
+                    _err(findings, "field-type", f"files.{p}", 'must be { sha256 = "<64 hex>", size = <bytes> }')
                     continue
                 files[p] = FileRecord(rec["sha256"], rec["size"])
 
@@ -381,11 +388,7 @@ def _check_tools_and_mcp(data: dict[str, Any], findings: list[Finding]) -> None:
                 _err(findings, "field-type", f"tools[{i}].timeout", "must be a number of seconds, more than 0 and at most 300")
             params = t.get("parameters")
             if isinstance(params, dict) and isinstance(tn, str) and tn:
-                from llmos_cli.errors import ToolError
-
                 try:
-                    from llmos_cli.tools.grammar import call_grammar
-
                     call_grammar(tn, params)
                 except ToolError as exc:
                     _err(findings, "tool-schema", f"tools[{i}].parameters", exc.message)

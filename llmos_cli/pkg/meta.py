@@ -38,9 +38,7 @@ def parse_version(text: str) -> Version:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise RelationError(
-            f"invalid package name {name!r}: use lowercase letters, digits, '.', '+' and '-', starting and ending with a letter or digit"
-        )
+        raise RelationError(f"invalid package name {name!r}: use lowercase letters, digits, '.', '+' and '-', starting and ending with a letter or digit")
     return name
 
 
@@ -52,13 +50,13 @@ class Req:
     spec: SpecifierSet = field(default_factory=SpecifierSet)
 
     @classmethod
-    def parse(cls, text: str) -> "Req":
+    def parse(cls, text: str) -> Req:
         if not isinstance(text, str):
             raise RelationError(f"expected a string, got {type(text).__name__}")
         return _parse_req(text)
 
     @classmethod
-    def _parse_uncached(cls, text: str) -> "Req":
+    def _parse_uncached(cls, text: str) -> Req:
         m = _REQ_RE.match(text)
         if not m:
             raise RelationError(f"cannot parse relation {text!r} (expected e.g. 'name>=1.0')")
@@ -86,7 +84,7 @@ class Dependency:
     alternatives: tuple[Req, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "Dependency":
+    def parse(cls, text: str) -> Dependency:
         if not isinstance(text, str) or not text.strip():
             raise RelationError(f"empty dependency {text!r}")
         return _parse_dependency(text)
@@ -146,7 +144,7 @@ class PackageMeta:
         return {"name": self.name, "version": self.version, "kind": self.kind, "summary": self.summary, **self.relations_json()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "PackageMeta":
+    def from_json(cls, d: dict) -> PackageMeta:
         """Inverse of ``to_json``; raises RelationError on bad data."""
         name = check_name(d["name"])
         parse_version(d["version"])

@@ -20,10 +20,14 @@ by how many tokens.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from llmos_cli.errors import ContextOverflow, UsageError
+from llmos_cli.knowledge.glossary import find_terms
+from llmos_cli.knowledge.retrieve import search
+from llmos_cli.tools.formats import detect_format, prepare_chat
 
 AUTO_MAX_CHUNKS = 5
 #: in ``auto`` mode, chunks scoring below this fraction of the best are left out
@@ -31,8 +35,7 @@ AUTO_MIN_RELATIVE = 0.3
 MAX_CHUNKS = 50
 
 KNOWLEDGE_HEADER = (
-    "Excerpts from the attached knowledge libraries follow. Use them where they are relevant "
-    "and cite each one you use by its tag, e.g. {example}."
+    "Excerpts from the attached knowledge libraries follow. Use them where they are relevant and cite each one you use by its tag, e.g. {example}."
 )
 REFINEMENT_HEADER = "Definitions of terms used in the request:"
 
@@ -52,9 +55,10 @@ class PromptEngine(Protocol):
     def prompt_tokens(self, messages: Sequence[dict[str, Any]], *, tools: list[dict] | None = None) -> list[int]: ...
 
 
-def chat_prompt(engine: PromptEngine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def chat_prompt(
+    engine: PromptEngine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Messages and template tools as the model's template wants them (see ``tools.formats.prepare_chat``)."""
-    from llmos_cli.tools.formats import detect_format, prepare_chat
 
     return prepare_chat(detect_format(getattr(engine, "chat_template", None)), messages, tools)
 
@@ -235,7 +239,6 @@ def _messages(system: str, user: str) -> list[dict[str, Any]]:
 
 def retrieve_for(request: PromptRequest, libraries: Sequence[Any]) -> list[Any]:
     """Knowledge candidates for the request, best first (before budgeting)."""
-    from llmos_cli.knowledge.retrieve import search
 
     mode = request.knowledge
     if mode == "off":
@@ -252,7 +255,6 @@ def retrieve_for(request: PromptRequest, libraries: Sequence[Any]) -> list[Any]:
 
 
 def refine_for(request: PromptRequest, libraries: Sequence[Any]) -> list[Refinement]:
-    from llmos_cli.knowledge.glossary import find_terms
 
     if not request.refine:
         return []

@@ -60,10 +60,7 @@ def explain_text(data: dict[str, Any] | AssembledPrompt, *, show_prompt: bool = 
     out.append(d["user"])
     b = d["budget"]
     out.append(_rule("budget"))
-    out.append(
-        f"context {b['context']} = prompt {b['prompt_tokens']} (chat template {tok['template']}) "
-        f"+ answer reserve {b['reserve']} + free {b['free']}"
-    )
+    out.append(f"context {b['context']} = prompt {b['prompt_tokens']} (chat template {tok['template']}) + answer reserve {b['reserve']} + free {b['free']}")
     dropped = []
     if b["knowledge_dropped"]:
         dropped.append(f"{b['knowledge_dropped']} of {b['knowledge_candidates']} knowledge chunks left out")

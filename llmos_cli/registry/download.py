@@ -28,13 +28,16 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError, from_os_error
 from llmos_cli.progress import NullReporter, Reporter, Task
+from llmos_cli.registry.sources import verify_file
 
 if TYPE_CHECKING:
     from llmos_cli.registry.index import IndexEntry
@@ -56,7 +59,7 @@ class HttpSettings:
     backoff: float = 0.5
 
     @classmethod
-    def from_env(cls) -> "HttpSettings":
+    def from_env(cls) -> HttpSettings:
         def num(name: str, default: float) -> float:
             try:
                 return float(os.environ.get(name, "") or default)
@@ -84,7 +87,7 @@ def _open(url: str, settings: HttpSettings, start: int = 0) -> http.client.HTTPR
         headers["Range"] = f"bytes={start}-"
     req = urllib.request.Request(url, headers=headers)
     try:
-        return urllib.request.urlopen(req, timeout=settings.timeout)  # noqa: S310 (http/https only, checked by the source)
+        return urllib.request.urlopen(req, timeout=settings.timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416:
             exc.close()
@@ -107,7 +110,7 @@ def _open(url: str, settings: HttpSettings, start: int = 0) -> http.client.HTTPR
         if isinstance(reason, ssl.SSLError):  # retrying cannot fix a certificate
             raise NetworkError(f"TLS failed for {url}: {reason}", "check the server's certificate and the system CA store") from None
         raise _Transient(str(reason)) from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise _Transient("timed out waiting for the server") from None
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
         raise _Transient(str(exc) or type(exc).__name__) from None
@@ -153,7 +156,7 @@ def fetch_bytes(
             if missing_ok:
                 return None
             raise
-        except (_Transient, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as exc:
+        except (_Transient, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             reason = str(exc) or "timed out"
             if attempt > settings.retries:
                 raise _network_failure(url, attempt, reason, settings, partial=False) from None
@@ -169,7 +172,7 @@ def cache_name(sha256: str, filename: str) -> str:
     return f"{sha256[:16]}-{PurePosixPath(filename).name}"
 
 
-def _hash_prefix(path: Path, limit: int) -> "hashlib._Hash":
+def _hash_prefix(path: Path, limit: int) -> hashlib._Hash:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         left = limit
@@ -194,8 +197,6 @@ def download_to_cache(
 ) -> Path:
     """Return the cache path of a verified copy of ``url`` (downloading or resuming as needed)."""
     from filelock import FileLock
-
-    from llmos_cli.registry.sources import verify_file
 
     settings = settings or HttpSettings.from_env()
     sha256 = sha256.lower()
@@ -266,7 +267,7 @@ class _TotalReporter:
                 self.moved += both.done
 
 
-def fetch_all(items: list[tuple["Source", "IndexEntry"]], dest_dir: Path, reporter: Reporter = NullReporter()) -> list[Path]:
+def fetch_all(items: list[tuple[Source, IndexEntry]], dest_dir: Path, reporter: Reporter = NullReporter()) -> list[Path]:
     """``fetch_archive`` for each (source, entry), with one overall progress bar above the per-file ones."""
     paths = []
     size = sum(e.size for _s, e in items)
@@ -328,7 +329,7 @@ def _stream(url: str, part: Path, name: str, size: int, sha256: str, settings: H
                     f"the server sent more than the {size} bytes the index declares for {name}: download refused and deleted",
                     "the server or the connection is misbehaving or hostile; tell the registry's publisher",
                 ) from None
-            except (_Transient, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as exc:
+            except (_Transient, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 reason = str(exc) or "timed out waiting for data"
                 if got:
                     attempt = 0  # progress was made: the retry budget restarts
@@ -431,7 +432,7 @@ class CacheReport:
 
 def list_cache(cache_dir: Path) -> CacheReport:
     """Archives (and partial downloads) in the download cache."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     entries = []
     if cache_dir.is_dir():
@@ -444,7 +445,7 @@ def list_cache(cache_dir: Path) -> CacheReport:
                     file=p.name,
                     size=st.st_size,
                     complete=not p.name.endswith(INCOMPLETE),
-                    modified=datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    modified=datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 )
             )
     return CacheReport(cache_dir, entries)

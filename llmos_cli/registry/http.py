@@ -11,10 +11,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from llmos_cli.errors import IntegrityError, NotFoundError, UsageError
+from llmos_cli.pkg.manifest import safe_relpath
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import download
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, IndexEntry
-from llmos_cli.registry.sources import Source, register_kind
+from llmos_cli.registry.sources import Source
 
 
 class HttpSource(Source):
@@ -29,7 +30,6 @@ class HttpSource(Source):
 
     def uri(self, filename: str) -> str:
         """The URL of a file of the registry (``filename`` relative, as in the index)."""
-        from llmos_cli.pkg.manifest import safe_relpath
 
         if safe_relpath(filename) != filename:
             raise IntegrityError(f"source {self.name}: unsafe filename {filename!r} in the index")
@@ -58,6 +58,3 @@ class HttpSource(Source):
             cache_dir=dest_dir,
             reporter=reporter,
         )
-
-
-register_kind("http", HttpSource)

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from llmos_cli.errors import IntegrityError, LlmosError, NetworkError, NotFoundError, UsageError
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, IndexEntry
-from llmos_cli.registry.sources import Source, register_kind, verify_file
+from llmos_cli.registry.sources import Source, verify_file
 
 _REPO_TYPES = {"datasets": "dataset", "spaces": "space", "models": "model"}
 
@@ -36,7 +37,7 @@ class HubLocation:
     revision: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> "HubLocation":
+    def parse(cls, url: str) -> HubLocation:
         """``hf://owner/repo``, ``hf://owner/repo@rev``, ``hf://datasets/owner/repo[@rev]``."""
         if not url.lower().startswith("hf://"):
             raise UsageError(f"{url!r} is not an hf:// URL", "use hf://owner/repo[@revision]")
@@ -129,7 +130,7 @@ def _progress_class(reporter: Reporter, label: str) -> type:
                 self._cm.__exit__(None, None, None)
                 self._cm = None
 
-        def __enter__(self) -> "_Bar":
+        def __enter__(self) -> _Bar:
             return self
 
         def __exit__(self, *exc: Any) -> None:
@@ -138,9 +139,7 @@ def _progress_class(reporter: Reporter, label: str) -> type:
     return _Bar
 
 
-def hub_download(
-    loc: HubLocation, filename: str, *, reporter: Reporter = NullReporter(), missing_ok: bool = False
-) -> Path | None:
+def hub_download(loc: HubLocation, filename: str, *, reporter: Reporter = NullReporter(), missing_ok: bool = False) -> Path | None:
     """One file of the repository, through the Hub cache.  ``None`` if it does not exist and ``missing_ok``.
 
     Offline, a file the cache knows to be absent counts as missing; one the
@@ -149,9 +148,7 @@ def hub_download(
     from huggingface_hub import errors as hf
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    kwargs: dict[str, Any] = dict(
-        repo_id=loc.repo_id, filename=filename, repo_type=loc.repo_type, revision=loc.revision, cache_dir=cache_dir()
-    )
+    kwargs: dict[str, Any] = dict(repo_id=loc.repo_id, filename=filename, repo_type=loc.repo_type, revision=loc.revision, cache_dir=cache_dir())
     with hub_errors(f"{loc} {filename}"):
         if offline():
             hit = try_to_load_from_cache(**kwargs)
@@ -207,6 +204,3 @@ class HubSource(Source):
                 p.unlink(missing_ok=True)
             raise
         return path
-
-
-register_kind("hf", HubSource)

@@ -19,14 +19,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import InvalidPackageError, NotFoundError, TrustError
+from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
+from llmos_cli.fileio import write_atomic
+from llmos_cli.paths import get_paths
+from llmos_cli.pkg.archive import ARCHIVE_SUFFIX, PackageArchive
 from llmos_cli.pkg.manifest import safe_relpath
 from llmos_cli.pkg.meta import PackageMeta, RelationError
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.registry import signing
 
 INDEX_NAME = "index.json"
 SIG_SUFFIX = ".sig"
@@ -37,13 +41,13 @@ _ENTRY_KEYS = {"filename", "size", "sha256"}
 
 
 def utc_iso(dt: datetime | None = None) -> str:
-    dt = dt or datetime.now(timezone.utc)
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    dt = dt or datetime.now(UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(text: str) -> datetime:
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class IndexEntry:
         return {**self.meta.to_json(), **self.extra, "filename": self.filename, "size": self.size, "sha256": self.sha256}
 
     @classmethod
-    def from_json(cls, d: Any, origin: str = "index") -> "IndexEntry":
+    def from_json(cls, d: Any, origin: str = "index") -> IndexEntry:
         if not isinstance(d, dict):
             raise InvalidPackageError(f"{origin}: package entry is not an object")
         try:
@@ -110,13 +114,13 @@ class Index:
     def is_expired(self, now: datetime | None = None) -> bool:
         if not self.expires:
             return False
-        return parse_iso(self.expires) < (now or datetime.now(timezone.utc))
+        return parse_iso(self.expires) < (now or datetime.now(UTC))
 
     def find(self, name: str) -> list[IndexEntry]:
         return [e for e in self.entries if e.name == name]
 
     @classmethod
-    def from_bytes(cls, raw: bytes, origin: str) -> "Index":
+    def from_bytes(cls, raw: bytes, origin: str) -> Index:
         """Parse and validate; ``InvalidPackageError`` on junk, a newer schema or duplicates."""
         try:
             data = json.loads(raw.decode("utf-8"))
@@ -199,7 +203,6 @@ class IndexResult:
 
 
 def find_archives(registry_dir: Path) -> list[Path]:
-    from llmos_cli.pkg.archive import ARCHIVE_SUFFIX
 
     out = []
     for p in sorted(registry_dir.rglob(f"*{ARCHIVE_SUFFIX}")):
@@ -220,33 +223,13 @@ def previous_version(registry_dir: Path) -> int:
         return 0
 
 
-def _signing():
-    try:
-        from llmos_cli.registry import signing  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name == "llmos_cli.registry.signing":
-            raise TrustError("index signing is not available in this llmos (no llmos_cli.registry.signing)", "index without --sign") from None
-        raise
-    return signing
+def _resolve_key(sign_key: Path | str) -> Path:
+    """``--sign KEY``: a key file, or a key name in LLMOS_HOME/keys."""
+    return Path(signing.resolve_private_key(sign_key, get_paths().keys))
 
 
-def _resolve_key(signing, sign_key: Path | str) -> Path:
-    """``--sign KEY``: a key file, or (when the signing module resolves names) a key name in LLMOS_HOME/keys."""
-    resolve = getattr(signing, "resolve_private_key", None)
-    if resolve is not None:
-        from llmos_cli.paths import get_paths
-
-        return Path(resolve(sign_key, get_paths().keys))
-    if not Path(sign_key).is_file():
-        raise NotFoundError(f"{sign_key}: no such key file", "create one with `llmos key generate NAME`")
-    return Path(sign_key)
-
-
-def build_index(
-    registry_dir: Path, *, expires_days: int | None = None, reporter: Reporter = NullReporter(), now: datetime | None = None
-) -> Index:
+def build_index(registry_dir: Path, *, expires_days: int | None = None, reporter: Reporter = NullReporter(), now: datetime | None = None) -> Index:
     """Scan the registry's archives (each opened and verified) into a new Index (not written)."""
-    from llmos_cli.pkg.archive import PackageArchive
 
     registry_dir = Path(registry_dir)
     if not registry_dir.is_dir():
@@ -272,7 +255,7 @@ def build_index(
                 by_key[key] = e
             task.advance()
     entries = sorted(by_key.values(), key=lambda e: (e.name, e.meta.parsed_version))
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     expires = utc_iso(now + timedelta(days=expires_days)) if expires_days is not None else None
     return Index(INDEX_SCHEMA, utc_iso(now), previous_version(registry_dir) + 1, expires, entries)
 
@@ -286,21 +269,17 @@ def write_index(
     simulate: bool = False,
 ) -> IndexResult:
     """(Re)write ``index.json`` (and ``index.json.sig`` when ``sign_key`` is given), atomically."""
-    from llmos_cli.pkg.archive import write_atomic
 
     if expires_days is not None and expires_days <= 0:
-        from llmos_cli.errors import UsageError
-
         raise UsageError(f"--expires-days must be positive, not {expires_days}")
     registry_dir = Path(registry_dir)
-    signing = _signing() if sign_key is not None else None
-    key_path = _resolve_key(signing, sign_key) if signing is not None and sign_key is not None else None
+    key_path = _resolve_key(sign_key) if sign_key is not None else None
     index = build_index(registry_dir, expires_days=expires_days, reporter=reporter)
     raw = index.to_bytes()
     target = registry_dir / INDEX_NAME
     sig_path = registry_dir / (INDEX_NAME + SIG_SUFFIX)
     if not simulate:
-        sig = signing.sign_index(raw, key_path) if signing is not None and key_path is not None else None
+        sig = signing.sign_index(raw, key_path) if key_path is not None else None
         if sig is None:
             sig_path.unlink(missing_ok=True)  # a stale signature would not match the new index
         write_atomic(target, raw)

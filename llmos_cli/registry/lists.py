@@ -19,20 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import LlmosError, NotFoundError, UsageError
+from llmos_cli.errors import LlmosError, NotFoundError, UsageError, from_os_error
+from llmos_cli.fileio import write_atomic
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import NAME_RE
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, Index, IndexEntry
+from llmos_cli.registry.kinds import make_source
+from llmos_cli.registry.signing import check_index_trust
 from llmos_cli.registry.sources import (
     EMBEDDED_NAME,
     EMBEDDED_URL,
     dir_path_for_url,
     kind_for_url,
-    make_source,
     normalise_url,
 )
-from llmos_cli.state.db import SourceRow, StateDB
+from llmos_cli.state.db import SourceRow, StateDB, now_iso
 
 _EMBEDDED_REMOVED = "sources.embedded.removed"
 
@@ -79,8 +81,6 @@ def parse_key(key: str) -> str:
         try:
             text = p.read_text().strip().split()[-1] if p.read_text().strip() else ""
         except OSError as exc:
-            from llmos_cli.errors import from_os_error
-
             raise from_os_error(exc, f"reading key {p}") from exc
     try:
         raw = base64.b64decode(text, validate=True)
@@ -129,7 +129,6 @@ def add_source(
     existing = {r.name for r in db.sources()}
     if name in existing:
         raise UsageError(f"a source named {name!r} already exists", f"remove it first with `llmos source remove {name}`")
-    from llmos_cli.state.db import now_iso
 
     row = SourceRow(name, url, kind, pinned, allow_unsigned or (name == EMBEDDED_NAME and url == EMBEDDED_URL), True, priority, now_iso(), None, None, None)
     if not simulate:
@@ -201,19 +200,8 @@ class UpdateResult:
         return {"simulated": self.simulated, "sources": [s.to_json() for s in self.sources]}
 
 
-def _trust_hook():
-    try:
-        from llmos_cli.registry import signing  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name == "llmos_cli.registry.signing":
-            return None
-        raise
-    return getattr(signing, "check_index_trust", None)
-
-
 def update_one(paths: Paths, db: StateDB, row: SourceRow, reporter: Reporter = NullReporter(), *, simulate: bool = False) -> SourceUpdate:
     """Fetch, validate, trust-check and store one source's index; raises on failure."""
-    from llmos_cli.pkg.archive import write_atomic
 
     src = make_source(row)
     if row.name == EMBEDDED_NAME and row.url == EMBEDDED_URL:
@@ -224,9 +212,8 @@ def update_one(paths: Paths, db: StateDB, row: SourceRow, reporter: Reporter = N
             return SourceUpdate(row.name, True, None, row.index_version, 0, False, False)
     raw, sig = src.fetch_index(reporter)
     index = Index.from_bytes(raw, f"source {row.name}")
-    hook = _trust_hook()
-    if hook is not None:
-        hook(row, index, raw, sig, row.index_version, reporter)
+    # fails closed: every index is trust-checked (signature against a pinned key, rollback, expiry)
+    check_index_trust(row, index, raw, sig, row.index_version, reporter)
     lp = list_path(paths, row.name)
     try:
         old = lp.read_bytes()
@@ -275,8 +262,6 @@ def update(paths: Paths, db: StateDB, reporter: Reporter = NullReporter(), names
                 failures.append((row.name, exc))
                 su = SourceUpdate(row.name, False, error=exc.to_json())
             except OSError as exc:
-                from llmos_cli.errors import from_os_error
-
                 err = from_os_error(exc, f"updating source {row.name}")
                 failures.append((row.name, err))
                 su = SourceUpdate(row.name, False, error=err.to_json())

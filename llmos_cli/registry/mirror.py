@@ -22,10 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos_cli.errors import NotFoundError, UnsatisfiableError, UsageError, from_os_error
+from llmos_cli.fileio import sha256_file, write_atomic
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.meta import Dependency, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.registry import lists
+from llmos_cli.registry.download import fetch_all
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, Index, IndexEntry
+from llmos_cli.registry.kinds import make_source
+from llmos_cli.registry.publish import copy_file, publish
+from llmos_cli.state.db import StateDB, state_lock
 
 
 @dataclass
@@ -163,10 +169,6 @@ def mirror(
     paths: Paths | None = None,
 ) -> MirrorResult:
     """Copy what ``names`` need (everything when empty) from source ``source`` into the folder registry ``dest``."""
-    from llmos_cli.registry import lists
-    from llmos_cli.registry.download import fetch_all
-    from llmos_cli.registry.sources import make_source
-    from llmos_cli.state.db import StateDB, state_lock
 
     paths = paths or get_paths()
     dest = Path(dest).expanduser()
@@ -202,8 +204,6 @@ def mirror(
                 _copy_verbatim(dest, entries, fetched, raw, sig, result, reporter)
                 result.index_version = index.version
             else:
-                from llmos_cli.registry.publish import publish
-
                 pub = publish(fetched, str(dest), sign_key=sign_key, expires_days=expires_days, reporter=reporter)
                 status = {(p.name, p.version): p.status for p in pub.packages}
                 for item in result.items:
@@ -214,12 +214,8 @@ def mirror(
             db.close()
 
 
-def _copy_verbatim(
-    dest: Path, entries: list[IndexEntry], fetched: list[Path], raw: bytes, sig: bytes | None, result: MirrorResult, reporter: Reporter
-) -> None:
+def _copy_verbatim(dest: Path, entries: list[IndexEntry], fetched: list[Path], raw: bytes, sig: bytes | None, result: MirrorResult, reporter: Reporter) -> None:
     """Archives at the index's own filenames, then the publisher's index and signature, unchanged."""
-    from llmos_cli.pkg.archive import sha256_file, write_atomic
-    from llmos_cli.registry.publish import copy_file
 
     try:
         for e, path, item in zip(entries, fetched, result.items):

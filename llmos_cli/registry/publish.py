@@ -19,13 +19,17 @@ version counter goes up by one), signing the new index when a key is given.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, TrustError, UsageError, from_os_error
+from llmos_cli.fileio import atomic_output
+from llmos_cli.pkg.archive import PackageArchive, archive_filename
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.registry.index import INDEX_NAME, INDEX_SCHEMA, SIG_SUFFIX, Index, IndexEntry, entry_from_archive, utc_iso
+from llmos_cli.registry import hub
+from llmos_cli.registry.index import INDEX_NAME, INDEX_SCHEMA, SIG_SUFFIX, Index, IndexEntry, entry_from_archive, utc_iso, write_index
+from llmos_cli.registry.signing import key_id_of_private, sign_index, signature_key_ids
 
 POOL = "pool"
 LOCK_NAME = ".llmos-publish.lock"
@@ -73,7 +77,6 @@ class PublishResult:
 
 def _open_archives(paths: list[Path], reporter: Reporter) -> list[tuple[Path, Any, IndexEntry]]:
     """Open and verify each archive; (path, archive, entry with its pool filename)."""
-    from llmos_cli.pkg.archive import PackageArchive, archive_filename
 
     if not paths:
         raise UsageError("nothing to publish", "name at least one archive built by `llmos build`")
@@ -95,7 +98,6 @@ def _open_archives(paths: list[Path], reporter: Reporter) -> list[tuple[Path, An
 
 def copy_file(src: Path, dest: Path, reporter: Reporter) -> None:
     """Copy atomically (temp file, fsync, rename) with a byte progress bar."""
-    from llmos_cli.pkg.archive import atomic_output
 
     with reporter.task(f"copying {dest.name}", total=Path(src).stat().st_size, unit="bytes") as task:
         with open(src, "rb") as fin, atomic_output(dest) as fout:
@@ -118,7 +120,6 @@ def _check_against(existing: list[IndexEntry], new: IndexEntry) -> str:
 
 
 def _require_signing_kept(previous_sig: bytes | None, sign_key: Path | None, target: str, reporter: Reporter) -> None:
-    from llmos_cli.registry.signing import key_id_of_private, signature_key_ids
 
     if previous_sig is None:
         return
@@ -168,8 +169,6 @@ def _publish_dir(
     reporter: Reporter,
 ) -> PublishResult:
     from filelock import FileLock
-
-    from llmos_cli.registry.index import write_index
 
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} is not a folder")
@@ -226,9 +225,6 @@ def _publish_hub(
 ) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-    from llmos_cli.registry import hub
-    from llmos_cli.registry.signing import sign_index
-
     loc = hub.HubLocation.parse(to)
     result = PublishResult(str(loc), simulate=simulate, signed=sign_key is not None)
     api = HfApi(endpoint=hub.endpoint())
@@ -248,7 +244,7 @@ def _publish_hub(
         if status == "added":
             entries.append(entry)
             ops.append(CommitOperationAdd(path_in_repo=entry.filename, path_or_fileobj=str(src)))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     index = Index(
         INDEX_SCHEMA,
         utc_iso(now),

@@ -126,9 +126,7 @@ def _load_signing_key(key_path: Path) -> Any:
     except OSError as exc:
         raise from_os_error(exc, f"reading the signing key {key_path}") from exc
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise TrustError(
-            f"{key_path} is not an llmos private key ({exc})", "pass the .key file written by `llmos key generate`"
-        ) from exc
+        raise TrustError(f"{key_path} is not an llmos private key ({exc})", "pass the .key file written by `llmos key generate`") from exc
 
 
 def key_id_of_private(key_path: Path) -> str:
@@ -155,9 +153,7 @@ def _parse_signatures(signature: bytes) -> list[dict]:
             raise TypeError("signatures must be a list of objects")
         return sigs
     except (ValueError, KeyError, TypeError) as exc:
-        raise TrustError(
-            f"the index signature file is malformed ({exc})", "the registry is broken or tampered with; tell its publisher"
-        ) from exc
+        raise TrustError(f"the index signature file is malformed ({exc})", "the registry is broken or tampered with; tell its publisher") from exc
 
 
 def signature_key_ids(signature: bytes) -> list[str]:
@@ -205,12 +201,12 @@ def verify_index(index_bytes: bytes, signature: bytes | None, pubkey_b64: str) -
 # ---------------------------------------------------------------- trust policy
 
 
-def install_allowed(row: "SourceRow") -> bool:
+def install_allowed(row: SourceRow) -> bool:
     """Whether packages of this source may be installed: a pinned key, or ``--allow-unsigned`` at ``source add``."""
     return bool(row.key) or bool(row.allow_unsigned)
 
 
-def require_trusted_source(row: "SourceRow") -> None:
+def require_trusted_source(row: SourceRow) -> None:
     """``TrustError`` for a source with neither a pinned key nor ``--allow-unsigned``."""
     if not install_allowed(row):
         raise TrustError(
@@ -221,8 +217,8 @@ def require_trusted_source(row: "SourceRow") -> None:
 
 
 def check_index_trust(
-    row: "SourceRow",
-    index: "Index",
+    row: SourceRow,
+    index: Index,
     raw: bytes,
     sig: bytes | None,
     previous_version: int | None,

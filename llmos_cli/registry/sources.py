@@ -5,22 +5,21 @@ fetch the raw index (and its detached signature, if any) and fetch one
 archive, verified against the index's size and sha256.  ``update``,
 ``install``, ``mirror`` and friends never care which kind they talk to.
 
-Kinds register themselves in ``SOURCE_KINDS``.  ``dir`` lives here; a kind
-not registered yet is looked up as module ``llmos_cli.registry.<kind>`` (or
-``KIND_MODULES[kind]``), which registers itself when imported -- so ``http``
-and ``hf`` slot in without touching this file.
+``dir`` lives here, ``http`` and ``hf`` in their own modules;
+``registry/kinds.py`` maps each kind to its class (``make_source``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from llmos_cli.errors import IntegrityError, NotFoundError, UsageError, from_os_error
+from llmos_cli.paths import embedded_registry
+from llmos_cli.pkg.manifest import safe_relpath
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, IndexEntry
 from llmos_cli.state.db import SourceRow
@@ -54,16 +53,6 @@ class Source(ABC):
         return self.row.url
 
 
-SOURCE_KINDS: dict[str, type[Source]] = {}
-#: modules that define (and register) a kind, imported on first use
-KIND_MODULES: dict[str, str] = {"hf": "llmos_cli.registry.hub"}
-
-
-def register_kind(kind: str, cls: type[Source]) -> None:
-    cls.kind = kind
-    SOURCE_KINDS[kind] = cls
-
-
 def verify_file(path: Path, size: int, sha256: str, what: str) -> None:
     """Stream-hash ``path`` and compare with the index (``IntegrityError`` on mismatch)."""
     try:
@@ -91,8 +80,6 @@ def verify_file(path: Path, size: int, sha256: str, what: str) -> None:
 def dir_path_for_url(url: str) -> Path:
     """Folder of a ``dir`` source: a path, ``file://`` URL, or ``embedded:``."""
     if url == EMBEDDED_URL:
-        from llmos_cli.paths import embedded_registry
-
         return embedded_registry()
     if url.startswith("file://"):
         u = urlparse(url)
@@ -128,16 +115,12 @@ class DirectorySource(Source):
         return raw, sig
 
     def fetch_archive(self, entry: IndexEntry, dest_dir: Path, reporter: Reporter = NullReporter()) -> Path:
-        from llmos_cli.pkg.manifest import safe_relpath
 
         if safe_relpath(entry.filename) != entry.filename:
             raise IntegrityError(f"source {self.name}: unsafe filename {entry.filename!r} in the index")
         p = self.root / entry.filename
         verify_file(p, entry.size, entry.sha256, f"{entry.meta.id} from source {self.name}")
         return p
-
-
-register_kind("dir", DirectorySource)
 
 
 def kind_for_url(url: str) -> str:
@@ -155,24 +138,6 @@ def kind_for_url(url: str) -> str:
     if scheme and len(scheme) > 1 and "://" in url:
         raise UsageError(f"unsupported source URL {url!r}", "use a folder path, file://, http(s):// or hf://owner/repo")
     return "dir"
-
-
-def make_source(row: SourceRow) -> Source:
-    cls = SOURCE_KINDS.get(row.kind)
-    if cls is None:
-        module = KIND_MODULES.get(row.kind, f"llmos_cli.registry.{row.kind}")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-        cls = SOURCE_KINDS.get(row.kind)
-    if cls is None:
-        raise UsageError(
-            f"source {row.name}: kind {row.kind!r} is not supported by this llmos",
-            f"remove it with `llmos source remove {row.name}`",
-        )
-    return cls(row)
 
 
 def normalise_url(url: str, kind: str) -> str:

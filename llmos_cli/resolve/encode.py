@@ -89,9 +89,7 @@ class Scope:
                 self.names.add(cand.meta.name)
                 todo += self.preferred(cand.meta.name)
             meta = cand.meta
-            for reqs, model_only in [(d.alternatives, False) for d in meta.depends] + (
-                [((meta.base,), True)] if meta.base is not None else []
-            ):
+            for reqs, model_only in [(d.alternatives, False) for d in meta.depends] + ([((meta.base,), True)] if meta.base is not None else []):
                 pick = self.best(reqs, model_only)
                 if pick is not None and pick.meta.name not in self.names:
                     todo.append(pick)

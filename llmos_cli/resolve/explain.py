@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmos_cli.pkg.meta import Dependency, Req
+
 from .model import Candidate
 from .pool import Pool
 
@@ -131,9 +133,7 @@ def render(core: list[Group], pool: Pool) -> list[str]:
         elif g.kind == "remove":
             lines.append(_Line("", [g.name], f"you asked to remove {g.name}"))
         elif g.kind == "held":
-            lines.append(
-                _Line(g.name, [], f"{g.name} {g.cand.meta.version if g.cand else ''} is installed and held".replace("  ", " "))
-            )
+            lines.append(_Line(g.name, [], f"{g.name} {g.cand.meta.version if g.cand else ''} is installed and held".replace("  ", " ")))
         elif g.kind == "one-version":
             lines.append(_Line(g.name, [], f"only one version of {g.name} can be installed at a time"))
         elif g.kind == "depends":
@@ -184,7 +184,6 @@ def _chain(lines: list[_Line]) -> list[_Line]:
 
 
 def _req_name(text: str) -> str:
-    from llmos_cli.pkg.meta import Req
 
     try:
         return Req.parse(text).name
@@ -193,7 +192,6 @@ def _req_name(text: str) -> str:
 
 
 def _alts_available(pool: Pool, text: str) -> str:
-    from llmos_cli.pkg.meta import Dependency
 
     dep = Dependency.parse(text)
     return "; ".join(_available(pool, alt.name) for alt in dep.alternatives)

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from llmos_cli.pkg.meta import PackageMeta, Req
 

@@ -14,7 +14,7 @@ resolver actually touches, so a 50,000-package universe costs one pass.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from llmos_cli.pkg.meta import Req
 

@@ -12,7 +12,7 @@ packages no longer needed, and what an upgrade had to keep back.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from llmos_cli.errors import DependentsError, NotFoundError, UnsatisfiableError
 

@@ -71,7 +71,7 @@ def lora_targets(adapter: GGUFHeader) -> list[str]:
 
 def lora_rank(adapter: GGUFHeader) -> int | None:
     """The largest rank among the adapter's pairs (from ``lora_b``'s first dimension)."""
-    ranks = [p["b"][0] for p in _pairs(adapter)[0].values() if "b" in p and p["b"]]
+    ranks = [p["b"][0] for p in _pairs(adapter)[0].values() if p.get("b")]
     return max(ranks) if ranks else None
 
 

@@ -16,10 +16,11 @@ then the user text), and ``render_chat`` says so through ``used_fallback``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 from llmos_cli.errors import RuntimeFailure
 
@@ -49,7 +50,7 @@ def _compile(template: str) -> Any:
     class _GenerationTag(jinja2.ext.Extension):
         """transformers' ``{% generation %}...{% endgeneration %}`` marks: render the body."""
 
-        tags = {"generation"}
+        tags: ClassVar[set[str]] = {"generation"}
 
         def parse(self, parser: Any) -> Any:
             lineno = next(parser.stream).lineno

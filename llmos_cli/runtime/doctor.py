@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmos_cli import __version__
 from llmos_cli.errors import ExitCode
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.runtime.engine import import_llama
 
 
 @dataclass
@@ -72,8 +74,6 @@ class DoctorReport:
 def _llama_info(checks: list[Check]) -> dict[str, Any]:
     info: dict[str, Any] = {"importable": False}
     try:
-        from llmos_cli.runtime.engine import import_llama
-
         lc = import_llama()
     except Exception as exc:
         msg = getattr(exc, "message", str(exc))
@@ -147,7 +147,6 @@ def _db_health(paths: Paths, checks: list[Check]) -> tuple[dict[str, Any], str |
 
 
 def doctor(*, reporter: Reporter | None = None, paths: Paths | None = None) -> DoctorReport:
-    from llmos_cli import __version__
 
     _ = reporter or NullReporter()
     paths = paths or get_paths()

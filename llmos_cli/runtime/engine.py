@@ -40,13 +40,16 @@ import ctypes
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from llmos_cli.errors import AbiError, ContextOverflow, InvalidPackageError, RuntimeFailure, UsageError
 from llmos_cli.gguf_info import GGUFHeader, read_header
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.runtime.abi import ensure_adapter_fits
+from llmos_cli.runtime.chat import render_chat
 
 #: context used when the model's own is larger (a KV cache for 128k tokens costs GBs)
 DEFAULT_MAX_CTX = 4096
@@ -371,7 +374,6 @@ class LlamaCppEngine:
         ptr = self._adapters.get(key)
         if ptr is not None:
             return ptr
-        from llmos_cli.runtime.abi import ensure_adapter_fits
 
         path = Path(key)
         header = read_header(path, with_vocab=False)
@@ -447,7 +449,6 @@ class LlamaCppEngine:
         return self.token_piece(token, special=True).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
-        from llmos_cli.runtime.chat import render_chat
 
         rendered = render_chat(
             self.chat_template,
@@ -599,7 +600,7 @@ class LlamaCppEngine:
             self._closed = True
             self._llm.close()
 
-    def __enter__(self) -> "LlamaCppEngine":
+    def __enter__(self) -> LlamaCppEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

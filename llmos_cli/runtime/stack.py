@@ -28,10 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import AbiError, NotFoundError, UsageError
+from llmos_cli.errors import AbiError, InvalidPackageError, NotFoundError, UsageError
+from llmos_cli.gguf_info import read_header
 from llmos_cli.paths import Paths, get_paths
+from llmos_cli.pkg.meta import RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.runtime.abi import check_adapter
 from llmos_cli.runtime.models import ModelInfo, package_file, resolve_model
+from llmos_cli.state import transaction as tx
 
 
 @dataclass
@@ -116,7 +120,6 @@ def base_matches(base_text: str | None, model: ModelInfo) -> bool | None:
         return None
     if model.origin != "installed":
         return None
-    from llmos_cli.pkg.meta import RelationError, Req
 
     try:
         req = Req.parse(base_text)
@@ -128,7 +131,6 @@ def base_matches(base_text: str | None, model: ModelInfo) -> bool | None:
 
 
 def _base_name(base_text: str | None) -> str:
-    from llmos_cli.pkg.meta import RelationError, Req
 
     try:
         return Req.parse(base_text or "").name
@@ -152,9 +154,6 @@ def _library(paths: Paths, pkg: Any, scale: float | None) -> StackLibrary:
 
 def check_library(lib: StackLibrary, model_header: Any, header_cache: dict[Path, Any] | None = None) -> None:
     """Fill ``fits``/``problems`` from the ABI check (no-op for libraries without adapter)."""
-    from llmos_cli.errors import InvalidPackageError
-    from llmos_cli.gguf_info import read_header
-    from llmos_cli.runtime.abi import check_adapter
 
     if lib.adapter is None:
         return
@@ -228,8 +227,6 @@ def build_stack(
                 continue
             stack.libraries.append(lib)
     if check_abi and any(lib.adapter is not None for lib in stack.libraries + stack.left_out):
-        from llmos_cli.gguf_info import read_header
-
         stack.model_header = read_header(minfo.path, with_vocab=False)
         cache: dict[Path, Any] = {}
         for lib in stack.libraries + stack.left_out:
@@ -258,7 +255,6 @@ def show_stack(
     paths: Paths | None = None,
 ) -> Stack:
     """``llmos stack``: what a run with these options would use."""
-    from llmos_cli.state import transaction as tx
 
     paths = paths or get_paths()
     with tx.open_state(paths, "stack", write=False, reporter=reporter) as db:
@@ -282,8 +278,9 @@ class AttachResult:
         return {"command": self.command, "changed": self.changed, "unchanged": self.unchanged, "simulated": self.simulated, "txid": self.txid}
 
 
-def _set_attached(command: str, names: list[str], attached: bool, scale: float | None, simulate: bool, reporter: Reporter | None, paths: Paths | None) -> AttachResult:
-    from llmos_cli.state import transaction as tx
+def _set_attached(
+    command: str, names: list[str], attached: bool, scale: float | None, simulate: bool, reporter: Reporter | None, paths: Paths | None
+) -> AttachResult:
 
     rep = reporter or NullReporter()
     paths = paths or get_paths()
@@ -327,10 +324,7 @@ def _set_attached(command: str, names: list[str], attached: bool, scale: float |
         result = AttachResult(command, changed, unchanged, simulate)
         if simulate or not changed:
             return result
-        records = [
-            {"action": command, "name": c["name"], "old_version": c["version"], "new_version": c["version"], "scale": c["scale"]}
-            for c in changed
-        ]
+        records = [{"action": command, "name": c["name"], "old_version": c["version"], "new_version": c["version"], "scale": c["scale"]} for c in changed]
 
         def apply() -> None:
             for c in changed:
@@ -343,7 +337,9 @@ def _set_attached(command: str, names: list[str], attached: bool, scale: float |
         return result
 
 
-def attach(names: list[str], *, scale: float | None = None, simulate: bool = False, reporter: Reporter | None = None, paths: Paths | None = None) -> AttachResult:
+def attach(
+    names: list[str], *, scale: float | None = None, simulate: bool = False, reporter: Reporter | None = None, paths: Paths | None = None
+) -> AttachResult:
     """Put libraries back into runs (optionally at a new scale)."""
     return _set_attached("attach", names, True, scale, simulate, reporter, paths)
 

@@ -14,11 +14,12 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from llmos_cli.errors import LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
@@ -82,7 +83,7 @@ MIGRATIONS: dict[int, str] = {
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -174,7 +175,7 @@ class StateDB:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, paths: Paths, *, create: bool = True) -> "StateDB":
+    def open(cls, paths: Paths, *, create: bool = True) -> StateDB:
         db = paths.db
         if not db.exists():
             store_has_blobs = paths.store.is_dir() and any(paths.store.iterdir())
@@ -371,9 +372,17 @@ class StateDB:
         rows = self.conn.execute("SELECT * FROM sources ORDER BY priority DESC, name").fetchall()
         return [
             SourceRow(
-                name=r["name"], url=r["url"], kind=r["kind"], key=r["key"], allow_unsigned=bool(r["allow_unsigned"]),
-                enabled=bool(r["enabled"]), priority=r["priority"], added=r["added"], index_version=r["index_version"],
-                index_created=r["index_created"], updated=r["updated"],
+                name=r["name"],
+                url=r["url"],
+                kind=r["kind"],
+                key=r["key"],
+                allow_unsigned=bool(r["allow_unsigned"]),
+                enabled=bool(r["enabled"]),
+                priority=r["priority"],
+                added=r["added"],
+                index_version=r["index_version"],
+                index_created=r["index_created"],
+                updated=r["updated"],
             )
             for r in rows
         ]

@@ -20,11 +20,13 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from llmos_cli.errors import IntegrityError, from_os_error
 from llmos_cli.paths import Paths
+from llmos_cli.pkg.manifest import FileRecord
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
@@ -149,8 +151,6 @@ class Store:
     def add_bytes(self, data: bytes) -> str:
         """Store ``data`` (its digest is computed); handy for tests and small files."""
         import io
-
-        from llmos_cli.pkg.manifest import FileRecord
 
         return self.add_stream(io.BytesIO(data), FileRecord(hashlib.sha256(data).hexdigest(), len(data)))
 

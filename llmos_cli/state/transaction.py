@@ -29,10 +29,11 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from llmos_cli.errors import (
     IOFailure,
@@ -45,6 +46,7 @@ from llmos_cli.paths import Paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, state_lock
 from llmos_cli.state.store import Store
+from llmos_cli.state.unpack import stage_archive
 
 CRASH_ENV = "LLMOS_TEST_CRASH_AT"
 DELAY_ENV = "LLMOS_TEST_STEP_DELAY"
@@ -248,7 +250,6 @@ def execute(
     supplies the archive of an install/upgrade/downgrade action, already
     checked against its index entry; its content is checked while staging.
     """
-    from llmos_cli.state.unpack import stage_archive  # tarfile, the manifest parser: not needed by `llmos list`
 
     records = [action_record(a) for a in plan.actions]
     with db.transaction():
@@ -270,9 +271,7 @@ def execute(
         with reporter.task("Unpacking", total=None, unit="bytes") as task:
             for a, path, source, sha in fetched:
                 task.update(description=f"Unpacking {a.name} {a.new_version}")
-                st = stage_archive(
-                    store, path, name=a.name, version=a.new_version, progress=task.advance, on_file=lambda: checkpoint("staging")
-                )
+                st = stage_archive(store, path, name=a.name, version=a.new_version, progress=task.advance, on_file=lambda: checkpoint("staging"))
                 staged.append(StagedPackage(a, st.manifest, st.files, source, sha))
                 result.staged_files += len(st.files)
                 result.staged_bytes += sum(f.size for f in st.files)

@@ -24,9 +24,10 @@ from __future__ import annotations
 import gzip
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llmos_cli.errors import IntegrityError, InvalidPackageError, from_os_error
 from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, parse_manifest_text, raise_for, safe_relpath

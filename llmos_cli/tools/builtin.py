@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from llmos_cli.knowledge.retrieve import search
+from llmos_cli.tools.calculator import CalcError, evaluate
 from llmos_cli.tools.spec import ToolResult, ToolSpec
 
 LOOKUP_MAX_K = 10
@@ -49,7 +52,6 @@ def lookup_spec(library_names: Sequence[str]) -> ToolSpec:
 
 
 def run_calculator(arguments: dict[str, Any]) -> ToolResult:
-    from llmos_cli.tools.calculator import CalcError, evaluate
 
     expr = arguments.get("expression")
     try:
@@ -60,7 +62,6 @@ def run_calculator(arguments: dict[str, Any]) -> ToolResult:
 
 
 def run_lookup(arguments: dict[str, Any], libraries: Sequence[Any]) -> ToolResult:
-    from llmos_cli.knowledge.retrieve import search
 
     query = arguments.get("query")
     if not isinstance(query, str) or not query.strip():
@@ -77,8 +78,6 @@ def run_lookup(arguments: dict[str, Any], libraries: Sequence[Any]) -> ToolResul
         True,
         value={
             "query": query,
-            "results": [
-                {"citation": h.citation, "section": h.section, "score": round(h.score, 3), "text": h.text} for h in hits
-            ],
+            "results": [{"citation": h.citation, "section": h.section, "score": round(h.score, 3), "text": h.text} for h in hits],
         },
     )

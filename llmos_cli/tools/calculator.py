@@ -13,7 +13,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_EXPRESSION = 500
 MAX_DEPTH = 50

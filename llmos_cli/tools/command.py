@@ -173,9 +173,7 @@ def run_command(spec: ToolSpec, arguments: dict[str, Any]) -> ToolResult:
         try:
             value = json.loads(text)
         except ValueError as exc:
-            return ToolResult(
-                False, error=f"tool {spec.name!r} did not print valid JSON ({exc.msg} at char {exc.pos})", seconds=seconds, stderr=stderr
-            )
+            return ToolResult(False, error=f"tool {spec.name!r} did not print valid JSON ({exc.msg} at char {exc.pos})", seconds=seconds, stderr=stderr)
         return ToolResult(True, value=value, seconds=seconds, stderr=stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

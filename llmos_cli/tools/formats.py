@@ -25,7 +25,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -181,9 +180,7 @@ def assistant_message(fmt: CallFormat, calls: list[ParsedCall], content: str = "
     msg: dict[str, Any] = {
         "role": "assistant",
         "content": content,
-        "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-        ],
+        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
     }
     return msg
 
@@ -229,10 +226,7 @@ def prepare_chat(
             out.append({"role": "system", "content": text})
     for m in rest:
         if m.get("role") == "assistant" and m.get("tool_calls"):
-            calls = "\n".join(
-                fmt.render_call(ParsedCall(c["function"]["name"], c["function"]["arguments"], "", id=c.get("id", "")))
-                for c in m["tool_calls"]
-            )
+            calls = "\n".join(fmt.render_call(ParsedCall(c["function"]["name"], c["function"]["arguments"], "", id=c.get("id", ""))) for c in m["tool_calls"])
             content = m.get("content") or ""
             out.append({"role": "assistant", "content": f"{content}\n{calls}".strip()})
         elif m.get("role") == "tool":

@@ -29,16 +29,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from llmos_cli.errors import ToolError, UsageError
-from llmos_cli.prompt.options import DEFAULT_CHAIN_LIMIT
+from llmos_cli.gbnf import call_grammar, validate_grammar
+from llmos_cli.runtime.engine import SamplingParams
 from llmos_cli.tools.formats import CallFormat, ParsedCall, assistant_message, detect_format, prepare_chat, tool_message
 from llmos_cli.tools.permissions import Policy
 from llmos_cli.tools.registry import ToolSet
 from llmos_cli.tools.spec import ToolResult
 
+#: --chain-limit default: model turns a tool loop may take
+DEFAULT_CHAIN_LIMIT = 5
 MAX_CHAIN_LIMIT = 50
 #: a result longer than this is cut before the model reads it
 MAX_RESULT_CHARS = 8000
@@ -121,7 +125,6 @@ def _vocab(engine: Any) -> Any:
 
 def prepare_grammars(engine: Any, toolset: ToolSet, fmt: CallFormat) -> dict[str, str]:
     """A validated call grammar for every tool; raises before any generation."""
-    from llmos_cli.tools.grammar import call_grammar, validate_grammar
 
     grammars = {s.name: call_grammar(s.name, s.parameters, fmt.args_key) for s in toolset.specs}
     vocab = _vocab(engine)
@@ -176,7 +179,6 @@ def run_tool_loop(
     options: LoopOptions,
 ) -> LoopResult:
     """Generate an answer to ``messages``, letting the model call ``toolset``'s tools."""
-    from llmos_cli.runtime.engine import SamplingParams
 
     params = options.params or SamplingParams()
     if not 0 <= options.chain_limit <= MAX_CHAIN_LIMIT:

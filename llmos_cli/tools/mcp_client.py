@@ -104,7 +104,7 @@ class McpServer:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported through start()
+        except BaseException as exc:
             if not self._ready.is_set():
                 self._error = exc
         finally:
@@ -120,9 +120,7 @@ class McpServer:
 
         assert self._workdir is not None
         argv = resolve_argv([str(c) for c in self.decl.get("command", [])], self._workdir)
-        params = StdioServerParameters(
-            command=argv[0], args=argv[1:], env=scrubbed_env(self._workdir, self.name), cwd=str(self._workdir)
-        )
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=scrubbed_env(self._workdir, self.name), cwd=str(self._workdir))
         self._stop = asyncio.Event()
         async with stdio_client(params, errlog=self._errlog) as streams:
             read, write = streams[0], streams[1]
@@ -172,7 +170,7 @@ class McpServer:
         except TimeoutError:
             fut.cancel()
             return ToolResult(False, error=f"tool {tool!r} ({self.label}) timed out after {limit:g} s", seconds=time.monotonic() - start)
-        except Exception as exc:  # noqa: BLE001 - protocol errors go back to the model
+        except Exception as exc:
             return ToolResult(False, error=f"tool {tool!r} ({self.label}) failed: {exc}", seconds=time.monotonic() - start)
         seconds = time.monotonic() - start
         texts = [getattr(c, "text", None) for c in (res.content or [])]

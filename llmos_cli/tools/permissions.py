@@ -19,16 +19,18 @@ not allowed by accident.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from llmos_cli.errors import ToolError
+from llmos_cli.paths import get_paths
+from llmos_cli.state.db import StateDB, now_iso
+from llmos_cli.state.transaction import open_state
 from llmos_cli.tools.spec import ToolSpec
 
 
 def load_stored(paths: Any = None) -> dict[str, bool]:
-    from llmos_cli.paths import get_paths
-    from llmos_cli.state.db import StateDB
 
     paths = paths or get_paths()
     if not paths.db.exists():
@@ -42,8 +44,6 @@ def load_stored(paths: Any = None) -> dict[str, bool]:
 
 def store(paths: Any, key: str, allowed: bool | None) -> None:
     """Record (or with ``None`` forget) a decision for ``library:tool``."""
-    from llmos_cli.state.db import now_iso
-    from llmos_cli.state.transaction import open_state
 
     with open_state(paths, f"tools {'allow' if allowed else 'deny'} {key}", write=True) as db:
         with db.transaction() as conn:
@@ -66,7 +66,7 @@ class Policy:
     _answers: dict[str, bool] = field(default_factory=dict)
 
     def status(self, spec: ToolSpec) -> str:
-        """"allowed", "denied" or "ask" (no decision yet)."""
+        """ "allowed", "denied" or "ask" (no decision yet)."""
         if spec.name in self.allow or spec.key in self.allow:
             return "allowed"
         if self.stored.get(spec.key) is False:

@@ -10,10 +10,18 @@ before the tool runs; a mismatch goes back to the model as an error result.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from llmos_cli.errors import NotFoundError, ToolError, UsageError
+from llmos_cli.knowledge.libraries import installed_libraries
+from llmos_cli.paths import get_paths
+from llmos_cli.state.db import StateDB
+from llmos_cli.tools.builtin import calculator_spec, lookup_spec, run_calculator, run_lookup
+from llmos_cli.tools.command import run_command
+from llmos_cli.tools.mcp_client import McpServer
+from llmos_cli.tools.permissions import load_stored, store
 from llmos_cli.tools.spec import DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, EMPTY_PARAMS, MAX_TIMEOUT, NAME_RE, ToolResult, ToolSpec
 
 BUILTIN_NAMES = ("calculator", "lookup")
@@ -67,9 +75,8 @@ class ToolSet:
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def for_run(cls, libraries: Sequence[Any], *, builtins: bool = True, start_mcp: bool = True) -> "ToolSet":
+    def for_run(cls, libraries: Sequence[Any], *, builtins: bool = True, start_mcp: bool = True) -> ToolSet:
         """Every tool the attached ``libraries`` offer, plus the built-ins; starts MCP servers."""
-        from llmos_cli.tools.builtin import calculator_spec, lookup_spec
 
         ts = cls([], list(libraries))
         if builtins:
@@ -98,7 +105,6 @@ class ToolSet:
         return ts
 
     def _start_servers(self) -> None:
-        from llmos_cli.tools.mcp_client import McpServer
 
         for spec in self.specs:
             if spec.kind != "mcp":
@@ -143,14 +149,10 @@ class ToolSet:
         except jsonschema.SchemaError as exc:
             return ToolResult(False, error=f"tool {spec.name!r} has an invalid schema: {exc.message}")
         if spec.kind == "builtin":
-            from llmos_cli.tools.builtin import run_calculator, run_lookup
-
             if spec.name == "calculator":
                 return run_calculator(arguments)
             return run_lookup(arguments, self.libraries)
         if spec.kind == "command":
-            from llmos_cli.tools.command import run_command
-
             return run_command(spec, arguments)
         if spec.kind == "mcp":
             server = self.servers.get((spec.source, spec.server or ""))
@@ -193,16 +195,11 @@ class ToolRow:
 
 def list_tools(paths: Any = None) -> list[ToolRow]:
     """Every tool of every installed library plus the built-ins, with its permission."""
-    from llmos_cli.knowledge.libraries import installed_libraries
-    from llmos_cli.paths import get_paths
-    from llmos_cli.tools.builtin import calculator_spec, lookup_spec
-    from llmos_cli.tools.permissions import load_stored
 
     paths = paths or get_paths()
     libs = installed_libraries(paths, attached_only=False)
     stored = load_stored(paths)
     attached = {}
-    from llmos_cli.state.db import StateDB
 
     if paths.db.exists():
         db = StateDB.open(paths)
@@ -266,8 +263,6 @@ def plan_permission(name: str, allowed: bool, paths: Any = None, *, simulate: bo
 
 
 def apply_permission(change: PermissionChange, paths: Any = None) -> PermissionChange:
-    from llmos_cli.paths import get_paths
-    from llmos_cli.tools.permissions import store
 
     paths = paths or get_paths()
     if change.library is None and change.allowed:

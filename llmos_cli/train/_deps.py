@@ -7,8 +7,6 @@ ImportError traceback.
 
 from __future__ import annotations
 
-import importlib
-
 from llmos_cli.errors import ExitCode, LlmosError
 
 TRAIN_MODULES = ("torch", "transformers", "peft", "safetensors", "sentencepiece")

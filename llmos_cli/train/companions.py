@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import NotFoundError
+from llmos_cli.pkg.manifest import load_manifest
+from llmos_cli.train.data import iter_records
+from llmos_cli.train.export import read_lora_gguf
 
 
 class Companions:
-    def __init__(self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu", probs: list[float] | None = None, sampling: str = "independent"):
+    def __init__(
+        self, model: Any, adapters: list[tuple[str, dict[str, Any]]], device: str = "cpu", probs: list[float] | None = None, sampling: str = "independent"
+    ):
         import torch
 
         self.sampling = sampling
@@ -96,7 +101,6 @@ def load_companions(paths: list[str], src: Path, hp: Any) -> list[CompanionSourc
     on, some of the batch asks its questions with its answers, so the adapter being trained learns
     not to break what the companion knows (not only the base's behaviour).
     """
-    from llmos_cli.train.export import read_lora_gguf
 
     out = []
     for p in paths:
@@ -105,9 +109,6 @@ def load_companions(paths: list[str], src: Path, hp: Any) -> list[CompanionSourc
             path = src / path
         qa: list[Any] = []
         if path.is_dir():
-            from llmos_cli.pkg.manifest import load_manifest
-            from llmos_cli.train.data import iter_records
-
             m = load_manifest(path)
             adapter = path / (m.section("adapter").get("file") or "adapter.gguf")
             if not adapter.is_file():

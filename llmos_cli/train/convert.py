@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, NotFoundError
+from llmos_cli.gguf_info import read_header
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.train._deps import require_train_extra
 
 SUPPORTED_ARCHS = {"LlamaForCausalLM": "llama"}
 
@@ -86,7 +88,7 @@ class LlamaHParams:
     tie_embeddings: bool
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "LlamaHParams":
+    def from_hf(cls, cfg: dict) -> LlamaHParams:
         n_head = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         rope = cfg.get("rope_parameters") or {}
@@ -143,11 +145,14 @@ def hf_tensor_names(n_layer: int) -> list[str]:
     return names
 
 
-def gguf_name(hf_name: str, n_layer: int, _cache: dict = {}) -> str:
+_NAME_MAPS: dict[int, Any] = {}
+
+
+def gguf_name(hf_name: str, n_layer: int) -> str:
     """GGUF tensor name of a HF Llama tensor (``model.layers.0.self_attn.q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
-    tmap = _cache.get(n_layer)
+    tmap = _NAME_MAPS.get(n_layer)
     if tmap is None:
-        tmap = _cache[n_layer] = tensor_name_map(n_layer)
+        tmap = _NAME_MAPS[n_layer] = tensor_name_map(n_layer)
     name = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if name is None:
         raise InvalidPackageError(f"no GGUF name for tensor {hf_name!r}", "only Llama-architecture checkpoints are supported")
@@ -365,8 +370,6 @@ def convert_hf_to_gguf(
     """
     import numpy as np
 
-    from llmos_cli.train._deps import require_train_extra
-
     require_train_extra("converting a Hugging Face checkpoint", ("torch", "safetensors"))
     import gguf
 
@@ -499,8 +502,6 @@ def gguf_state_dict(path: str | Path) -> tuple[LlamaHParams, dict[str, Any]]:
     from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize
 
-    from llmos_cli.gguf_info import read_header
-
     read_header(path, with_vocab=False)  # clear error on junk/truncated files
     reader = GGUFReader(str(path), "r")
     hp = hparams_from_gguf(reader)
@@ -528,7 +529,6 @@ def gguf_state_dict(path: str | Path) -> tuple[LlamaHParams, dict[str, Any]]:
 
 def load_llama_from_gguf(path: str | Path, dtype: Any = None) -> Any:
     """A transformers ``LlamaForCausalLM`` with the weights of a Llama GGUF."""
-    from llmos_cli.train._deps import require_train_extra
 
     require_train_extra("loading a GGUF model into transformers", ("torch", "transformers"))
     import torch

@@ -30,11 +30,18 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, NotFoundError
+from llmos_cli.gguf_info import read_header
+from llmos_cli.knowledge import indexer
+from llmos_cli.knowledge.glossary import find_terms, parse_glossary
+from llmos_cli.knowledge.retrieve import Hit
+from llmos_cli.prompt.assemble import Refinement, knowledge_text, refinement_text
+from llmos_cli.runtime.engine import import_llama
 
 IGNORE = -100
 
@@ -46,8 +53,6 @@ class GGUFTokenizer:
     """llama.cpp's tokenizer and the chat template of a GGUF model (vocabulary only)."""
 
     def __init__(self, gguf_path: str | Path):
-        from llmos_cli.gguf_info import read_header
-        from llmos_cli.runtime.engine import import_llama
 
         llama_cpp = import_llama()  # with llama.cpp's log captured, not printed
         head = read_header(gguf_path)
@@ -198,9 +203,9 @@ def parse_record(obj: Any, origin: str) -> Record:
         qs = [qs]
     ans = obj.get("answer")
     if not isinstance(qs, list) or not qs or not all(isinstance(q, str) and q.strip() for q in qs):
-        raise InvalidPackageError(f"{origin}: needs \"questions\" (a list of strings) or \"messages\"")
+        raise InvalidPackageError(f'{origin}: needs "questions" (a list of strings) or "messages"')
     if not isinstance(ans, str) or not ans.strip():
-        raise InvalidPackageError(f"{origin}: needs a non-empty \"answer\"")
+        raise InvalidPackageError(f'{origin}: needs a non-empty "answer"')
     return Record(questions=[q.strip() for q in qs], answer=ans.strip(), origin=origin)
 
 
@@ -257,8 +262,8 @@ class ContextSource:
 
     def system_message(self, question: str, answer: str, rng: random.Random, max_chunks: int = 3) -> str | None:
         try:
-            from llmos_cli.knowledge.retrieve import Hit
-            from llmos_cli.prompt.assemble import knowledge_text, refinement_text, Refinement
+            pass
+            pass
         except ImportError:  # runtime prompt assembly not available
             return None
         relevant = [c for c in self.chunks if answer.lower() in c.text.lower()]
@@ -269,14 +274,9 @@ class ContextSource:
         rng.shuffle(others)
         picked += others[: rng.randint(0, max_chunks - len(picked))]
         rng.shuffle(picked)
-        hits = [
-            Hit(self.library, self.version, c.document, c.ordinal, c.section, c.text, 1.0 / (i + 1), rank=i + 1)
-            for i, c in enumerate(picked)
-        ]
+        hits = [Hit(self.library, self.version, c.document, c.ordinal, c.section, c.text, 1.0 / (i + 1), rank=i + 1) for i, c in enumerate(picked)]
         refs: list[Any] = []
         try:
-            from llmos_cli.knowledge.glossary import find_terms
-
             for m in find_terms(self.glossaries, question):
                 refs.append(Refinement(m.term, m.definition, m.library, m.matched))
         except Exception:
@@ -288,7 +288,7 @@ class ContextSource:
 def load_context_source(manifest: Any, src: Path) -> ContextSource | None:
     """Chunks + glossary of a library source folder, chunked with its own manifest settings."""
     try:
-        from llmos_cli.knowledge import indexer
+        pass
     except ImportError:
         return None
     docs = indexer.collect_documents(manifest, src)
@@ -299,8 +299,6 @@ def load_context_source(manifest: Any, src: Path) -> ContextSource | None:
     glossaries: list[Any] = []
     gfile = manifest.section("glossary").get("file")
     if gfile:
-        from llmos_cli.knowledge.glossary import parse_glossary
-
         glossaries.append(parse_glossary((src / gfile).read_bytes(), manifest.name, str(gfile)))
     return ContextSource(manifest.name, manifest.version, chunks, glossaries)
 
@@ -356,7 +354,7 @@ class Sampler:
         if ts.qa and ts.chats:
             weights["chat"] = len(ts.chats) / (len(ts.chats) + len(ts.qa))
         if not any(weights[k] for k in ("qa", "chat", "doc")):
-            raise InvalidPackageError("the library has no training data", "add [train] data = [\"train/qa.jsonl\"] or documents")
+            raise InvalidPackageError("the library has no training data", 'add [train] data = ["train/qa.jsonl"] or documents')
         self.kinds = [k for k, w in weights.items() if w > 0]
         self.weights = [weights[k] for k in self.kinds]
         self.context_fraction = context_fraction if ts.context is not None else 0.0
@@ -410,9 +408,7 @@ class Sampler:
                     continue
             if enc.n_target:
                 return Encoded(enc.input_ids, enc.labels, offdomain=(kind == "replay"))
-        raise InvalidPackageError(
-            f"training examples do not fit {self.max_len} tokens", "raise [train] max_len or shorten the data"
-        )
+        raise InvalidPackageError(f"training examples do not fit {self.max_len} tokens", "raise [train] max_len or shorten the data")
 
     def batch(self, size: int) -> list[Encoded]:
         return [self.draw() for _ in range(size)]

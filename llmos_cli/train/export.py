@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError
+from llmos_cli.gguf_info import read_header
 from llmos_cli.train.convert import (
     LlamaHParams,
     _atomic_target,
@@ -135,8 +136,6 @@ def read_lora_gguf(path: str | Path, hp: LlamaHParams) -> tuple[dict[str, LoraPa
     """Read a LoRA GGUF back into HF-named pairs (B un-permuted, scaling = alpha/r)."""
     import numpy as np
     from gguf import GGUFReader
-
-    from llmos_cli.gguf_info import read_header
 
     head = read_header(path, with_vocab=False)
     if head.general_type != "adapter" or head.adapter_type != "lora":

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, UsageError
+from llmos_cli.pkg.manifest import load_manifest
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.train._deps import require_train_extra
+from llmos_cli.train.lora import train_library
 
 
 @dataclass
@@ -71,7 +74,6 @@ class FamilyResult:
 
 def plan_family(srcs: list[str | Path]) -> list[Member]:
     """The libraries in dependency order, each with the family members it depends on."""
-    from llmos_cli.pkg.manifest import load_manifest
 
     loaded = []
     for s in srcs:
@@ -109,7 +111,7 @@ def plan_family(srcs: list[str | Path]) -> list[Member]:
         if name in order:
             return
         if name in visiting:
-            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
             raise UsageError(f"the libraries depend on each other in a cycle: {cycle}")
         visiting.append(name)
         for d in members[name].deps:
@@ -133,7 +135,6 @@ def cotrain_round(
     paths: Any = None,
 ) -> list[Any]:
     """One Gauss-Seidel round: every member continues from its adapter in the others' company."""
-    from llmos_cli.train.lora import train_library
 
     out = []
     for m in members:
@@ -152,8 +153,7 @@ def cotrain_round(
         }
         tmp = m.adapter.with_name(m.adapter.name + ".cotrain.tmp")
         try:
-            res = train_library(m.src, base, overrides=over, device=device, threads=threads, out=tmp, evaluate=False,
-                                reporter=reporter, paths=paths)
+            res = train_library(m.src, base, overrides=over, device=device, threads=threads, out=tmp, evaluate=False, reporter=reporter, paths=paths)
             os.replace(tmp, m.adapter)
         finally:
             tmp.unlink(missing_ok=True)
@@ -180,8 +180,6 @@ def train_family(
     paths: Any = None,
 ) -> FamilyResult:
     """Train every library (dependencies first), then co-train them for ``cotrain.rounds`` rounds."""
-    from llmos_cli.train._deps import require_train_extra
-    from llmos_cli.train.lora import train_library
 
     require_train_extra("llmos train")
     rep = reporter or NullReporter()
@@ -192,13 +190,21 @@ def train_family(
     first = []
     if not skip_first:
         for m in members:
-            first.append(train_library(m.src, base, overrides=overrides, device=device, threads=threads,
-                                       evaluate=evaluate, reporter=rep, paths=paths))
+            first.append(train_library(m.src, base, overrides=overrides, device=device, threads=threads, evaluate=evaluate, reporter=rep, paths=paths))
     rounds = []
     for i in range(opts.rounds):
         rep.info(f"co-training round {i + 1}/{opts.rounds}")
         rounds.append(cotrain_round(members, base, opts, device=device, threads=threads, reporter=rep, paths=paths))
-    return FamilyResult([m.name for m in members], first, rounds, {
-        "rounds": opts.rounds, "steps": opts.steps, "lr": opts.lr, "companion_prob": opts.companion_prob,
-        "data_fraction": opts.data_fraction, "replay_fraction": opts.replay_fraction,
-    })
+    return FamilyResult(
+        [m.name for m in members],
+        first,
+        rounds,
+        {
+            "rounds": opts.rounds,
+            "steps": opts.steps,
+            "lr": opts.lr,
+            "companion_prob": opts.companion_prob,
+            "data_fraction": opts.data_fraction,
+            "replay_fraction": opts.replay_fraction,
+        },
+    )

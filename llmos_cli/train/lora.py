@@ -27,7 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
+from llmos_cli.gguf_info import read_header
+from llmos_cli.knowledge.indexer import collect_documents
+from llmos_cli.paths import get_paths
+from llmos_cli.pkg.manifest import load_manifest, safe_relpath
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.runtime.abi import check_adapter
+from llmos_cli.state.db import StateDB
+from llmos_cli.state.store import Store
+from llmos_cli.train import data as D
+from llmos_cli.train._deps import require_train_extra
+from llmos_cli.train.companions import Companions, hf_root, load_companions
+from llmos_cli.train.convert import LlamaHParams, convert_hf_to_gguf, load_llama_from_gguf
+from llmos_cli.train.export import peft_model_pairs, read_lora_gguf, write_lora_gguf
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _KNOWN_TARGETS = set(DEFAULT_TARGETS)
@@ -75,7 +87,7 @@ class TrainOptions:
     silence_penalty: float = 0.0
 
     @classmethod
-    def from_manifest(cls, table: dict[str, Any], overrides: dict[str, Any] | None = None) -> "TrainOptions":
+    def from_manifest(cls, table: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainOptions:
         opts = cls()
         names = {f.name for f in fields(cls)}
         merged = {k: v for k, v in (table or {}).items()}
@@ -157,7 +169,6 @@ class BaseModel:
     version: str | None = None
 
     def load_torch(self) -> Any:
-        import torch
 
         if self.hf_dir is not None:
             from transformers import AutoModelForCausalLM
@@ -166,7 +177,6 @@ class BaseModel:
             if getattr(model.config, "model_type", None) != "llama":
                 raise InvalidPackageError(f"{self.hf_dir}: {model.config.model_type!r} models are not supported", "llmos trains Llama-architecture models")
             return model
-        from llmos_cli.train.convert import load_llama_from_gguf
 
         return load_llama_from_gguf(self.gguf)
 
@@ -216,7 +226,6 @@ def resolve_base(base: str, workdir: Path, paths: Any = None) -> BaseModel:
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise NotFoundError(f"{p} is not a Hugging Face checkpoint (no config.json)", "pass a checkpoint folder, a .gguf file or an installed model name")
-        from llmos_cli.train.convert import convert_hf_to_gguf
 
         vocab = convert_hf_to_gguf(p, workdir / "base-vocab.gguf", vocab_only=True)
         return BaseModel(str(p), vocab, hf_dir=p)
@@ -224,9 +233,6 @@ def resolve_base(base: str, workdir: Path, paths: Any = None) -> BaseModel:
         if not p.is_file():
             raise NotFoundError(f"base model {p} not found")
         return BaseModel(str(p), p)
-    from llmos_cli.paths import get_paths
-    from llmos_cli.state.db import StateDB
-    from llmos_cli.state.store import Store
 
     paths = paths or get_paths()
     if not paths.db.exists():
@@ -304,7 +310,6 @@ def greedy_answers(model: Any, tok: Any, questions: list[str], *, max_new_tokens
 
 def _apply_training_dir(src: Path, opts: TrainOptions) -> dict[str, list[Path]]:
     def resolve(items: list[str], what: str) -> list[Path]:
-        from llmos_cli.pkg.manifest import safe_relpath
 
         out = []
         for it in items:
@@ -332,18 +337,12 @@ def train_library(
     paths: Any = None,
 ) -> TrainResult:
     """Train the LoRA adapter of the library source folder ``src`` on ``base``."""
-    from llmos_cli.train._deps import require_train_extra
 
     require_train_extra("llmos train")
     import tempfile
 
     import torch
     from peft import LoraConfig, get_peft_model
-
-    from llmos_cli.pkg.manifest import load_manifest
-    from llmos_cli.train import data as D
-    from llmos_cli.train.convert import LlamaHParams
-    from llmos_cli.train.export import peft_model_pairs, write_lora_gguf
 
     rep = reporter or NullReporter()
     src = Path(src)
@@ -355,7 +354,7 @@ def train_library(
     adapter_path = Path(out) if out else src / adapter_rel
     warnings: list[str] = []
     if not manifest.section("adapter"):
-        warnings.append(f"llmos.toml has no [adapter] table; add: [adapter] file = \"{adapter_rel}\"")
+        warnings.append(f'llmos.toml has no [adapter] table; add: [adapter] file = "{adapter_rel}"')
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -384,8 +383,6 @@ def train_library(
         for r in D.iter_records(files["data"]):
             (ts.qa if r.is_qa else ts.chats).append(r)
         if opts.documents and manifest.document_globs():
-            from llmos_cli.knowledge.indexer import collect_documents
-
             ts.documents = collect_documents(manifest, src)
         if opts.context_fraction > 0:
             ts.context = D.load_context_source(manifest, src)
@@ -418,18 +415,26 @@ def train_library(
         companions = None
         comp_samplers: list[Any] = []
         if opts.companions:
-            from llmos_cli.train.companions import Companions, load_companions
-
             specs = opts.companion_specs()
             comp_src = load_companions([p for p, _ in specs], src, hp)
             companions = Companions(pm, [(c.name, c.pairs) for c in comp_src], device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
             comp_samplers = [
-                D.Sampler(D.TrainingSet(qa=c.qa, chats=[], replay=[], documents=[], eval=[]), tok, seed=opts.seed + 31 * (i + 1),
-                          max_len=opts.max_len, replay_fraction=0.0, doc_fraction=0.0, context_fraction=0.0)
-                if c.qa else None
+                D.Sampler(
+                    D.TrainingSet(qa=c.qa, chats=[], replay=[], documents=[], eval=[]),
+                    tok,
+                    seed=opts.seed + 31 * (i + 1),
+                    max_len=opts.max_len,
+                    replay_fraction=0.0,
+                    doc_fraction=0.0,
+                    context_fraction=0.0,
+                )
+                if c.qa
+                else None
                 for i, c in enumerate(comp_src)
             ]
-            rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})")
+            rep.info(
+                f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})"
+            )
         import random as _random
 
         comp_rng = _random.Random(opts.seed + 104729)
@@ -440,8 +445,13 @@ def train_library(
             return {k: v.to(device) for k, v in b.items()}
 
         probe_sampler = D.Sampler(
-            ts, tok, seed=opts.seed + 7919, max_len=opts.max_len,
-            replay_fraction=opts.replay_fraction, doc_fraction=opts.doc_fraction, context_fraction=opts.context_fraction,
+            ts,
+            tok,
+            seed=opts.seed + 7919,
+            max_len=opts.max_len,
+            replay_fraction=opts.replay_fraction,
+            doc_fraction=opts.doc_fraction,
+            context_fraction=opts.context_fraction,
         )
         probe = [to_dev(D.collate(probe_sampler.batch(min(16, opts.batch_size)))) for _ in range(2)]
         pm.eval()
@@ -539,9 +549,6 @@ def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:
     """Copy a LoRA GGUF's factors into the fresh peft adapter (``[train] init``)."""
     import torch
 
-    from llmos_cli.train.companions import hf_root
-    from llmos_cli.train.export import read_lora_gguf
-
     path = Path(opts.init).expanduser()
     if not path.is_absolute():
         path = src / path
@@ -553,7 +560,9 @@ def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:
     for weight_name, p in pairs.items():
         mod_name = weight_name[: -len(".weight")]
         if mod_name.rsplit(".", 1)[-1] not in opts.target_modules:
-            raise UsageError(f"initial adapter {path.name} adapts {mod_name}, which is not a target module", "train with the same --target modules as the initial adapter")
+            raise UsageError(
+                f"initial adapter {path.name} adapts {mod_name}, which is not a target module", "train with the same --target modules as the initial adapter"
+            )
         if p.a.shape[0] != opts.rank:
             raise UsageError(f"initial adapter {path.name} has rank {p.a.shape[0]}, not {opts.rank}", f"train with --rank {p.a.shape[0]}")
         module = root.get_submodule(mod_name)
@@ -632,10 +641,9 @@ def _abi_check(adapter: Path, base_gguf: Path | None, warnings: list[str]) -> bo
     if base_gguf is None:
         return None
     try:
-        from llmos_cli.runtime.abi import check_adapter
+        pass
     except ImportError:
         return None
-    from llmos_cli.gguf_info import read_header
 
     problems = check_adapter(read_header(adapter), read_header(base_gguf))
     for p in problems:

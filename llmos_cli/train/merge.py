@@ -33,7 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
+from llmos_cli.knowledge.glossary import parse_glossary
+from llmos_cli.paths import get_paths
+from llmos_cli.pkg.archive import PackageArchive
+from llmos_cli.pkg.manifest import load_manifest
+from llmos_cli.pkg.meta import Req, check_name
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.state.db import StateDB
+from llmos_cli.state.store import Store
+from llmos_cli.train._deps import require_train_extra
+from llmos_cli.train.convert import hparams_from_gguf
+from llmos_cli.train.export import LoraPair, peft_model_pairs, read_lora_gguf, write_lora_gguf
+from llmos_cli.train.lora import resolve_base
 
 METHODS = {"cat": "cat", "linear": "linear", "ties": "ties_svd", "dare_ties": "dare_ties_svd"}
 
@@ -97,15 +108,12 @@ def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
         mf = p / "llmos.toml"
         if not mf.is_file():
             raise NotFoundError(f"{p} has no llmos.toml", "pass a library source folder, a .llmos archive or an installed library name")
-        from llmos_cli.pkg.manifest import load_manifest
 
         m = load_manifest(p)
         files = {q.relative_to(p).as_posix(): q for q in sorted(p.rglob("*")) if q.is_file() and q.name != "llmos.toml"}
         files = {k: v for k, v in files.items() if not k.startswith((".git/", ".llmos/")) and "__pycache__" not in k}
         return SourceLib(m.name, m.version, tomllib.loads(mf.read_text(encoding="utf-8")), files)
     if p.is_file():
-        from llmos_cli.pkg.archive import PackageArchive
-
         arc = PackageArchive.open(p)
         arc.verify()
         dest = tmp / f"{arc.manifest.name}-{arc.manifest.version}"
@@ -117,9 +125,6 @@ def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
                 shutil.copyfileobj(stream, fh)
             files[rel] = target
         return SourceLib(arc.manifest.name, arc.manifest.version, dict(arc.manifest.raw), files)
-    from llmos_cli.paths import get_paths
-    from llmos_cli.state.db import StateDB
-    from llmos_cli.state.store import Store
 
     paths = paths or get_paths()
     pkg = None
@@ -130,7 +135,9 @@ def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
         finally:
             db.close()
     if pkg is None or pkg.kind != "library":
-        raise NotFoundError(f"no library {spec!r}: not a folder, not an archive, not installed", "pass a library source folder, a .llmos archive or an installed library name")
+        raise NotFoundError(
+            f"no library {spec!r}: not a folder, not an archive, not installed", "pass a library source folder, a .llmos archive or an installed library name"
+        )
     store = Store(paths)
     return SourceLib(pkg.name, pkg.version, pkg.manifest, {f.path: store.path_for(f.sha256) for f in pkg.files})
 
@@ -168,8 +175,6 @@ def merge_adapters(
     """Combine LoRA GGUFs with peft's ``add_weighted_adapter``; write the result as GGUF."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model  # noqa: F401
-
-    from llmos_cli.train.export import LoraPair, peft_model_pairs, read_lora_gguf, write_lora_gguf
 
     if method not in METHODS:
         raise UsageError(f"unknown merge method {method!r}", f"choose one of {', '.join(METHODS)}")
@@ -224,8 +229,6 @@ def merge_adapters(
 def _drop_zero_rank(pair: Any, max_rank: int, sources: list[Any]) -> Any:
     import numpy as np
 
-    from llmos_cli.train.export import LoraPair
-
     keep: list[int] = []
     for i, src in enumerate(sources):
         if src is None:
@@ -245,15 +248,12 @@ def _base_gguf(base: str | None, sources: list[SourceLib], paths: Any) -> Path:
         p = Path(base).expanduser()
         if p.is_file():
             return p
-        from llmos_cli.train.lora import resolve_base
 
         return resolve_base(base, Path(tempfile.gettempdir()), paths).gguf
-    from llmos_cli.pkg.meta import Req
 
     names = {Req.parse(s.manifest["package"]["base"]).name for s in sources if s.adapter and s.manifest.get("package", {}).get("base")}
     if len(names) != 1:
         raise UsageError("cannot tell which base model to merge on", "pass --base MODEL (an installed model name or a .gguf file)")
-    from llmos_cli.train.lora import resolve_base
 
     return resolve_base(names.pop(), Path(tempfile.gettempdir()), paths).gguf
 
@@ -271,7 +271,6 @@ class UnsatisfiableBase(InvalidPackageError):
 
 
 def _combined_base(sources: list[SourceLib]) -> str | None:
-    from llmos_cli.pkg.meta import Req
 
     reqs = [Req.parse(s.manifest["package"]["base"]) for s in sources if s.manifest.get("package", {}).get("base")]
     if not reqs:
@@ -303,8 +302,6 @@ def merge_libraries(
     """Merge library sources into one library source folder ``out_dir``."""
     import tomli_w
 
-    from llmos_cli.pkg.meta import check_name
-
     rep = reporter or NullReporter()
     if len(libs) < 2:
         raise UsageError("merge needs at least two libraries")
@@ -332,10 +329,7 @@ def merge_libraries(
         base_req = _combined_base(sources)
         scales = [float(s.section("adapter").get("scale", 1.0)) for s in sources]
         w = [float(x) * sc for x, sc in zip(weights or [1.0] * len(sources), scales)]
-        src_info = [
-            {"name": s.name, "version": s.version, **({"adapter_sha256": _sha256(s.adapter)} if s.adapter else {})}
-            for s in sources
-        ]
+        src_info = [{"name": s.name, "version": s.version, **({"adapter_sha256": _sha256(s.adapter)} if s.adapter else {})} for s in sources]
         for s in sources:
             if s.section("adapter") and s.adapter is None:
                 raise NotFoundError(f"{s.name}: its adapter file {s.section('adapter').get('file')!r} is missing")
@@ -399,12 +393,8 @@ def merge_libraries(
             manifest["adapter"] = {"file": "adapter.gguf", "scale": wt}
             adapter_out = stage / "adapter.gguf"
         elif with_adapter:
-            from llmos_cli.train._deps import require_train_extra
-
             require_train_extra("llmos merge")
             from gguf import GGUFReader
-
-            from llmos_cli.train.convert import hparams_from_gguf
 
             base_path = _base_gguf(base, sources, paths)
             hp = hparams_from_gguf(GGUFReader(str(base_path), "r"))
@@ -458,8 +448,6 @@ def merge_libraries(
         _copy_other_files(sources, stage)
         (stage / "llmos.toml").write_text(tomli_w.dumps(manifest), encoding="utf-8")
 
-        from llmos_cli.pkg.manifest import load_manifest
-
         load_manifest(stage)  # the result must be a valid library
         if out.exists() and force:
             shutil.rmtree(out)
@@ -469,8 +457,17 @@ def merge_libraries(
     for wmsg in warnings:
         rep.warn(wmsg)
     return MergeResult(
-        out, name, version, method, src_info, merged_rank,
-        out / "adapter.gguf" if adapter_out else None, n_docs, n_terms, len(tools), warnings,
+        out,
+        name,
+        version,
+        method,
+        src_info,
+        merged_rank,
+        out / "adapter.gguf" if adapter_out else None,
+        n_docs,
+        n_terms,
+        len(tools),
+        warnings,
     )
 
 
@@ -536,8 +533,6 @@ def _merge_documents(sources: list[SourceLib], stage: Path) -> tuple[int, list[s
 
 def _merge_glossaries(sources: list[SourceLib], stage: Path, warnings: list[str]) -> int:
     import tomli_w
-
-    from llmos_cli.knowledge.glossary import parse_glossary
 
     terms: dict[str, dict[str, Any]] = {}
     for s in sources:

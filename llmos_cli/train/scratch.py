@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 def train_tokenizer(
@@ -148,7 +149,7 @@ CHATML_TOOLS_TEMPLATE = (
     "{%- set props = (f.parameters.properties if f.parameters is defined and f.parameters.properties is defined else {}) -%}"
     "{{- '- ' + f.name + '(' + (props | list | join(', ')) + '): ' + ((f.description or '').split('. ')[0] | trim) + '\\n' -}}"
     "{%- endfor -%}"
-    "{{- 'Call a tool as <tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call><|im_end|>\\n' -}}"
+    '{{- \'Call a tool as <tool_call>{"name": NAME, "arguments": {...}}</tool_call><|im_end|>\\n\' -}}'
     "{%- elif sys -%}"
     "{{- '<|im_start|>system\\n' + sys + '<|im_end|>\\n' -}}"
     "{%- endif -%}"

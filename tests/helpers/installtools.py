@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pkgtools import write_source
+from tests.helpers.pkgtools import write_source
 
 
 def build_registry(root: Path, packages: list[dict[str, Any]], *, reg: Path | None = None) -> Path:
@@ -17,7 +17,7 @@ def build_registry(root: Path, packages: list[dict[str, Any]], *, reg: Path | No
     Each dict holds ``write_source`` keyword arguments plus ``name``.
     Building into an existing registry adds to it (then re-indexes).
     """
-    from llmos_cli.pkg.archive import build_package
+    from llmos_cli.app.build import build_package
     from llmos_cli.registry.index import write_index
 
     reg = reg or root / "registry"

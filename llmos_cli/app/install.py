@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from llmos_cli.errors import (
     ExitCode,
@@ -30,8 +31,12 @@ from llmos_cli.errors import (
     UsageError,
 )
 from llmos_cli.paths import Paths, get_paths
+from llmos_cli.pkg.archive import PackageArchive
 from llmos_cli.pkg.meta import KINDS, PackageMeta, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.registry import lists
+from llmos_cli.registry.kinds import make_source
+from llmos_cli.resolve import Action, Candidate, InstalledInfo, Plan, Request, autoremovable, resolve, reverse_dependents
 from llmos_cli.state import transaction as tx
 from llmos_cli.state.db import InstalledPackage, StateDB
 from llmos_cli.state.store import Store
@@ -62,7 +67,6 @@ class IndexOrigin:
 
     def fetch(self, paths: Paths, reporter: Reporter) -> Path:
         """The archive on disk, its size and sha256 checked against the index (by the source)."""
-        from llmos_cli.registry.sources import make_source
 
         return Path(make_source(self.source).fetch_archive(self.entry, paths.cache, reporter))
 
@@ -323,15 +327,12 @@ def _paths(paths: Paths | None) -> Paths:
 
 
 def _installed_infos(db: StateDB) -> dict[str, Any]:
-    from llmos_cli.resolve import InstalledInfo
 
     return {n: InstalledInfo(meta=p.meta, auto=p.auto, held=p.held) for n, p in db.installed().items()}
 
 
 def _universe(paths: Paths, db: StateDB, reporter: Reporter) -> list[Any]:
     """Every candidate of every enabled source (updating never-fetched sources first)."""
-    from llmos_cli.registry import lists
-    from llmos_cli.resolve import Candidate
 
     lists.ensure_default_sources(db)
     out = []
@@ -346,7 +347,6 @@ def looks_like_archive(spec: str) -> bool:
 
 
 def _open_local(spec: str) -> Any:
-    from llmos_cli.pkg.archive import PackageArchive
 
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -451,7 +451,6 @@ def install(
     paths: Paths | None = None,
 ) -> TxResult:
     """Install packages by name/constraint or from ``.llmos`` archives, with their dependencies."""
-    from llmos_cli.resolve import Candidate, Request, resolve
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -476,7 +475,6 @@ def remove(
     paths: Paths | None = None,
 ) -> TxResult:
     """Remove installed packages; refused (DependentsError) while others need them."""
-    from llmos_cli.resolve import Request, resolve
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -502,7 +500,6 @@ def autoremove(
     (``autoremovable``), not a solve: what it removes is by definition needed
     by nothing that stays.
     """
-    from llmos_cli.resolve import autoremovable
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -517,7 +514,6 @@ def autoremove(
 
 def _removal_plan(metas: list[PackageMeta], reason: str) -> Any:
     """Remove ``metas``, dependents before what they depend on."""
-    from llmos_cli.resolve import Action, Plan
 
     left = {m.name: m for m in metas}
 
@@ -551,7 +547,6 @@ def upgrade(
     paths: Paths | None = None,
 ) -> TxResult:
     """Upgrade the named packages (all that are not held when ``names`` is empty)."""
-    from llmos_cli.resolve import Request, resolve
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -582,7 +577,14 @@ def _set_hold(command: str, names: list[str], value: bool, simulate: bool, repor
         if simulate or not changed:
             return result
         records = [
-            {"action": command, "name": n, "old_version": installed[n].version, "new_version": installed[n].version, "auto": installed[n].auto, "reason": "requested"}
+            {
+                "action": command,
+                "name": n,
+                "old_version": installed[n].version,
+                "new_version": installed[n].version,
+                "auto": installed[n].auto,
+                "reason": "requested",
+            }
             for n in changed
         ]
 
@@ -618,7 +620,6 @@ def list_installed(kind: str | None = None, *, reporter: Reporter | None = None,
 
 def show(name: str, *, reporter: Reporter | None = None, paths: Paths | None = None) -> ShowResult:
     """Installed and available versions of ``name``, relations, files and marks."""
-    from llmos_cli.resolve import reverse_dependents
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -665,7 +666,9 @@ def search(text: str, *, reporter: Reporter | None = None, paths: Paths | None =
         extra = getattr(getattr(c.origin, "entry", None), "extra", {}) or {}
         if needle in haystack(c.meta, str(extra.get("description", ""))):
             inst = installed.get(name)
-            hits.append(SearchHit(name, c.meta.version, c.meta.kind, c.meta.summary, list(c.meta.provides), c.origin.source_name, inst.version if inst else None))
+            hits.append(
+                SearchHit(name, c.meta.version, c.meta.kind, c.meta.summary, list(c.meta.provides), c.origin.source_name, inst.version if inst else None)
+            )
     for name, p in installed.items():  # installed from a local archive, gone from every index
         if name in best:
             continue

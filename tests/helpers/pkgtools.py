@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
-
-import struct
 
 import tomli_w
 
@@ -14,7 +13,7 @@ def minimal_gguf(architecture: str = "llama", context_length: int = 2048, genera
     """A valid GGUF v3 header with no tensors: readable by ``read_header`` but not runnable.
 
     Enough for packaging tests (``llmos build`` of a model reads the header);
-    runtime tests need a real tiny model (tests/fixtures_models.py).
+    runtime tests need a real tiny model (tests/helpers/fixtures_models.py).
     """
 
     def s(text: str) -> bytes:

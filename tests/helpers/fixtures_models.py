@@ -58,10 +58,10 @@ is skipped with a clear reason if pip cannot fetch it).
 
 Use from a test module::
 
-    from fixtures_models import write_tiny_llama, write_lora   # plain functions
-    pytest_plugins = ["fixtures_models"]                       # the fixtures below
+    from tests.helpers.fixtures_models import write_tiny_llama, write_lora   # plain functions
+    pytest_plugins = ["tests.helpers.fixtures_models"]                       # the fixtures below
 
-(``tests/`` is on ``sys.path`` via conftest; PYTEST_DONT_REWRITE keeps pytest
+(``tests`` is a package importable from the repository root; PYTEST_DONT_REWRITE keeps pytest
 from warning that the module was imported before it became a plugin.)  The models are random: their
 text is gibberish, but llama.cpp loads and runs them like real ones.
 """
@@ -74,9 +74,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,9 +95,46 @@ CHATML_TEMPLATE = (
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 _WORDS = [
-    "the", "a", "an", "and", "of", "to", "in", "is", "it", "you", "that", "for", "on", "with", "as", "are",
-    "this", "be", "at", "or", "by", "from", "not", "what", "all", "we", "can", "hello", "world", "llm",
-    "model", "library", "knowledge", "answer", "question", "summary", "notes", "yes", "no", "ok",
+    "the",
+    "a",
+    "an",
+    "and",
+    "of",
+    "to",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "are",
+    "this",
+    "be",
+    "at",
+    "or",
+    "by",
+    "from",
+    "not",
+    "what",
+    "all",
+    "we",
+    "can",
+    "hello",
+    "world",
+    "llm",
+    "model",
+    "library",
+    "knowledge",
+    "answer",
+    "question",
+    "summary",
+    "notes",
+    "yes",
+    "no",
+    "ok",
 ]
 
 
@@ -297,8 +335,7 @@ def write_tiny_llama(
 ) -> TinyModel:
     """Write a tiny random Llama GGUF (self-made vocabulary unless ``tokenizer`` is given)."""
     tok = tokenizer or tiny_tokenizer()
-    hp = HParams(n_vocab=len(tok["tokenizer.ggml.tokens"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                 n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx)
+    hp = HParams(n_vocab=len(tok["tokenizer.ggml.tokens"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx)
     weights = _random_weights(hp, seed, tied=tied)
     p = Path(path)
     _write_model(p, hp, weights, tok, chat_template, name=name, dtype=dtype)
@@ -397,7 +434,6 @@ def model_stub(path: str | Path) -> TinyModel:
     Enough for ``write_lora`` (which only needs shapes) on big models that are
     cached on disk, e.g. in bench scripts.  Not for ``reference_logits``.
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from llmos_cli.gguf_info import read_header
 
     hdr = read_header(path, with_vocab=False)
@@ -514,7 +550,7 @@ class SdistAssets:
         return p
 
     def vocabs(self) -> list[str]:
-        return sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in self.vocab_dir.glob("ggml-vocab-*.gguf"))
+        return sorted(p.name[len("ggml-vocab-") : -len(".gguf")] for p in self.vocab_dir.glob("ggml-vocab-*.gguf"))
 
     def templates(self) -> list[str]:
         return sorted(p.stem for p in self.template_dir.glob("*.jinja"))
@@ -541,8 +577,19 @@ def llama_sdist_assets(cache: Path | None = None) -> SdistAssets:
         dl.mkdir(exist_ok=True)
         tarballs = sorted(dl.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"))
         if not tarballs:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(dl), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={LLAMA_CPP_VERSION}",
+                "-d",
+                str(dl),
+                "--quiet",
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             tarballs = sorted(dl.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"))
             if proc.returncode != 0 or not tarballs:
@@ -583,7 +630,6 @@ def llama_sdist_assets(cache: Path | None = None) -> SdistAssets:
 
 def real_tokenizer(vocab_path: Path) -> dict[str, Any]:
     """Every ``tokenizer.*`` key of a ggml-vocab GGUF (values decoded)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from llmos_cli.gguf_info import read_metadata
 
     return read_metadata(vocab_path, ["tokenizer."])
@@ -610,8 +656,7 @@ def write_real_vocab_model(
         chat = assets.template(template).read_text()
     for k in [k for k in tok if k.startswith("tokenizer.chat_template")]:
         tok.pop(k)
-    hp = HParams(n_vocab=len(tok["tokenizer.ggml.tokens"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                 n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx)
+    hp = HParams(n_vocab=len(tok["tokenizer.ggml.tokens"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx)
     weights = _random_weights(hp, seed, tied=True)
     p = Path(path)
     _write_model(p, hp, weights, tok, chat, name=f"tiny-{vocab}", dtype=np.float16)
@@ -646,6 +691,4 @@ def llama_sdist() -> SdistAssets:
 
 @pytest.fixture(scope="session")
 def real_vocab_model(llama_sdist, tmp_path_factory) -> TinyModel:
-    return write_real_vocab_model(
-        tmp_path_factory.mktemp("models") / "tiny-qwen2.gguf", llama_sdist, "qwen2", "Qwen-Qwen2.5-7B-Instruct"
-    )
+    return write_real_vocab_model(tmp_path_factory.mktemp("models") / "tiny-qwen2.gguf", llama_sdist, "qwen2", "Qwen-Qwen2.5-7B-Instruct")

@@ -33,17 +33,47 @@ from typing import Any
 from llmos_cli.errors import ToolError
 
 _ANNOTATIONS = {
-    "title", "description", "default", "examples", "$schema", "$comment", "$id", "deprecated", "readOnly",
-    "writeOnly", "$defs", "definitions",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$comment",
+    "$id",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$defs",
+    "definitions",
 }
 #: checked again with jsonschema after the call is parsed
 _POST_CHECKED = {
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-    "minProperties", "maxProperties", "minLength", "maxLength", "minItems", "maxItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
 }
 _STRUCTURAL = {
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "oneOf", "allOf",
-    "$ref", "format",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "format",
 }
 _FORMATS = {
     "date": r'"\"" [0-9]{4} "-" [0-1] [0-9] "-" [0-3] [0-9] "\""',
@@ -327,7 +357,7 @@ class _Builder:
         kv: dict[str, str] = {}
         for name, sub in props.items():
             val = self.visit(sub, f"{path}.properties.{name}", f"{hint}-{name}")
-            kv[name] = self.add(f"{hint}-{name}-kv", f"{gbnf_literal(json.dumps(name, ensure_ascii=False))} {ws} \":\" {ws} {val}")
+            kv[name] = self.add(f"{hint}-{name}-kv", f'{gbnf_literal(json.dumps(name, ensure_ascii=False))} {ws} ":" {ws} {val}')
         req = [n for n in props if n in required]
         opt = [n for n in props if n not in required]
         if req:

@@ -54,7 +54,7 @@ class _Server:
 class _Quiet(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 (keep test output clean)
+    def log_message(self, format, *args):
         pass
 
 
@@ -62,7 +62,7 @@ class _Quiet(BaseHTTPRequestHandler):
 
 
 class _RegistryHandler(_Quiet):
-    server_obj: "RegistryServer"
+    server_obj: RegistryServer
 
     def do_HEAD(self):
         self._serve(head=True)
@@ -154,7 +154,7 @@ _API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|comm
 
 
 class _HubHandler(_Quiet):
-    server_obj: "FakeHub"
+    server_obj: FakeHub
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
         self.send_response(status)
@@ -224,9 +224,7 @@ class _HubHandler(_Quiet):
             return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if what == "preupload":
             files = json.loads(body)["files"]
-            return self._json(
-                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
-            )
+            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
         if what == "commit":
             branch = urllib.parse.unquote(m.group(4))
             parent = hub.commit_of(repo, branch)

@@ -21,8 +21,14 @@ scale (``keep_unknown``).  No torch needed: this runs inside ``llmos run``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
+
+from llmos_cli.knowledge.glossary import find_terms
+from llmos_cli.knowledge.libraries import LibraryView
+from llmos_cli.knowledge.retrieve import query_terms, search
+from llmos_cli.pkg.meta import Dependency, RelationError
 
 #: a library's best chunk must reach this fraction of the best chunk overall
 RELATIVE = 0.5
@@ -70,8 +76,6 @@ def score_libraries(
     keep_unknown: bool = True,
 ) -> list[RouteScore]:
     """Relevance of each library (``knowledge.libraries.LibraryView``) to ``prompt``, in input order."""
-    from llmos_cli.knowledge.glossary import find_terms
-    from llmos_cli.knowledge.retrieve import search
 
     scores: list[RouteScore] = []
     indexes = []
@@ -128,7 +132,6 @@ def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> N
     """A chosen library brings the attached libraries it depends on -- when its adapter was trained
     with theirs attached (``[train] companions`` in its manifest), so it expects them.  A library
     trained alone is applied alone: stacking it with adapters it never saw can garble it."""
-    from llmos_cli.pkg.meta import Dependency, RelationError
 
     offers: dict[str, list[RouteScore]] = {}
     needs: dict[str, list[str]] = {}
@@ -159,13 +162,43 @@ def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> N
 
 
 _STARTERS = {
-    "what", "which", "who", "whom", "whose", "where", "when", "why", "how", "the", "a", "an", "in", "on", "of", "is", "are",
-    "was", "were", "does", "do", "did", "can", "could", "name", "tell", "give", "count", "list", "please", "and", "or", "i",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "where",
+    "when",
+    "why",
+    "how",
+    "the",
+    "a",
+    "an",
+    "in",
+    "on",
+    "of",
+    "is",
+    "are",
+    "was",
+    "were",
+    "does",
+    "do",
+    "did",
+    "can",
+    "could",
+    "name",
+    "tell",
+    "give",
+    "count",
+    "list",
+    "please",
+    "and",
+    "or",
+    "i",
 }
 
 
 def _shared_terms(prompt: str, text: str) -> int:
-    from llmos_cli.knowledge.retrieve import query_terms
 
     return sum(1 for t in query_terms(prompt) if t[:5] in text)
 
@@ -196,7 +229,6 @@ def run_stages(ctx: Any) -> list[Any]:
 
 def routing_stage(ctx: Any) -> None:
     """Score the run's libraries against the user's text; switch the engine to the chosen adapters."""
-    from llmos_cli.knowledge.libraries import LibraryView
 
     libs = [lib for lib in ctx.stack.libraries if lib.package is not None]
     views = [LibraryView.from_installed(lib.package, ctx.paths) for lib in libs]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-#: --chain-limit default (tools.loop.DEFAULT_CHAIN_LIMIT is the same number)
-#: --chain-limit default
-DEFAULT_CHAIN_LIMIT = 5
+from llmos_cli.tools.loop import DEFAULT_CHAIN_LIMIT
 
 
 @dataclass

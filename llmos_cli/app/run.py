@@ -11,9 +11,9 @@ The run is a pipeline of plain steps over one ``RunContext``::
                ──► ctx.generate(ctx, on_text) ──► RunResult
 
 Stages are where knowledge libraries act (retrieval, glossary, budget ...).
-They come from ``run(..., stages=[...])`` or, by default, from each module in
-``STAGE_PROVIDERS`` that exists: its ``run_stages(ctx) -> list[Stage]`` is
-called once the engine is loaded (a missing module is skipped).  A stage that
+They come from ``run(..., stages=[...])`` or, by default, from
+``app.stages.run_stages(ctx)`` (knowledge, glossary, tools) and
+``app.route.run_stages(ctx)`` (``--route``), called once the engine is loaded.  A stage that
 needs several model turns (a tool loop) replaces ``ctx.generate``; the
 default ``single_generation`` renders ``ctx.final_messages()`` and generates
 once.  ``ctx.extra`` ends up in the JSON result under ``extra``.
@@ -29,21 +29,18 @@ The JSON object (``RunResult.to_json``, schema documented in docs/runtime.md)::
 
 from __future__ import annotations
 
-import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from llmos_cli.app import route, stages
 from llmos_cli.errors import UsageError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.runtime.engine import EngineOptions, Generation, SamplingParams
-
-#: modules whose ``run_stages(ctx)`` adds pre-generation stages (skipped when absent)
-STAGE_PROVIDERS = [
-    "llmos_cli.knowledge.stages",
-    "llmos_cli.train.route",  # --- routing (task G): per-prompt adapter choice with --route ---
-]
+from llmos_cli.runtime.engine import EngineOptions, Generation, LlamaCppEngine, SamplingParams, plan_device
+from llmos_cli.runtime.stack import build_stack, require_fits
+from llmos_cli.state import transaction as tx
 
 
 @dataclass
@@ -60,14 +57,12 @@ class RunRequest:
     n_ctx: int = 0
     threads: int | None = None
     verbose: int = 0
-    #: options of the knowledge/tool stages (``prompt.options.PromptOptions``); None: their defaults
+    #: options of the knowledge/tool stages (``app.options.PromptOptions``); None: their defaults
     prompt_options: Any = None
     #: sampling fields given explicitly (on the command line); the others may come from the model package
     explicit_sampling: set[str] = field(default_factory=lambda: set(MODEL_PARAMETERS))
-    # --- routing (task G: llmos_cli/train/route.py) ---
     #: --route: apply only the libraries relevant to this prompt (``extra.routing`` says which and why)
     route: bool = False
-    # --- end routing ---
 
     def user_text(self) -> str:
         """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""
@@ -92,7 +87,7 @@ class RunContext:
     tools: list[dict[str, Any]] | None = None
     grammar: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    generate: Callable[["RunContext", Callable[[str], None] | None], Generation] | None = None
+    generate: Callable[[RunContext, Callable[[str], None] | None], Generation] | None = None
 
     def final_messages(self) -> list[dict[str, Any]]:
         system = "\n\n".join(p.strip() for p in self.system_parts if p and p.strip())
@@ -136,18 +131,8 @@ class RunResult:
 
 
 def _provider_stages(ctx: RunContext) -> list[Stage]:
-    out: list[Stage] = []
-    for mod_name in STAGE_PROVIDERS:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod_name:
-                raise
-            continue
-        fn = getattr(mod, "run_stages", None)
-        if fn is not None:
-            out.extend(fn(ctx))
-    return out
+    """The default pre-generation stages: knowledge and tools, then routing."""
+    return [*stages.run_stages(ctx), *route.run_stages(ctx)]
 
 
 #: sampling fields a model package may default in ``[model.parameters]``
@@ -188,9 +173,6 @@ def run(
     paths: Paths | None = None,
 ) -> RunResult:
     """Answer one prompt; ``on_text`` receives the text as it is generated."""
-    from llmos_cli.runtime.engine import LlamaCppEngine, plan_device
-    from llmos_cli.runtime.stack import build_stack, require_fits
-    from llmos_cli.state import transaction as tx
 
     t_start = time.perf_counter()
     rep = reporter or NullReporter()
@@ -263,10 +245,7 @@ def run(
         text=gen.text,
         finish_reason=gen.finish_reason,
         model={"name": stack.model.name, "version": stack.model.version, "fingerprint": stack.model.ensure_fingerprint()},
-        libraries=[
-            {"name": lib.name, "version": lib.version, "scale": lib.scale, "adapter": lib.adapter is not None}
-            for lib in stack.libraries
-        ],
+        libraries=[{"name": lib.name, "version": lib.version, "scale": lib.scale, "adapter": lib.adapter is not None} for lib in stack.libraries],
         usage={
             "prompt_tokens": gen.prompt_tokens,
             "completion_tokens": gen.completion_tokens,

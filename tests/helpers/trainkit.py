@@ -50,22 +50,28 @@ def make_base(root: Path, *, n_kv: int = 2, weight_scale: float = 3.0, seed: int
     texts = [f"{d} treats {c}." for d, c in FACTS] * 5 + [f"What does {d} treat?" for d, _ in FACTS] * 5
     texts += ["the quick brown fox jumps over the lazy dog %d" % i for i in range(40)]
     scratch.train_tokenizer(
-        texts, root / "tok.model", vocab_size=360,
-        control_symbols=scratch.CHAT_CONTROL_TOKENS, user_symbols=scratch.CHAT_USER_TOKENS,
+        texts,
+        root / "tok.model",
+        vocab_size=360,
+        control_symbols=scratch.CHAT_CONTROL_TOKENS,
+        user_symbols=scratch.CHAT_USER_TOKENS,
     )
     n_vocab = len(convert.read_spm_pieces(root / "tok.model"))
     cfg = scratch.llama_config(
-        vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=n_kv, max_position_embeddings=256,
+        vocab_size=n_vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=n_kv,
+        max_position_embeddings=256,
     )
     model = scratch.new_llama(cfg, seed=seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2:
                 p.mul_(weight_scale)
-    hf = scratch.save_hf_checkpoint(
-        model, root / "hf", tokenizer_model=root / "tok.model", chat_template=scratch.CHATML_TOOLS_TEMPLATE, eos_token="<|im_end|>"
-    )
+    hf = scratch.save_hf_checkpoint(model, root / "hf", tokenizer_model=root / "tok.model", chat_template=scratch.CHATML_TOOLS_TEMPLATE, eos_token="<|im_end|>")
     gguf = convert.convert_hf_to_gguf(hf, root / "base.gguf", dtype="f32", name="tiny")
     return TinyBase(hf, gguf, model, cfg)
 
@@ -86,8 +92,13 @@ def write_library(
     (d / "train").mkdir(parents=True, exist_ok=True)
     (d / "docs").mkdir(exist_ok=True)
     pkg: dict[str, Any] = {
-        "name": name, "version": "1.0.0", "kind": "library", "summary": f"{name} for tests",
-        "license": "MIT", "maintainer": "Test <t@example.org>", "base": "tiny>=1.0",
+        "name": name,
+        "version": "1.0.0",
+        "kind": "library",
+        "summary": f"{name} for tests",
+        "license": "MIT",
+        "maintainer": "Test <t@example.org>",
+        "base": "tiny>=1.0",
     }
     if depends:
         pkg["depends"] = depends
@@ -99,8 +110,16 @@ def write_library(
         "knowledge": {"documents": ["docs/*.md"], "chunk_size": 30, "chunk_overlap": 0},
         "glossary": {"file": "glossary.toml"},
         "train": {
-            "rank": 4, "alpha": 8, "steps": 30, "lr": 0.01, "batch_size": 8, "seed": 0, "max_len": 256,
-            "data": ["train/qa.jsonl"], "eval": ["train/heldout.jsonl"], **(train or {}),
+            "rank": 4,
+            "alpha": 8,
+            "steps": 30,
+            "lr": 0.01,
+            "batch_size": 8,
+            "seed": 0,
+            "max_len": 256,
+            "data": ["train/qa.jsonl"],
+            "eval": ["train/heldout.jsonl"],
+            **(train or {}),
         },
     }
     if adapter:

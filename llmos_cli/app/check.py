@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import ExitCode, InvalidPackageError, LlmosError, NotFoundError
-from llmos_cli.pkg.manifest import MANIFEST_NAME, Finding, Manifest, parse_manifest_text, safe_relpath
+from llmos_cli.gguf_info import read_header
+from llmos_cli.paths import get_paths
+from llmos_cli.pkg.archive import PackageArchive
+from llmos_cli.pkg.manifest import MANIFEST_NAME, Finding, Manifest, load_manifest, parse_manifest_text, safe_relpath
 from llmos_cli.pkg.meta import Req
+from llmos_cli.pkg.payload import collect_payload
+from llmos_cli.registry.index import Index
+from llmos_cli.state.db import StateDB
+from llmos_cli.train.lora import TrainOptions
 
 
 @dataclass
@@ -96,9 +103,8 @@ def glob_match(pattern: str, path: str) -> bool:
 # ---------------------------------------------------------------- GGUF checks
 
 
-def _gguf_findings(manifest: Manifest, locate, *, base_arch: "BaseInfo | None", lookup_note: str | None) -> list[Finding]:
+def _gguf_findings(manifest: Manifest, locate, *, base_arch: BaseInfo | None, lookup_note: str | None) -> list[Finding]:
     """GGUF checks; ``locate(rel)`` returns a local path to payload file ``rel`` (or None)."""
-    from llmos_cli.gguf_info import read_header
 
     out: list[Finding] = []
     if manifest.kind == "model":
@@ -118,7 +124,9 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: "BaseInfo | None", 
         declared = manifest.section("model").get("architecture")
         if declared and hdr.architecture and declared != hdr.architecture:
             out.append(
-                Finding("architecture-mismatch", "error", f"manifest says {declared!r} but the GGUF is {hdr.architecture!r}", field="model.architecture", path=rel)
+                Finding(
+                    "architecture-mismatch", "error", f"manifest says {declared!r} but the GGUF is {hdr.architecture!r}", field="model.architecture", path=rel
+                )
             )
         return out
 
@@ -135,13 +143,9 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: "BaseInfo | None", 
         out.append(Finding("invalid-gguf", "error", _strip(exc.message, p), field="adapter.file", path=rel))
         return out
     if hdr.general_type != "adapter":
-        out.append(
-            Finding("gguf-type", "error", f"general.type is {hdr.general_type!r}, expected 'adapter'", field="adapter.file", path=rel)
-        )
+        out.append(Finding("gguf-type", "error", f"general.type is {hdr.general_type!r}, expected 'adapter'", field="adapter.file", path=rel))
     if hdr.adapter_type != "lora":
-        out.append(
-            Finding("adapter-type", "error", f"adapter.type is {hdr.adapter_type!r}, expected 'lora'", field="adapter.file", path=rel)
-        )
+        out.append(Finding("adapter-type", "error", f"adapter.type is {hdr.adapter_type!r}, expected 'lora'", field="adapter.file", path=rel))
     if not hdr.architecture:
         out.append(Finding("gguf-architecture", "error", "adapter GGUF has no general.architecture", field="adapter.file", path=rel))
     pairs: dict[str, set[str]] = {}
@@ -180,16 +184,14 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: "BaseInfo | None", 
     elif base_arch.tensors:
         for target in sorted(pairs):
             if target not in base_arch.tensors:
-                out.append(
-                    Finding("adapter-tensor", "error", f"adapts {target}, which base {base_arch.label} does not have", field="adapter.file", path=rel)
-                )
+                out.append(Finding("adapter-tensor", "error", f"adapts {target}, which base {base_arch.label} does not have", field="adapter.file", path=rel))
                 break
     return out
 
 
 def _strip(message: str, p: Path) -> str:
     prefix = f"{p}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 # ---------------------------------------------------------------- base lookup
@@ -206,14 +208,11 @@ class BaseInfo:
 
 def base_from_path(path: Path) -> BaseInfo:
     """The base model given with ``--base``: an archive, a source folder or a .gguf file."""
-    from llmos_cli.gguf_info import read_header
 
     path = Path(path)
     if not path.exists():
         raise NotFoundError(f"--base {path}: no such file or folder")
     if path.is_dir():
-        from llmos_cli.pkg.manifest import load_manifest
-
         m = load_manifest(path)
         if m.kind != "model":
             raise InvalidPackageError(f"--base {path}: {m.name} is a {m.kind}, not a model")
@@ -226,7 +225,6 @@ def base_from_path(path: Path) -> BaseInfo:
         if hdr.is_adapter:
             raise InvalidPackageError(f"--base {path}: is a LoRA adapter, not a base model")
         return BaseInfo(path.name, hdr.architecture or "", None, None, set(hdr.tensors))
-    from llmos_cli.pkg.archive import PackageArchive
 
     arch = PackageArchive.open(path)
     m = arch.manifest
@@ -241,14 +239,11 @@ def base_from_path(path: Path) -> BaseInfo:
 
 def lookup_base(base: Req, paths: Any = None) -> tuple[BaseInfo | None, str]:
     """Find the architecture of ``base`` among installed packages, then the local source lists."""
-    from llmos_cli.paths import get_paths
 
     paths = paths or get_paths()
     # installed packages
     if paths.db.exists():
         try:
-            from llmos_cli.state.db import StateDB
-
             db = StateDB.open(paths, create=False)
             try:
                 for pkg in db.installed().values():
@@ -263,8 +258,6 @@ def lookup_base(base: Req, paths: Any = None) -> tuple[BaseInfo | None, str]:
     # local copies of the source indexes
     best: tuple[Any, BaseInfo] | None = None
     if paths.lists.is_dir():
-        from llmos_cli.registry.index import Index
-
         for lf in sorted(paths.lists.glob("*.json")):
             try:
                 idx = Index.from_bytes(lf.read_bytes(), str(lf))
@@ -322,9 +315,6 @@ def _train_findings(manifest: Manifest) -> list[Finding]:
         return []
     from dataclasses import fields
 
-    from llmos_cli.errors import LlmosError
-    from llmos_cli.train.lora import TrainOptions
-
     known = {f.name for f in fields(TrainOptions)}
     out = [
         Finding("train-unknown-key", "warning", f"unknown [train] key {key!r}; llmos train ignores it", field=f"train.{key}")
@@ -356,7 +346,6 @@ def _file_findings(manifest: Manifest, payload: set[str]) -> list[Finding]:
 
 
 def _check_dir(path: Path, base: BaseInfo | None, paths: Any) -> tuple[list[Finding], Manifest | None]:
-    from llmos_cli.pkg.archive import collect_payload
 
     mpath = path / MANIFEST_NAME
     if not mpath.is_file():
@@ -375,7 +364,6 @@ def _check_dir(path: Path, base: BaseInfo | None, paths: Any) -> tuple[list[Find
 
 
 def _check_archive(path: Path, base: BaseInfo | None, paths: Any) -> tuple[list[Finding], Manifest | None]:
-    from llmos_cli.pkg.archive import PackageArchive
 
     try:
         arch, findings = PackageArchive.inspect(path)

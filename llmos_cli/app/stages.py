@@ -1,4 +1,4 @@
-"""The knowledge and tool stages of ``llmos run`` (``runtime.run.STAGE_PROVIDERS``).
+"""The knowledge and tool stages of ``llmos run`` (called by ``app.run``).
 
 ``run_stages(ctx)`` returns one stage that, once the model is loaded:
 
@@ -19,13 +19,21 @@ Everything it reports goes into the run's JSON under ``extra``:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from llmos_cli.app.options import PromptOptions
 from llmos_cli.errors import UsageError
+from llmos_cli.knowledge.libraries import LibraryView
+from llmos_cli.prompt.assemble import PromptRequest, assemble, parse_knowledge_option
+from llmos_cli.prompt.explain import explain_json
+from llmos_cli.runtime.engine import Generation
+from llmos_cli.tools.loop import LoopOptions, run_tool_loop
+from llmos_cli.tools.permissions import Policy, load_stored
+from llmos_cli.tools.registry import ToolSet
 
 
 def _options(ctx: Any) -> Any:
-    from llmos_cli.prompt.options import PromptOptions
 
     opts = getattr(ctx.request, "prompt_options", None)
     return opts if opts is not None else PromptOptions()
@@ -48,7 +56,6 @@ def _tools_wanted(opts: Any, libraries: list[Any]) -> bool:
 
 
 def _empty_generation(ctx: Any) -> Any:
-    from llmos_cli.runtime.engine import Generation
 
     return Generation(text="", tokens=[], finish_reason="explain", prompt_tokens=0, completion_tokens=0, prompt_s=0.0, generate_s=0.0)
 
@@ -58,8 +65,6 @@ def run_stages(ctx: Any) -> list[Callable[[Any], None]]:
 
 
 def knowledge_stage(ctx: Any) -> None:
-    from llmos_cli.knowledge.libraries import LibraryView
-    from llmos_cli.prompt.assemble import PromptRequest, assemble, parse_knowledge_option
 
     opts = _options(ctx)
     libraries = [LibraryView.from_installed(lib.package, ctx.paths) for lib in ctx.stack.libraries if lib.package is not None]
@@ -99,8 +104,6 @@ def knowledge_stage(ctx: Any) -> None:
         }
     )
     if opts.explain:
-        from llmos_cli.prompt.explain import explain_json
-
         ctx.extra["explain"] = explain_json(ap)
         if toolset is not None:
             toolset.close()
@@ -116,7 +119,6 @@ def knowledge_stage(ctx: Any) -> None:
 
 
 def _toolset(ctx: Any, opts: Any, libraries: list[Any]) -> Any:
-    from llmos_cli.tools.registry import ToolSet
 
     ts = ToolSet.for_run(libraries)
     for w in ts.warnings:
@@ -134,9 +136,6 @@ def _toolset(ctx: Any, opts: Any, libraries: list[Any]) -> Any:
 
 def _loop_generation(toolset: Any, opts: Any, libraries: list[Any]) -> Callable[[Any, Any], Any]:
     def generate(ctx: Any, on_text: Callable[[str], None] | None) -> Any:
-        from llmos_cli.runtime.engine import Generation
-        from llmos_cli.tools.loop import LoopOptions, run_tool_loop
-        from llmos_cli.tools.permissions import Policy, load_stored
 
         if opts.chain_limit < 0:
             raise UsageError(f"--chain-limit must be 0 or more, not {opts.chain_limit}")

@@ -1,0 +1,204 @@
+"""``llmos import-model``: a local GGUF becomes an installed model package.
+
+``import_model(file, name, version)`` writes a model package source (the
+``llmos.toml`` plus the GGUF, hard-linked when possible) into a temporary
+folder, builds it into the local registry ``$LLMOS_HOME/local-registry``,
+re-indexes that registry, adds it as source ``local`` (trusted, unsigned) if
+missing, refreshes it and installs the package with ``app.install.install``.
+The first model imported becomes the default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmos_cli.app import install as ops
+from llmos_cli.app.build import build_package
+from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError, from_os_error
+from llmos_cli.fileio import sha256_file
+from llmos_cli.gguf_info import read_header
+from llmos_cli.paths import Paths, get_paths
+from llmos_cli.pkg.archive import archive_filename
+from llmos_cli.pkg.meta import RelationError, check_name, parse_version
+from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.registry import lists
+from llmos_cli.registry.index import write_index
+from llmos_cli.runtime.models import DEFAULT_MODEL_KEY, LOCAL_SOURCE, LOCAL_SOURCE_PRIORITY, installed_models, local_registry
+from llmos_cli.state import transaction as tx
+from llmos_cli.state.db import state_lock
+
+# ---------------------------------------------------------------- import-model
+
+_NAME_CLEAN = re.compile(r"[^a-z0-9.+-]+")
+
+
+def suggest_name(path: Path) -> str:
+    stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.stem
+    name = _NAME_CLEAN.sub("-", stem.lower()).strip("-.+")
+    return name or "model"
+
+
+@dataclass
+class ImportResult:
+    name: str
+    version: str
+    file: Path
+    architecture: str | None
+    context_length: int | None
+    has_chat_template: bool
+    fingerprint: str
+    registry: Path
+    archive: Path | None = None
+    archive_sha256: str | None = None
+    source_added: bool = False
+    default_set: bool = False
+    simulated: bool = False
+    install: Any = None
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "file": str(self.file),
+            "architecture": self.architecture,
+            "context_length": self.context_length,
+            "chat_template": self.has_chat_template,
+            "fingerprint": self.fingerprint,
+            "registry": str(self.registry),
+            "archive": str(self.archive) if self.archive else None,
+            "archive_sha256": self.archive_sha256,
+            "source_added": self.source_added,
+            "default_model": self.default_set,
+            "simulated": self.simulated,
+            "install": self.install.to_json() if self.install is not None and hasattr(self.install, "to_json") else None,
+        }
+
+
+def _manifest_text(name: str, version: str, gguf_name: str, hdr: Any, summary: str | None, license_: str, maintainer: str) -> str:
+    import tomli_w
+
+    desc = f"{hdr.architecture} model imported from {gguf_name}"
+    data: dict[str, Any] = {
+        "schema": 1,
+        "package": {
+            "name": name,
+            "version": version,
+            "kind": "model",
+            "summary": summary or (f"{hdr.name} ({hdr.architecture})" if hdr.name else desc),
+            "description": desc,
+            "license": license_,
+            "maintainer": maintainer,
+        },
+        "model": {"file": gguf_name},
+    }
+    return tomli_w.dumps(data)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def import_model(
+    file: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1.0.0",
+    summary: str | None = None,
+    license: str = "unknown",
+    maintainer: str = "local import",
+    simulate: bool = False,
+    reporter: Reporter | None = None,
+    confirm: Callable[[Any], None] | None = None,
+    paths: Paths | None = None,
+) -> ImportResult:
+    """Turn a local GGUF into a model package in the local registry and install it."""
+    rep = reporter or NullReporter()
+    paths = paths or get_paths()
+    src = Path(file).expanduser()
+    if not src.exists():
+        raise NotFoundError(f"no such file: {file}")
+    if src.is_dir():
+        raise UsageError(f"{file} is a folder", "name the .gguf file itself")
+    hdr = read_header(src)  # InvalidPackageError on junk or truncated files
+    if hdr.is_adapter:
+        raise InvalidPackageError(f"{src.name} is a LoRA adapter, not a model", "package it as a library's [adapter] instead")
+    if not hdr.architecture:
+        raise InvalidPackageError(f"{src.name}: the GGUF has no general.architecture")
+    if not hdr.tensors:
+        raise InvalidPackageError(f"{src.name}: the GGUF holds no tensors (a vocabulary-only file?)")
+    name = name or suggest_name(src)
+    try:
+        check_name(name)
+        parse_version(version)
+    except RelationError as exc:
+        raise UsageError(str(exc)) from None
+    if not license.strip() or not maintainer.strip():
+        raise UsageError("--license and --maintainer must not be empty")
+
+    registry = local_registry(paths)
+    result = ImportResult(
+        name=name,
+        version=version,
+        file=src.resolve(),
+        architecture=hdr.architecture,
+        context_length=hdr.context_length,
+        has_chat_template=bool(hdr.chat_template),
+        fingerprint=hdr.fingerprint(),
+        registry=registry,
+        simulated=simulate,
+    )
+    if simulate:
+        return result
+
+    with state_lock(paths, "import-model"):
+        try:
+            registry.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, f"creating {registry}") from exc
+        target = registry / archive_filename(name, version)
+        gguf_name = src.name if src.name.lower().endswith(".gguf") else f"{src.name}.gguf"
+        with tempfile.TemporaryDirectory(prefix=".import-", dir=registry) as td:
+            folder = Path(td) / f"{name}-{version}"
+            folder.mkdir()
+            try:
+                (folder / "llmos.toml").write_text(_manifest_text(name, version, gguf_name, hdr, summary, license, maintainer))
+                _link_or_copy(src, folder / gguf_name)
+            except OSError as exc:
+                raise from_os_error(exc, f"preparing the package of {src.name}") from exc
+            staged = Path(td) / archive_filename(name, version)
+            built = build_package(folder, staged, rep)
+            if target.exists():
+                old_sha, _ = sha256_file(target)
+                if old_sha != built.sha256:
+                    raise UsageError(
+                        f"{name} {version} is already in the local registry with different content",
+                        "import it under another --version (or --name)",
+                    )
+            else:
+                os.replace(staged, target)
+        result.archive = target
+        result.archive_sha256 = built.sha256
+        write_index(registry, reporter=rep)
+        with tx.open_state(paths, "import-model", write=True, reporter=rep) as db:
+            if not any(r.name == LOCAL_SOURCE for r in db.sources()):
+                lists.add_source(paths, db, LOCAL_SOURCE, str(registry), allow_unsigned=True, priority=LOCAL_SOURCE_PRIORITY)
+                result.source_added = True
+            lists.update(paths, db, rep, names=[LOCAL_SOURCE])
+        result.install = ops.install([f"{name}=={version}"], reporter=rep, confirm=confirm, paths=paths)
+        with tx.open_state(paths, "import-model", write=True, reporter=rep) as db:
+            current = db.get_setting(DEFAULT_MODEL_KEY)
+            if not current or current not in installed_models(db):
+                with db.transaction():
+                    db.set_setting(DEFAULT_MODEL_KEY, name)
+                result.default_set = True
+    return result

@@ -1,0 +1,1 @@
+"""Test helpers: tiny real GGUF models, package sources, loopback HTTP servers, training kits."""
