@@ -113,3 +113,29 @@ def test_key_generate_cli(cli, llmos_home):
     assert r.exit_code == 2 and "already exists" in r.stderr
     r = cli("key", "generate", "other", "-s")
     assert r.exit_code == 0 and not (llmos_home / "keys" / "other.key").exists()
+
+
+@pytest.mark.parametrize("tamper", ["unsigned", "wrong-key", "changed-after-signing"])
+def test_a_pinned_source_is_never_read_without_its_signature(keys, tmp_path, cli, llmos_home, tamper):
+    """Trust fails closed: every kind of bad signature on a pinned folder source is refused by
+    ``llmos update`` through the real code path, and nothing of that index is kept."""
+    from llmos_cli.registry.index import write_index
+
+    (apriv, apub), (bpriv, _) = keys
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    write_index(reg, sign_key=bpriv if tamper == "wrong-key" else apriv)
+    if tamper == "unsigned":
+        (reg / "index.json.sig").unlink()
+    elif tamper == "changed-after-signing":
+        raw = json.loads((reg / "index.json").read_bytes())
+        raw["version"] = raw["version"] + 1
+        (reg / "index.json").write_text(json.dumps(raw))
+    r = cli("source", "add", "pinned", str(reg), "--key", apub, "--json")
+    if r.exit_code == 0:
+        r = cli("update", "--json")
+    from llmos_cli.errors import ExitCode
+
+    assert r.exit_code == int(ExitCode.TRUST), r
+    assert r.json()["ok"] is False
+    assert not (llmos_home / "lists" / "pinned.json").exists()
