@@ -74,6 +74,33 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextmanager
+def atomic_path(path: Path, suffix: str = ".incomplete") -> Iterator[Path]:
+    """For writers that want a file *name* (GGUF writers, SQLite): yield a temp path beside
+    ``path``; when the block ends without error the file is fsynced and renamed onto ``path``.
+
+    On any exception the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {path}") from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise from_os_error(exc, f"writing {path}") from exc
+        raise
+
+
+@contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Build a folder atomically: yield a temp folder beside ``path``, rename it into place.
 

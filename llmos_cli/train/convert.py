@@ -20,14 +20,13 @@ installed model package, which only carries the GGUF.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, NotFoundError
+from llmos_cli.fileio import atomic_path
 from llmos_cli.gguf_info import read_header
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.train._deps import require_train_extra
@@ -341,19 +340,6 @@ def _load_safetensors(hf_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _atomic_target(out_path: Path) -> Path:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".incomplete", dir=out_path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _finish_atomic(tmp: Path, out_path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_path)
-
-
 def convert_hf_to_gguf(
     hf_dir: str | Path,
     out_path: str | Path,
@@ -392,8 +378,7 @@ def convert_hf_to_gguf(
     tok = read_hf_tokenizer(hf_dir, cfg)
     weights = {} if vocab_only else _load_safetensors(hf_dir)
 
-    tmp = _atomic_target(out_path)
-    try:
+    with atomic_path(out_path) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name or cfg.get("_name_or_path") or hf_dir.name)
         w.add_type(gguf.GGUFType.MODEL)
@@ -453,10 +438,6 @@ def convert_hf_to_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        _finish_atomic(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if not vocab_only:
         rep.info(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {hp.n_layer} layers, vocabulary {len(tok.tokens)})")
     return out_path

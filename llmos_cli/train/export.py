@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError
+from llmos_cli.fileio import atomic_path
 from llmos_cli.gguf_info import read_header
 from llmos_cli.train.convert import (
     LlamaHParams,
-    _atomic_target,
-    _finish_atomic,
     gguf_name,
     hf_tensor_names,
     permute_qk,
@@ -92,9 +91,8 @@ def write_lora_gguf(
     first = next(iter(pairs.values()))
     alpha = float(first.scaling * first.rank)
     out_path = Path(out_path)
-    tmp = _atomic_target(out_path)
     ranks: set[int] = set()
-    try:
+    with atomic_path(out_path) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name or out_path.stem)
         w.add_type(gguf.GGUFType.ADAPTER)
@@ -125,10 +123,6 @@ def write_lora_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        _finish_atomic(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ExportResult(out_path, 2 * len(pairs), sorted(ranks), alpha, sorted({k.split(".")[-2] for k in pairs}))
 
 
