@@ -266,6 +266,44 @@ class _StopScanner:
         return len(text) - hold
 
 
+class TextStream:
+    """Token pieces to text: UTF-8 split across tokens held until complete, stop strings cut.
+
+    ``push(piece)`` returns the text that may be emitted now; ``stopped`` turns
+    true once a stop string appeared (the text is cut before it); ``finish()``
+    returns what is left to emit.  ``text`` is the whole answer so far.
+    """
+
+    def __init__(self, stops: Iterable[str]):
+        self.scanner = _StopScanner(stops)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, piece: bytes) -> str:
+        before = len(self.text)
+        self.text += self.decoder.decode(piece)
+        hit = self.scanner.find(self.text, before)
+        if hit is not None:
+            self.text = self.text[:hit]
+            self.stopped = True
+            return self._take(len(self.text))
+        return self._take(self.scanner.safe_end(self.text))
+
+    def finish(self) -> str:
+        if not self.stopped:
+            self.text += self.decoder.decode(b"", final=True)
+        return self._take(len(self.text))
+
+    def _take(self, end: int) -> str:
+        if end <= self.emitted:
+            return ""
+        out = self.text[self.emitted : end]
+        self.emitted = end
+        return out
+
+
 class LlamaCppEngine:
     """llama-cpp-python 0.3.36 behind the ``Engine`` interface (see the module docstring)."""
 
@@ -389,6 +427,24 @@ class LlamaCppEngine:
         self._adapters[key] = ptr
         return ptr
 
+    def adapter_pointer(self, path: str | Path) -> Any:
+        """The loaded adapter for ``path`` (ABI-checked and loaded on first use; kept for later sets)."""
+        return self._load_adapter(str(Path(path).resolve()))
+
+    @property
+    def vocab(self) -> Any:
+        return self._vocab
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise ``RuntimeFailure`` unless llama.cpp parses ``grammar``."""
+        lc = self._llama_cpp
+        mark = NATIVE_LOG.mark()
+        probe = lc.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+        if not bool(probe):
+            native = NATIVE_LOG.errors_since(mark) or last_native_error()
+            raise RuntimeFailure(f"the grammar does not parse: {native or 'syntax error'}", "check the GBNF text")
+        lc.llama_sampler_free(probe)
+
     def set_adapters(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
         """Make exactly ``adapters`` (path, scale) active; ``[]`` gives the bare base.
 
@@ -483,14 +539,8 @@ class LlamaCppEngine:
             )
 
     def _grammar(self, grammar: str) -> Any:
-        lc = self._llama_cpp
-        mark = NATIVE_LOG.mark()
-        probe = lc.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
-        if not bool(probe):
-            native = NATIVE_LOG.errors_since(mark) or last_native_error()
-            raise RuntimeFailure(f"the grammar does not parse: {native or 'syntax error'}", "check the GBNF text")
-        lc.llama_sampler_free(probe)
-        return lc.LlamaGrammar.from_string(grammar, verbose=False)
+        self.check_grammar(grammar)
+        return self._llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
 
     def generate(
         self,
