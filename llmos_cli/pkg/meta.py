@@ -161,3 +161,25 @@ class PackageMeta:
             provides=tuple(check_name(x) for x in d.get("provides", []) or []),
             base=Req.parse(d["base"]) if d.get("base") else None,
         )
+
+
+class MetaView:
+    """``name``, ``version`` and ``kind`` of anything that carries a ``meta: PackageMeta``.
+
+    A manifest, an index entry and an installed package each hold one
+    ``PackageMeta``; they read the identity from it instead of keeping copies.
+    """
+
+    meta: PackageMeta
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
