@@ -1,29 +1,31 @@
 """Package archives (``<name>_<version>.llmos``): build and read them safely.
 
-An archive is a gzip-compressed tar (PAX/USTAR) written deterministically:
+An archive is a tar (PAX/USTAR), gzip-compressed or plain, written deterministically:
 members sorted, ``llmos.toml`` first, mtime fixed (0 or ``SOURCE_DATE_EPOCH``),
 uid/gid 0, empty owner names, modes 0644/0755, gzip header without mtime or
 file name.  The archive's ``llmos.toml`` is the source manifest re-serialised
 with a ``[files]`` table (sha256 and size of every payload file), so the same
 source folder always gives the same bytes.  Format: docs/package-format.md.
 
-Reading never trusts the archive: ``PackageArchive.open`` refuses anything but
-regular files and directories, absolute or ``..`` paths, duplicates, links,
-and a missing or broken manifest, and hashes every payload member in the same
-single pass; ``verify`` then reports hash/size mismatches and extra/missing
-members; ``iter_payload`` streams members to the installer and re-checks each
-one as it goes (the file may have changed since ``open``).
+Reading never trusts the archive.  Bytes come through ``pkg/tarstream.py``
+(one linear pass, limits on every declared size, gzip CRC and length checked,
+the whole file hashed as it is read).  ``PackageArchive.open`` refuses anything
+but regular files and directories, absolute or ``..`` paths, duplicates,
+links, and a missing or broken manifest, checks that the manifest's [files]
+fit in what the archive can unpack to, and hashes every payload member in the
+same single pass; ``verify`` then reports hash/size mismatches and
+extra/missing members; ``iter_payload`` streams members to a consumer and
+re-checks each one as it goes (the file may have changed since ``open``).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
-import tarfile
-import zlib
-from collections.abc import Iterator
+import stat
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,8 +39,8 @@ from llmos_cli.pkg.manifest import (
     Manifest,
     parse_manifest_text,
     raise_for,
-    safe_relpath,
 )
+from llmos_cli.pkg.tarstream import Entry, EntryReader, TarStream, human
 
 ARCHIVE_SUFFIX = ".llmos"
 IGNORE_FILE = ".llmosignore"
@@ -125,30 +127,15 @@ class PackageArchive:
     def inspect(cls, path: Path) -> tuple[PackageArchive | None, list[Finding]]:
         """Like ``open`` but returns every manifest finding instead of raising on the first.
 
-        Structural problems (not an archive, unsafe member...) still raise
-        ``InvalidPackageError``: nothing more can be learnt from such a file.
+        Structural problems (not an archive, unsafe member, a limit passed...)
+        still raise ``InvalidPackageError``: nothing more can be learnt from
+        such a file.
         """
         path = Path(path)
-        try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            raise NotFoundError(f"{path}: no such archive") from None
-        except IsADirectoryError:
-            raise _bad(path, "is a folder, not an archive", "use `llmos build` to make an archive from a source folder") from None
-        except OSError as exc:
-            raise from_os_error(exc, f"opening {path}") from exc
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise _bad(path, "empty archive")
-            raw = _HashingReader(fh)
-            manifest_bytes, members = _scan(path, raw)
-            raw.drain()  # hash any trailing bytes too
-            digest = raw.h.hexdigest()
-        manifest, findings = parse_manifest_text(manifest_bytes, f"{path}!{MANIFEST_NAME}")
-        if manifest is not None and "files" not in manifest.raw:
-            findings.append(Finding("missing-field", "error", "an archive manifest needs a [files] table (written by `llmos build`)", field="files"))
-            manifest = None
+        with _open_archive(path) as (fh, size):
+            ts = TarStream(fh, str(path), archive_size=size)
+            manifest_bytes, manifest, findings, members = _scan(path, ts)
+            digest, _n = ts.finish()
         if manifest is None:
             return None, findings
         return cls(path, manifest, digest, size, members, manifest_bytes), findings
@@ -183,43 +170,45 @@ class PackageArchive:
                 raise _bad(self.path, f"{f.path}: {f.message}")
             raise IntegrityError(f"{self.path}: {f.path}: {f.message}", "the archive was modified after it was built; rebuild or re-download it")
 
-    def iter_payload(self) -> Iterator[tuple[str, IO[bytes], FileRecord]]:
+    def iter_payload(self) -> Generator[tuple[str, IO[bytes], FileRecord], None, None]:
         """Stream every payload member (path, readable, record), re-verifying each as it goes.
 
-        After the consumer is done with a member, the rest of it is read and its
-        sha256/size compared with the manifest: a mismatch raises
-        ``IntegrityError`` before the next member is yielded (or at the end).
-        Members missing from the archive raise at the end.
+        The file is read again, once, from one descriptor: a member whose
+        declared size differs from the manifest is refused before it is read;
+        after the consumer is done with a member, the rest of it is read and
+        its sha256 compared with the manifest (``IntegrityError`` before the
+        next member is yielded).  At the end the whole file's sha256 must
+        still be the one ``open`` saw, and every listed member must have come.
         """
         seen: set[str] = set()
-        try:
-            fh = open(self.path, "rb")
-        except OSError as exc:
-            raise from_os_error(exc, f"opening {self.path}") from exc
-        with fh:
-            try:
-                tar = tarfile.open(fileobj=fh, mode="r|gz")
-                first = True
-                for ti in tar:
-                    name = _check_member(self.path, ti, seen)
-                    if name is None:
-                        continue
-                    if first:
-                        first = False
-                        if name == MANIFEST_NAME:
-                            continue
-                    rec = self.manifest.files.get(name)
-                    if rec is None:
-                        raise IntegrityError(f"{self.path}: {name}: archive member not listed in [files]", "the archive was modified")
-                    src = tar.extractfile(ti)
-                    assert src is not None
-                    hr = _HashingReader(src, limit=ti.size)
-                    yield name, hr, rec  # type: ignore[misc]
-                    hr.drain()
-                    if hr.n != rec.size or hr.h.hexdigest() != rec.sha256:
-                        raise IntegrityError(f"{self.path}: {name}: sha256/size differ from [files]", "the archive was modified after it was built")
-            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                raise _bad(self.path, f"unreadable archive ({exc})") from None
+        first = True
+        with _open_archive(self.path) as (fh, size):
+            ts = TarStream(fh, str(self.path), archive_size=size)
+            for e in ts:
+                if e.is_dir:
+                    continue
+                name = e.name
+                if first:
+                    first = False
+                    if name != MANIFEST_NAME or e.size != len(self.manifest_bytes) or ts.read(e.size) != self.manifest_bytes:
+                        raise _changed(self.path, f"{MANIFEST_NAME} differs from the one read before")
+                    continue
+                if name == MANIFEST_NAME or name in seen:
+                    raise _bad(self.path, f"duplicate member {name!r}")
+                seen.add(name)
+                rec = self.manifest.files.get(name)
+                if rec is None:
+                    raise _changed(self.path, f"{name}: archive member not listed in [files]")
+                if e.size != rec.size:
+                    raise _changed(self.path, f"{name}: size {e.size} but [files] says {rec.size}")
+                hr = _HashingReader(EntryReader(ts), limit=e.size)  # type: ignore[arg-type]
+                yield name, hr, rec  # type: ignore[misc]
+                hr.drain()
+                if hr.n != rec.size or hr.h.hexdigest() != rec.sha256:
+                    raise _changed(self.path, f"{name}: sha256/size differ from [files]")
+            digest, _n = ts.finish()
+        if digest != self.sha256:
+            raise _changed(self.path, "the file changed since it was opened")
         missing = sorted(set(self.manifest.files) - seen)
         if missing:
             raise _bad(self.path, f"{missing[0]}: listed in [files] but not in the archive")
@@ -232,7 +221,7 @@ class PackageArchive:
                 if rel == name:
                     data = fh.read()
                     if len(data) != rec.size or hashlib.sha256(data).hexdigest() != rec.sha256:
-                        raise IntegrityError(f"{self.path}: {name}: sha256/size differ from [files]", "the archive was modified after it was built")
+                        raise _changed(self.path, f"{name}: sha256/size differ from [files]")
                     return data
         finally:
             gen.close()
@@ -242,77 +231,99 @@ class PackageArchive:
     def extract_member(self, name: str, dest: Path) -> Path:
         """Copy one payload member to ``dest`` (a file path); hash-verified."""
         gen = self.iter_payload()
-        for rel, fh, rec in gen:
-            if rel != name:
-                continue
-            with atomic_output(dest) as out:
-                while chunk := fh.read(CHUNK):
-                    out.write(chunk)
-            if fh.h.hexdigest() != rec.sha256 or fh.n != rec.size:  # type: ignore[attr-defined]
-                dest.unlink(missing_ok=True)
-                raise IntegrityError(f"{self.path}: {name}: sha256/size differ from [files]", "the archive was modified after it was built")
+        try:
+            for rel, fh, rec in gen:
+                if rel != name:
+                    continue
+                with atomic_output(dest) as out:
+                    while chunk := fh.read(CHUNK):
+                        out.write(chunk)
+                if fh.h.hexdigest() != rec.sha256 or fh.n != rec.size:  # type: ignore[attr-defined]
+                    dest.unlink(missing_ok=True)
+                    raise _changed(self.path, f"{name}: sha256/size differ from [files]")
+                return dest
+        finally:
             gen.close()
-            return dest
 
         raise NotFoundError(f"{self.path}: no member {name}")
 
 
-def _check_member(path: Path, ti: tarfile.TarInfo, seen: set[str]) -> str | None:
-    """Validate one tar member; return its payload name, or None for a directory."""
-    raw = ti.name
-    name = safe_relpath(raw[2:] if raw.startswith("./") else raw)
-    if name is None or name != (raw[2:] if raw.startswith("./") else raw).rstrip("/"):
-        raise _bad(path, f"unsafe member path {raw!r} (absolute, '..' or not normalised)", "refusing to unpack it: possible path traversal")
-    if ti.isdir():
-        return None
-    if ti.issym() or ti.islnk():
-        raise _bad(path, f"member {raw!r} is a link (refused)", "archives may hold only regular files")
-    if not ti.isreg():
-        raise _bad(path, f"member {raw!r} is not a regular file (refused)", "archives may hold only regular files")
-    if name in seen:
-        raise _bad(path, f"duplicate member {raw!r}")
-    seen.add(name)
-    return name
+def _changed(path: Path, message: str) -> IntegrityError:
+    return IntegrityError(f"{path}: {message}", "the archive was modified after it was built (or while llmos read it); rebuild or re-download it")
 
 
-def _scan(path: Path, raw: _HashingReader) -> tuple[bytes, dict[str, _Member]]:
-    members: dict[str, _Member] = {}
-    seen: set[str] = set()
-    manifest_bytes: bytes | None = None
+@contextmanager
+def _open_archive(path: Path) -> Iterator[tuple[IO[bytes], int]]:
+    """The archive opened once for reading, with its size (``NotFoundError``/``InvalidPackageError``/``IOFailure``)."""
     try:
-        tar = tarfile.open(fileobj=raw, mode="r|gz")  # type: ignore[arg-type]
-        for ti in tar:
-            name = _check_member(path, ti, seen)
-            if name is None:
-                continue
-            src = tar.extractfile(ti)
-            assert src is not None
-            if manifest_bytes is None:
-                if name != MANIFEST_NAME:
-                    raise _bad(path, f"first member is {name!r}, not {MANIFEST_NAME}")
-                if ti.size > 16 * 1024 * 1024:
-                    raise _bad(path, f"{MANIFEST_NAME} is implausibly large ({ti.size} bytes)")
-                manifest_bytes = src.read()
-                if len(manifest_bytes) != ti.size:
-                    raise _bad(path, "truncated archive")
-                continue
-            if name == MANIFEST_NAME:
-                raise _bad(path, f"duplicate member {MANIFEST_NAME!r}")
-            hr = _HashingReader(src, limit=ti.size)
-            hr.drain()
-            if hr.n != ti.size:
-                raise _bad(path, "truncated archive")
-            members[name] = _Member(name, hr.n, hr.h.hexdigest())
-        tar.close()
-    except InvalidPackageError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
-        msg = str(exc) or type(exc).__name__
-        if isinstance(exc, tarfile.ReadError) and "empty file" in msg:
-            msg = "no tar content"
-        if isinstance(exc, (EOFError,)) or "unexpected end" in msg:
-            raise _bad(path, f"truncated archive ({msg})") from None
-        raise _bad(path, f"not a valid {ARCHIVE_SUFFIX} archive ({msg})") from None
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such archive") from None
+    except IsADirectoryError:
+        raise _bad(path, "is a folder, not an archive", "use `llmos build` to make an archive from a source folder") from None
+    except OSError as exc:
+        raise from_os_error(exc, f"opening {path}") from exc
+    with fh:
+        try:
+            st = os.fstat(fh.fileno())
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {path}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(path, "is not a regular file")
+        if st.st_size == 0:
+            raise _bad(path, "empty archive")
+        yield fh, st.st_size
+
+
+def declared_total_check(ts: TarStream, manifest: Manifest) -> None:
+    """Refuse a manifest whose [files] add up to more than the rest of the archive can hold (before reading them)."""
+    total = sum(max(int(r.size), 0) for r in manifest.files.values())
+    room = ts.remaining()
+    if total > room:
+        what = f"{ts.limits.max_ratio}x its size (ratio cap)" if ts.compressed else "its size"
+        raise ts.bad(
+            f"the manifest declares {human(total)} of files, more than the archive can unpack to ({what})",
+            "refused before reading: the archive is damaged or hostile (see docs/security.md, Limits)",
+        )
+
+
+def read_manifest_member(ts: TarStream, e: Entry) -> bytes:
+    """The first member's bytes: it must be ``llmos.toml`` and within the manifest limit."""
+    if e.is_dir or e.name != MANIFEST_NAME:
+        raise ts.bad(f"first member is {e.name!r}, not {MANIFEST_NAME}")
+    if e.size > ts.limits.max_manifest:
+        raise ts.bad(f"{MANIFEST_NAME} is implausibly large ({human(e.size)}; the limit is {human(ts.limits.max_manifest)})")
+    data = ts.read(e.size)
+    if len(data) != e.size:
+        raise ts.bad("truncated archive")
+    return data
+
+
+def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Finding], dict[str, _Member]]:
+    members: dict[str, _Member] = {}
+    manifest_bytes: bytes | None = None
+    manifest: Manifest | None = None
+    findings: list[Finding] = []
+    for e in ts:
+        if e.is_dir:
+            continue
+        name = e.name
+        if manifest_bytes is None:
+            manifest_bytes = read_manifest_member(ts, e)
+            manifest, findings = parse_manifest_text(manifest_bytes, f"{path}!{MANIFEST_NAME}")
+            if manifest is not None and "files" not in manifest.raw:
+                findings.append(Finding("missing-field", "error", "an archive manifest needs a [files] table (written by `llmos build`)", field="files"))
+                manifest = None
+            if manifest is not None:
+                declared_total_check(ts, manifest)
+            continue
+        if name == MANIFEST_NAME or name in members:
+            raise _bad(path, f"duplicate member {name!r}")
+        hr = _HashingReader(EntryReader(ts), limit=e.size)  # type: ignore[arg-type]
+        hr.drain()
+        if hr.n != e.size:
+            raise _bad(path, "truncated archive")
+        members[name] = _Member(name, hr.n, hr.h.hexdigest())
     if manifest_bytes is None:
         raise _bad(path, f"no {MANIFEST_NAME} in the archive")
-    return manifest_bytes, members
+    return manifest_bytes, manifest, findings, members

@@ -271,7 +271,8 @@ def execute(
         with reporter.task("Unpacking", total=None, unit="bytes") as task:
             for a, path, source, sha in fetched:
                 task.update(description=f"Unpacking {a.name} {a.new_version}")
-                st = stage_archive(store, path, name=a.name, version=a.new_version, progress=task.advance, on_file=lambda: checkpoint("staging"))
+                # sha: the bytes staged must be the bytes verified (one read of one descriptor, issue 11 item 11)
+                st = stage_archive(store, path, name=a.name, version=a.new_version, sha256=sha, progress=task.advance, on_file=lambda: checkpoint("staging"))
                 staged.append(StagedPackage(a, st.manifest, st.files, source, sha))
                 result.staged_files += len(st.files)
                 result.staged_bytes += sum(f.size for f in st.files)
