@@ -162,6 +162,25 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 4
 
+# Limits on hostile headers (docs/security.md, "GGUF files").  Every length and
+# count is checked against these and against the bytes left in the file
+# *before* anything is read, so a few bytes can never make the reader loop,
+# allocate or recurse without bound.
+#: longest metadata key or tensor name (llama.cpp's own names are < 100 bytes)
+MAX_KEY_BYTES = 64 * 1024
+#: longest string value (chat templates are tens of KB)
+MAX_STRING_BYTES = 16 * 1024 * 1024
+#: most elements in one metadata array (vocabularies and merges are < 1M)
+MAX_ARRAY_ELEMENTS = 16 * 1024 * 1024
+#: arrays of arrays nest at most this deep (llama.cpp itself reads none)
+MAX_NESTING = 4
+#: most metadata keys, most tensors
+MAX_KV = 1_000_000
+MAX_TENSORS = 1_000_000
+#: the fewest bytes one key/value pair and one tensor info take in a file
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8
+
 
 def _ggml_type(type_id: int) -> tuple[str, int, int]:
     t = GGML_TYPES.get(type_id)
@@ -221,31 +240,55 @@ class _Reader:
     def u64(self) -> int:
         return self.unpack("Q", 8)
 
-    def raw_string(self) -> bytes:
+    def raw_string(self, limit: int | None = None, what: str = "string") -> bytes:
+        limit = MAX_STRING_BYTES if limit is None else limit
         n = self.u64()
+        if n > limit:
+            raise _Corrupt(f"{what} of {n} bytes at byte {self.pos - 8} (the limit is {limit})")
         self.need(n)
         s = self.buf[self.pos : self.pos + n]
         self.pos += n
         return bytes(s)
 
-    def string(self) -> str:
-        return self.raw_string().decode("utf-8", errors="replace")
+    def string(self, limit: int | None = None, what: str = "string") -> str:
+        return self.raw_string(limit, what).decode("utf-8", errors="replace")
 
-    def skip_value(self, vtype: int) -> None:
+    def array_head(self, depth: int) -> tuple[int, int]:
+        """Element type and count of an array, checked against the limits and the bytes left."""
+        if depth >= MAX_NESTING:
+            raise _Corrupt(f"arrays nested more than {MAX_NESTING} deep (at byte {self.pos})")
+        etype, count = self.u32(), self.u64()
+        if count > MAX_ARRAY_ELEMENTS:
+            raise _Corrupt(f"array of {count} elements at byte {self.pos - 12} (the limit is {MAX_ARRAY_ELEMENTS})")
+        if etype in _SCALARS:
+            least = _SCALARS[etype][1]
+        elif etype == _STRING:
+            least = 8
+        elif etype == _ARRAY:
+            least = 12
+        else:
+            raise _Corrupt(f"unknown array element type {etype}")
+        if count * least > self.size - self.pos:
+            raise _Corrupt(f"array of {count} elements runs past the end of the file (at byte {self.pos})")
+        return etype, count
+
+    def skip_value(self, vtype: int, depth: int = 0) -> None:
         if vtype in _SCALARS:
             self.need(_SCALARS[vtype][1])
             self.pos += _SCALARS[vtype][1]
         elif vtype == _STRING:
             n = self.u64()
+            if n > MAX_STRING_BYTES:
+                raise _Corrupt(f"string of {n} bytes at byte {self.pos - 8} (the limit is {MAX_STRING_BYTES})")
             self.need(n)
             self.pos += n
         elif vtype == _ARRAY:
-            etype, count = self.u32(), self.u64()
-            self.skip_array(etype, count)
+            etype, count = self.array_head(depth)
+            self.skip_array(etype, count, depth + 1)
         else:
             raise _Corrupt(f"unknown metadata value type {vtype}")
 
-    def skip_array(self, etype: int, count: int) -> None:
+    def skip_array(self, etype: int, count: int, depth: int = 1) -> None:
         if etype in _SCALARS:
             n = _SCALARS[etype][1] * count
             self.need(n)
@@ -256,30 +299,33 @@ class _Reader:
             for _ in range(count):
                 if pos + 8 > size:
                     raise _Corrupt("string array runs past the end of the file")
-                pos += 8 + unpack(buf, pos)[0]
+                n = unpack(buf, pos)[0]
+                if n > MAX_STRING_BYTES:
+                    raise _Corrupt(f"string of {n} bytes at byte {pos} (the limit is {MAX_STRING_BYTES})")
+                pos += 8 + n
             if pos > size:
                 raise _Corrupt("string array runs past the end of the file")
             self.pos = pos
         else:
             for _ in range(count):
-                self.skip_value(etype)
+                self.skip_value(etype, depth)
 
-    def read_value(self, vtype: int, decode_arrays: bool) -> Any:
+    def read_value(self, vtype: int, decode_arrays: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             code, n = _SCALARS[vtype]
             return self.unpack(code, n)
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
-            etype, count = self.u32(), self.u64()
+            etype, count = self.array_head(depth)
             start = self.pos
             if not decode_arrays:
-                self.skip_array(etype, count)
+                self.skip_array(etype, count, depth + 1)
                 return _ArrayInfo(etype, count, start)
-            return self.read_array(etype, count)
+            return self.read_array(etype, count, depth + 1)
         raise _Corrupt(f"unknown metadata value type {vtype}")
 
-    def read_array(self, etype: int, count: int) -> list:
+    def read_array(self, etype: int, count: int, depth: int = 1) -> list:
         if etype in _SCALARS:
             code, n = _SCALARS[etype]
             self.need(n * count)
@@ -288,7 +334,7 @@ class _Reader:
             return vals
         if etype == _STRING:
             return [self.string() for _ in range(count)]
-        return [self.read_value(etype, True) for _ in range(count)]
+        return [self.read_value(etype, True, depth) for _ in range(count)]
 
     def string_array_bytes(self, info: _ArrayInfo) -> list[bytes]:
         """Raw bytes of each element of a string array (for hashing a vocabulary)."""
@@ -322,35 +368,49 @@ def _parse(p: Path, mm: Any, size: int, decode: Iterable[str] | None) -> _Parsed
     if version not in (2, 3):
         raise _Corrupt(f"unsupported GGUF version {version}")
     n_tensors, n_kv = r.u64(), r.u64()
-    if n_kv > 1_000_000 or n_tensors > 10_000_000:
-        raise _Corrupt(f"implausible counts ({n_kv} keys, {n_tensors} tensors)")
+    if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
+        raise _Corrupt(f"implausible counts ({n_kv} keys, {n_tensors} tensors; the limits are {MAX_KV} and {MAX_TENSORS})")
+    if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_BYTES > size - r.pos:
+        raise _Corrupt(f"{n_kv} keys and {n_tensors} tensors cannot fit in a file of {size} bytes")
     prefixes = tuple(decode) if decode is not None else None
     fields: dict[str, Any] = {}
     for _ in range(n_kv):
-        key = r.string()
+        key = r.string(MAX_KEY_BYTES, "metadata key")
+        if key in fields:
+            raise _Corrupt(f"duplicate metadata key {key[:80]!r}")
         vtype = r.u32()
         want = prefixes is not None and (not prefixes or key.startswith(prefixes))
         fields[key] = r.read_value(vtype, decode_arrays=want)
     tensors: list[_Tensor] = []
+    names: set[str] = set()
     for _ in range(n_tensors):
-        name = r.string()
+        name = r.string(MAX_KEY_BYTES, "tensor name")
+        if name in names:
+            raise _Corrupt(f"duplicate tensor {name[:80]!r}")
+        names.add(name)
         n_dims = r.u32()
         if n_dims > _MAX_DIMS:
-            raise _Corrupt(f"tensor {name} has {n_dims} dimensions")
+            raise _Corrupt(f"tensor {name[:80]} has {n_dims} dimensions")
         shape = tuple(r.u64() for _ in range(n_dims))
         tensors.append(_Tensor(name, shape, r.u32(), r.u64()))
     align = fields.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+    if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
         raise _Corrupt(f"invalid general.alignment {align!r}")
     data_start = (r.pos + align - 1) // align * align
     for t in tensors:
         try:
             _tname, block, bsize = _ggml_type(t.type_id)
         except ValueError as exc:
-            raise _Corrupt(f"tensor {t.name}: {exc}") from None
+            raise _Corrupt(f"tensor {t.name[:80]}: {exc}") from None
         n = 1
         for d in t.shape:
             n *= d
+        if n >= 1 << 62:
+            raise _Corrupt(f"tensor {t.name[:80]} declares {n} elements")
+        if t.shape and t.shape[0] % block:
+            raise _Corrupt(f"tensor {t.name[:80]}: first dimension {t.shape[0]} is not a multiple of the {_tname} block size {block}")
+        if t.offset % align:
+            raise _Corrupt(f"tensor {t.name[:80]}: data offset {t.offset} is not aligned to {align}")
         nbytes = n // block * bsize
         if data_start + t.offset + nbytes > size:
             raise InvalidPackageError(
@@ -382,7 +442,7 @@ def _parse_file(p: Path, decode: Iterable[str] | None) -> _Parsed:
         return _parse(p, mm, size, decode)
     except InvalidPackageError:
         raise
-    except (_Corrupt, struct.error, UnicodeError, OverflowError, MemoryError, ValueError) as exc:
+    except (_Corrupt, struct.error, UnicodeError, OverflowError, MemoryError, ValueError, RecursionError) as exc:
         raise InvalidPackageError(f"{p}: unreadable GGUF ({exc})", "the file is corrupt or truncated") from None
 
 

@@ -154,3 +154,69 @@ def test_llama_cpp_agrees(tmp_path, tiny_model, tiny_lora, tiny_lora2):
         ours = not check_adapter(read_header(path), base)
         assert loaded[label] == ours, (label, loaded[label], ours)
     assert loaded["good-a"] and loaded["good-b"]
+
+
+# ---------------------------------------------------------------- tensor types (issue 11)
+
+_TYPE_PROBE = r"""
+import ctypes, json, resource, sys
+import numpy as np
+import llama_cpp
+
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # an expected crash leaves no core file
+quiet = llama_cpp.llama_log_callback(lambda *a: None)
+llama_cpp.llama_log_set(quiet, None)
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False)
+n_vocab = llama_cpp.llama_n_vocab(llama_cpp.llama_model_get_vocab(llm.model))
+
+
+def logits():
+    llm.reset()
+    llm.eval([1, 5, 6, 7])
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
+
+
+ptr = llama_cpp.llama_adapter_lora_init(llm.model, sys.argv[2].encode())
+print(json.dumps({"loaded": bool(ptr)}), flush=True)
+arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(ptr)
+llama_cpp.llama_set_adapters_lora(llm.ctx, arr, 1, (ctypes.c_float * 1)(1.0))
+print(json.dumps({"logits": [float(x) for x in logits()]}), flush=True)
+"""
+
+
+def _decode_with(base_path: Path, adapter: Path) -> tuple[int, dict]:
+    proc = subprocess.run([sys.executable, "-c", _TYPE_PROBE, str(base_path), str(adapter)], capture_output=True, text=True, timeout=300)
+    out: dict = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            out.update(json.loads(line))
+    return proc.returncode, out
+
+
+def test_llama_cpp_agrees_on_tensor_types(tmp_path, tiny_model):
+    """Each tensor type llmos accepts really loads and decodes in llama.cpp, close to the F32 adapter's logits.
+
+    Each type llmos refuses loads (llama.cpp's loader checks no types) and then
+    crashes the process at the first decode: the reason the check exists.
+    """
+    import numpy as np
+
+    from llmos_cli.runtime.abi import LORA_TENSOR_TYPES
+    from tests.test_hostile_gguf import REFUSED_TYPES, write_typed_lora
+
+    base = read_header(tiny_model.path)
+    results = {}
+    for t in sorted(LORA_TENSOR_TYPES) + ["I32", "F64"]:
+        p = write_typed_lora(tmp_path / f"{t}.gguf", tiny_model, t)
+        results[t] = (_decode_with(tiny_model.path, p), not check_adapter(read_header(p), base))
+    ref = np.array(results["F32"][0][1]["logits"])
+    for t, ((rc, out), ours) in results.items():
+        if t in LORA_TENSOR_TYPES:
+            assert ours, t
+            assert rc == 0 and out["loaded"], (t, rc)
+            got = np.array(out["logits"])
+            assert np.isfinite(got).all(), t
+            assert np.abs(got - ref).max() < 0.05, (t, float(np.abs(got - ref).max()))  # quantisation error only
+        else:
+            assert t in REFUSED_TYPES and not ours, t
+            assert out.get("loaded") is True and "logits" not in out and rc != 0, (t, rc, out.keys())

@@ -31,6 +31,7 @@ from llmos_cli.pkg.manifest import MANIFEST_NAME, Finding, Manifest, load_manife
 from llmos_cli.pkg.meta import Req
 from llmos_cli.pkg.payload import collect_payload
 from llmos_cli.registry.index import Index
+from llmos_cli.runtime.abi import type_problems
 from llmos_cli.state.db import StateDB
 from llmos_cli.train.lora import TrainOptions
 
@@ -159,6 +160,8 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: BaseInfo | None, lo
         if len(have) != 2:
             missing = ({".lora_a", ".lora_b"} - have).pop()
             out.append(Finding("adapter-pair", "error", f"{target}{missing} is missing (incomplete LoRA pair)", field="adapter.file", path=rel))
+    for prob in type_problems(hdr):  # a type llama.cpp loads but cannot run (I32, F64...) would crash `llmos run`
+        out.append(Finding("adapter-tensor-type", "error", prob.message, field="adapter.file", path=rel))
     if not hdr.architecture:
         return out
     if base_arch is None:

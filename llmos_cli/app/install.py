@@ -37,6 +37,7 @@ from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import lists
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.resolve import Action, Candidate, InstalledInfo, Plan, Request, autoremovable, resolve, reverse_dependents
+from llmos_cli.runtime.abi import validate_staged
 from llmos_cli.state import transaction as tx
 from llmos_cli.state.db import InstalledPackage, StateDB
 from llmos_cli.state.store import Store
@@ -431,7 +432,8 @@ def _run_plan(
             )
         return origin.fetch(paths, rep), origin.source_name, origin.sha256
 
-    done = tx.execute(paths, db, plan, command=command, argv=_argv(command, args), fetch=fetch, reporter=reporter)
+    # validate_staged: GGUF files are checked (readable, a usable LoRA) before the commit
+    done = tx.execute(paths, db, plan, command=command, argv=_argv(command, args), fetch=fetch, reporter=reporter, validate=validate_staged)
     result.txid = done.txid
     result.staged_files = done.staged_files
     result.staged_bytes = done.staged_bytes

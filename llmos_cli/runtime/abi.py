@@ -10,6 +10,13 @@ checked here first, from the GGUF headers alone:
 * every tensor is ``<base tensor>.lora_a`` or ``.lora_b`` (``*_norm.weight``
   tensors are tolerated and ignored, as llama.cpp does);
 * every pair is complete and names a tensor the base has;
+* every ``.lora_a``/``.lora_b`` tensor has a type llama.cpp can multiply
+  with (``LORA_TENSOR_TYPES``).  llama.cpp's loader does *not* check types:
+  an I32 or F64 pair loads, then the first decode segfaults in ggml's matrix
+  product.  The allowed set is the float types and the legacy quantised
+  types, each loaded and run for real by ``tests/test_runtime_abi.py``;
+  K-quants, IQ and ternary types are refused (fail closed) because gguf-py
+  cannot write them for that test;
 * shapes fit.  In GGUF order (fastest-varying dimension first) a base weight
   ``W`` is ``[in, out]``, ``lora_a`` is ``[in, r]`` and ``lora_b`` is
   ``[r, out]`` (PEFT's ``lora_A`` ``(r, in)`` and ``lora_B`` ``(out, r)`` as
@@ -27,18 +34,24 @@ Task B's ``llmos check`` and Task C's install may call either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from llmos_cli.errors import AbiError
-from llmos_cli.gguf_info import GGUFHeader
+from llmos_cli.errors import AbiError, InvalidPackageError
+from llmos_cli.gguf_info import GGUFHeader, read_header
+from llmos_cli.pkg.manifest import Manifest
 
 LORA_A = ".lora_a"
 LORA_B = ".lora_b"
 
+#: tensor types of a LoRA pair that llama.cpp 0.3.36 loads *and* runs (see the module docstring)
+LORA_TENSOR_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"})
+
 
 @dataclass(frozen=True)
 class AbiProblem:
-    code: str  # not-adapter | not-lora | arch-mismatch | unexpected-tensor | incomplete-pair | unknown-tensor | shape-mismatch | rank-mismatch
+    code: str  # not-adapter | not-lora | arch-mismatch | unexpected-tensor | tensor-type | no-tensors | incomplete-pair | unknown-tensor | shape-mismatch | rank-mismatch
     message: str
     tensor: str | None = None
 
@@ -73,6 +86,88 @@ def lora_rank(adapter: GGUFHeader) -> int | None:
     """The largest rank among the adapter's pairs (from ``lora_b``'s first dimension)."""
     ranks = [p["b"][0] for p in _pairs(adapter)[0].values() if p.get("b")]
     return max(ranks) if ranks else None
+
+
+def type_problems(adapter: GGUFHeader) -> list[AbiProblem]:
+    """LoRA tensors whose type would crash llama.cpp at the first decode."""
+    out: list[AbiProblem] = []
+    allowed = ", ".join(sorted(LORA_TENSOR_TYPES))
+    for name in sorted(adapter.tensors):
+        if not name.endswith((LORA_A, LORA_B)):
+            continue
+        t = adapter.tensor_types.get(name)
+        if t not in LORA_TENSOR_TYPES:
+            out.append(AbiProblem("tensor-type", f"tensor {name} has type {t}, which llama.cpp cannot apply as LoRA (allowed: {allowed})", name))
+    return out
+
+
+def adapter_problems(adapter: GGUFHeader) -> list[AbiProblem]:
+    """What is wrong with an adapter file on its own, whatever the base: kind, tensor names, pairs, types, shapes."""
+    out: list[AbiProblem] = []
+    if adapter.general_type != "adapter":
+        out.append(AbiProblem("not-adapter", f"general.type is {adapter.general_type!r}, expected 'adapter' (not a LoRA adapter file)"))
+    if adapter.adapter_type != "lora":
+        out.append(AbiProblem("not-lora", f"adapter.type is {adapter.adapter_type!r}, expected 'lora'"))
+    pairs, unexpected = _pairs(adapter)
+    for name in sorted(unexpected):
+        out.append(AbiProblem("unexpected-tensor", f"tensor {name} is neither .lora_a nor .lora_b", name))
+    if not pairs:
+        out.append(AbiProblem("no-tensors", "the adapter holds no .lora_a/.lora_b tensors"))
+    for target in sorted(pairs):
+        p = pairs[target]
+        if "a" not in p or "b" not in p:
+            missing = LORA_A if "a" not in p else LORA_B
+            out.append(AbiProblem("incomplete-pair", f"{target}{missing} is missing (incomplete LoRA pair)", target))
+        elif len(p["a"]) != 2 or len(p["b"]) != 2:
+            out.append(AbiProblem("shape-mismatch", f"{target}: lora_a {list(p['a'])} and lora_b {list(p['b'])} are not matrices", target))
+    return out + type_problems(adapter)
+
+
+def validate_adapter_file(path: Path, *, label: str | None = None) -> GGUFHeader:
+    """Read an adapter's header and refuse it (``InvalidPackageError``, exit 5) unless llama.cpp can load and run it.
+
+    Used at install, before the adapter is ever recorded as installed.
+    """
+    hdr = read_header(path, with_vocab=False)
+    problems = adapter_problems(hdr)
+    if problems:
+        who = label or path.name
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise InvalidPackageError(
+            f"adapter {who} is not a usable LoRA adapter: {problems[0].message}{more}",
+            "rebuild the adapter (llmos train, or llama.cpp's convert_lora_to_gguf.py with --outtype f16/bf16/q8_0)",
+            details={"problems": [p.to_json() for p in problems]},
+        )
+    return hdr
+
+
+def validate_staged(manifest: Manifest, locate: Callable[[str], Path | None], *, label: str) -> None:
+    """Install-time GGUF checks of a staged package: a model file must be a readable base model, an adapter a usable LoRA.
+
+    ``locate(rel)`` returns the staged (store) path of payload file ``rel``.
+    Raises ``InvalidPackageError`` (exit 5).
+    """
+    if manifest.model is not None:
+        rel = manifest.model.file
+        p = locate(rel) if rel else None
+        if p is not None:
+            try:
+                hdr = read_header(p, with_vocab=False)
+            except InvalidPackageError as exc:
+                raise InvalidPackageError(f"{label}: model file {rel}: {exc.message.removeprefix(f'{p}: ')}", exc.hint) from None
+            if hdr.is_adapter:
+                raise InvalidPackageError(f"{label}: model file {rel} is a LoRA adapter, not a base model")
+        return
+    rel = manifest.adapter.file if manifest.adapter is not None else None
+    p = locate(rel) if rel else None
+    if p is None:
+        return
+    try:
+        validate_adapter_file(p, label=f"{label} ({rel})")
+    except InvalidPackageError as exc:
+        if exc.message.startswith(f"{p}: "):
+            raise InvalidPackageError(f"{label}: adapter file {rel}: {exc.message.removeprefix(f'{p}: ')}", exc.hint) from None
+        raise
 
 
 def check_adapter(adapter: GGUFHeader, base: GGUFHeader) -> list[AbiProblem]:
@@ -121,7 +216,7 @@ def check_adapter(adapter: GGUFHeader, base: GGUFHeader) -> list[AbiProblem]:
             )
         elif not target.endswith("token_embd.weight") and a[1] != b[0]:
             out.append(AbiProblem("rank-mismatch", f"{target}: lora_a rank {a[1]} differs from lora_b rank {b[0]}", target))
-    return out
+    return out + type_problems(adapter)
 
 
 def ensure_adapter_fits(adapter: GGUFHeader, base: GGUFHeader, *, label: str | None = None, model_label: str | None = None) -> None:

@@ -243,12 +243,16 @@ def execute(
     argv: list[str],
     fetch: Callable[[Any, Reporter], tuple[Path, str | None, str | None]],
     reporter: Reporter,
+    validate: Callable[..., None] | None = None,
 ) -> Executed:
     """Run ``plan`` (a resolver Plan) inside an already-open, locked ``db``.
 
     ``fetch(action, reporter) -> (archive path, source name, archive sha256)``
     supplies the archive of an install/upgrade/downgrade action, already
     checked against its index entry; its content is checked while staging.
+    ``validate(manifest, locate, label=...)`` then checks each staged package
+    (its GGUF files: ``locate(rel)`` is a payload file's path in the store)
+    before anything is committed; it raises to refuse the package.
     """
 
     records = [action_record(a) for a in plan.actions]
@@ -273,6 +277,9 @@ def execute(
                 task.update(description=f"Unpacking {a.name} {a.new_version}")
                 # sha: the bytes staged must be the bytes verified (one read of one descriptor, issue 11 item 11)
                 st = stage_archive(store, path, name=a.name, version=a.new_version, sha256=sha, progress=task.advance, on_file=lambda: checkpoint("staging"))
+                if validate is not None:
+                    blobs = {f.path: store.path_for(f.sha256) for f in st.files}
+                    validate(st.manifest, blobs.get, label=f"{a.name} {a.new_version}")
                 staged.append(StagedPackage(a, st.manifest, st.files, source, sha))
                 result.staged_files += len(st.files)
                 result.staged_bytes += sum(f.size for f in st.files)
