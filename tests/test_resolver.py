@@ -24,7 +24,7 @@ from llmos_cli.resolve import (
 # ---------------------------------------------------------------- helpers
 
 
-def pkg(ident: str, kind: str = "library", depends=(), conflicts=(), provides=(), base=None, origin=None, priority=0):
+def pkg(ident: str, kind: str = "library", depends=(), conflicts=(), provides=(), base=None, origin=None, priority=0, breaks=()):
     """``pkg("med-lib=1.0", depends=["bio-core>=1"])`` -> a Candidate."""
     name, version = ident.split("=")
     meta = PackageMeta.from_json(
@@ -36,6 +36,7 @@ def pkg(ident: str, kind: str = "library", depends=(), conflicts=(), provides=()
             "conflicts": list(conflicts),
             "provides": list(provides),
             "base": base,
+            **({"breaks": list(breaks)} if breaks else {}),
         }
     )
     return Candidate(meta, origin=origin, priority=priority)
@@ -190,6 +191,136 @@ def test_versioned_dependency_ignores_providers():
         "you asked for reader",
         "reader 1.0 depends on medical-knowledge>=1, which nothing satisfies (medical-knowledge is only a virtual name)",
     ]
+
+
+def test_versioned_provide_satisfies_a_versioned_dependency():
+    u = [
+        pkg("mailer=1.0", depends=["mail-transport-agent>=2"]),
+        pkg("old-mta=1.0", provides=["mail-transport-agent (= 1.5)"]),
+        pkg("new-mta=1.0", provides=["mail-transport-agent (= 2.1)"]),
+        pkg("bare-mta=1.0", provides=["mail-transport-agent"]),
+    ]
+    plan = resolve(u, {}, install("mailer"))
+    assert ops(plan) == [("install", "new-mta", None, "1.0", True), ("install", "mailer", None, "1.0", False)]
+    assert plan.actions[0].reason == "dependency of mailer 1.0"
+
+
+def test_unversioned_provide_never_satisfies_a_versioned_dependency():
+    # apt's rule: only a versioned provide can meet a versioned relation, even if an unversioned one is installed
+    bare = pkg("bare-mta=1.0", provides=["mail-transport-agent"])
+    u = [pkg("mailer=1.0", depends=["mail-transport-agent>=2"]), bare, pkg("old-mta=1.0", provides=["mail-transport-agent (= 1.5)"])]
+    with pytest.raises(UnsatisfiableError) as exc:
+        resolve(u, installed(bare), install("mailer"))
+    assert exc.value.details["explanation"][1].startswith("mailer 1.0 depends on mail-transport-agent>=2, which nothing satisfies")
+    # the unversioned dependency takes any provider, and keeps the installed one
+    u.append(pkg("reader=1.0", depends=["mail-transport-agent"]))
+    assert ops(resolve(u, installed(bare), install("reader"))) == [("install", "reader", None, "1.0", False)]
+
+
+def test_versioned_provide_forms_and_round_trip():
+    from llmos_cli.pkg.meta import Provide, RelationError
+
+    for text in ("mta (= 2.0)", "mta (== 2.0)", "mta==2.0", " mta (=2.0) "):
+        p = Provide.parse(text)
+        assert (p.name, p.version, p.text) == ("mta", "2.0", "mta (= 2.0)")
+        assert p == "mta" and "mta" in (p,)  # still the virtual name as a string
+    assert Provide.parse("mta (= 2.0)") != Provide.parse("mta (= 3.0)")
+    for bad in ("mta (>= 2.0)", "mta>=2", "mta (= )", "Mta"):
+        with pytest.raises(RelationError):
+            Provide.parse(bad)
+    meta = pkg("exim=4.0", provides=["mta (= 2.0)", "smtp"]).meta
+    assert meta.relations_json()["provides"] == ["mta (= 2.0)", "smtp"]
+    assert PackageMeta.from_json(meta.to_json()) == meta
+
+
+def test_versioned_conflict_hits_a_matching_versioned_provide():
+    # apt: Conflicts on a virtual name with a version hits providers whose provided version matches
+    p1 = pkg("mta-one=1.0", provides=["mta (= 1.0)"])
+    p2 = pkg("mta-two=1.0", provides=["mta (= 2.0)"])
+    p3 = pkg("mta-bare=1.0", provides=["mta"])
+    u = [pkg("strict=1.0", conflicts=["mta<2"]), p1, p2, p3]
+    plan = resolve(u, installed(p1, p2, p3), install("strict"))
+    assert ops(plan) == [("remove", "mta-one", "1.0", None, False), ("install", "strict", None, "1.0", False)]
+
+
+def test_alternative_already_in_the_plan_is_kept():
+    # x needs a | b and also needs b: b is planned anyway, so a is not added (apt keeps a satisfied or-group)
+    u = [pkg("x=1.0", depends=["a | b", "b"]), pkg("a=1.0"), pkg("b=1.0")]
+    plan = resolve(u, {}, install("x"))
+    assert ops(plan) == [("install", "b", None, "1.0", True), ("install", "x", None, "1.0", False)]
+    # the same when another package of the plan brings b in
+    u = [
+        pkg("top=1.0", depends=["x", "y"]),
+        pkg("x=1.0", depends=["a | b"]),
+        pkg("y=1.0", depends=["b"]),
+        pkg("a=1.0", depends=["a2"]),
+        pkg("a2=1.0"),
+        pkg("b=1.0"),
+    ]
+    plan = resolve(u, {}, install("top"))
+    assert sorted(a.name for a in plan.actions) == ["b", "top", "x", "y"]
+    # and when nothing else wants b, the first alternative still wins
+    plan = resolve([pkg("x=1.0", depends=["a | b"]), pkg("a=1.0"), pkg("b=1.0")], {}, install("x"))
+    assert [a.name for a in plan.actions] == ["a", "x"]
+
+
+def test_alternative_satisfied_by_a_planned_provider_is_kept():
+    u = [
+        pkg("x=1.0", depends=["editor | vim", "mail-reader"]),
+        pkg("editor=1.0"),
+        pkg("vim=1.0"),
+        pkg("mutt=1.0", provides=["mail-reader"], depends=["vim"]),
+    ]
+    plan = resolve(u, {}, install("x"))
+    assert sorted(a.name for a in plan.actions) == ["mutt", "vim", "x"]
+
+
+def test_real_package_is_preferred_over_providers_of_its_name():
+    # "awk" is a real package and a virtual name; the provider is smaller but apt takes the real one
+    u = [
+        pkg("script=1.0", depends=["awk"]),
+        pkg("awk=1.0", depends=["awk-data"]),
+        pkg("awk-data=1.0"),
+        pkg("mawk=1.0", provides=["awk"]),
+    ]
+    plan = resolve(u, {}, install("script"))
+    assert [a.name for a in plan.actions] == ["awk-data", "awk", "script"]
+    # a request for the name takes the real package too
+    assert [a.name for a in resolve(u, {}, install("awk")).actions] == ["awk-data", "awk"]
+    # an installed provider already satisfies it: nothing is added
+    mawk = pkg("mawk=1.0", provides=["awk"])
+    assert ops(resolve(u, installed(mawk), install("script"))) == [("install", "script", None, "1.0", False)]
+
+
+def test_names_with_plus_and_dot_as_apt_allows():
+    u = [pkg("g++=12.0", depends=["libdb5.3++", "gcc-12-base"]), pkg("libdb5.3++=5.3"), pkg("gcc-12-base=12.0"), pkg("memtest86+=6.0")]
+    plan = resolve(u, {}, install("g++>=12", "memtest86+"))
+    assert [a.name for a in plan.actions] == ["gcc-12-base", "libdb5.3++", "g++", "memtest86+"]
+    assert Req.parse("g++ (>= 12)").name == "g++" and str(Req.parse("g++>=12")) == "g++>=12"
+    from llmos_cli.pkg.meta import RelationError, check_name
+
+    for bad in ("+gcc", "-x", ".x", "G++", "a_b", "a b", "a/b", ""):
+        with pytest.raises(RelationError):
+            check_name(bad)
+
+
+def test_breaks_is_treated_like_conflicts():
+    old = pkg("plugin=1.0")
+    host = pkg("host=2.0", breaks=["plugin<2"])
+    new = pkg("plugin=2.0")
+    plan = resolve([host, old, new], installed(old), install("host"))
+    assert ops(plan) == [("upgrade", "plugin", "1.0", "2.0", False), ("install", "host", None, "2.0", False)]
+    assert host.meta.relations_json()["breaks"] == ["plugin<2"]
+    assert "breaks" not in pkg("plain=1.0").meta.relations_json()
+
+
+def test_plan_ops_are_an_enum():
+    from llmos_cli.resolve import Op
+
+    plan = resolve([pkg("a=1.0")], {}, install("a"))
+    assert plan.actions[0].op is Op.INSTALL and plan.actions[0].op == "install"
+    assert plan.by_op(Op.INSTALL) == plan.actions
+    assert {op.value for op in Op} == {"install", "upgrade", "downgrade", "remove", "mark-manual", "mark-auto"}
 
 
 def test_request_for_a_virtual_name_installs_a_provider():

@@ -32,6 +32,7 @@ from llmos_cli.pkg.meta import (
     Dependency,
     MetaView,
     PackageMeta,
+    Provide,
     RelationError,
     Req,
     check_name,
@@ -52,6 +53,7 @@ _PACKAGE_KEYS = {
     "homepage",
     "depends",
     "conflicts",
+    "breaks",
     "provides",
     "base",
     "tags",
@@ -404,10 +406,16 @@ class _Parser:
                 conflicts.append(Req.parse(text))
             except RelationError as exc:
                 self.err("invalid-relation", f"package.conflicts[{i}]", str(exc))
+        breaks: list[Req] = []  # apt's Breaks: the resolver treats it as Conflicts (docs/resolver.md)
+        for i, text in enumerate(self.str_list(pkg.get("breaks"), "package.breaks")):
+            try:
+                breaks.append(Req.parse(text))
+            except RelationError as exc:
+                self.err("invalid-relation", f"package.breaks[{i}]", str(exc))
         provides: list[str] = []
         for i, p in enumerate(self.str_list(pkg.get("provides"), "package.provides")):
             try:
-                provides.append(check_name(p.strip()))
+                provides.append(Provide.parse(p))  # a name, or a versioned provide "mta (= 2.0)"
             except RelationError as exc:
                 self.err("invalid-relation", f"package.provides[{i}]", str(exc))
         base = None
@@ -432,8 +440,9 @@ class _Parser:
             summary=meta.summary,
             depends=tuple(depends),
             conflicts=tuple(conflicts),
-            provides=tuple(provides),
+            provides=tuple(Provide.parse(p) for p in provides),
             base=base,
+            breaks=tuple(breaks),
         )
 
     def _file_field(self, sec: str, key: str, required: bool) -> None:
@@ -657,7 +666,8 @@ def _lenient_meta(pkg: dict[str, Any]) -> PackageMeta:
         summary=str(pkg.get("summary", "") or "").strip(),
         depends=relations("depends", Dependency.parse),
         conflicts=relations("conflicts", Req.parse),
-        provides=relations("provides", lambda x: check_name(str(x).strip())),
+        provides=relations("provides", lambda x: Provide.parse(str(x))),
+        breaks=relations("breaks", Req.parse),
         base=base,
     )
 

@@ -36,7 +36,7 @@ INDEX_NAME = "index.json"
 SIG_SUFFIX = ".sig"
 INDEX_SCHEMA = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_META_KEYS = {"name", "version", "kind", "summary", "depends", "conflicts", "provides", "base"}
+_META_KEYS = {"name", "version", "kind", "summary", "depends", "conflicts", "provides", "base", "breaks"}
 _ENTRY_KEYS = {"filename", "size", "sha256"}
 
 

@@ -7,13 +7,18 @@
 from __future__ import annotations
 
 from .graph import autoremovable, reverse_dependents
-from .model import Action, Candidate, InstalledInfo, Plan, Request
+from .model import Action, Candidate, InstalledInfo, Op, Plan, Request
 from .solver import resolve
+from .universe import CandidateSource, ChainSource, MemorySource
 
 __all__ = [
     "Action",
     "Candidate",
+    "CandidateSource",
+    "ChainSource",
     "InstalledInfo",
+    "MemorySource",
+    "Op",
     "Plan",
     "Request",
     "autoremovable",

@@ -19,8 +19,11 @@ together):
 1. keep every installed package installed;
 2. packages being upgraded: newest version (penalty = rank from newest);
 3. other installed packages: keep their version;
-4. alternatives ``a | b`` that no installed package satisfies: prefer the
-   first that can be satisfied (apt's choice);
+4. preferred satisfiers: for ``a | b`` the first alternative that can be
+   satisfied, and for a name that is both a real package and a virtual one
+   the real package (apt's choices) -- unless an installed package already
+   satisfies the relation, or (found by re-solving) a package the plan
+   installs anyway does: apt keeps an alternative that is already there;
 5. newer versions (penalty = rank from newest);
 6. as few new packages as possible.
 
@@ -43,12 +46,16 @@ with no solution proves the full one has none, and its core explains why.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+
+from llmos_cli.pkg.meta import Req
 
 from .explain import Group
 from .model import Candidate, Request
 from .pool import Pool
 
 EAGER_AFTER = 8  # rounds of preferred growth before the scope takes everything behind a missing name
+MAX_ROUNDS = 64  # after this many rounds an answer is taken without further exemptions (never reached in practice)
 SAT_SOLVER = "g3"  # glucose 3: fast on small structured instances, supports assumptions and cores
 
 
@@ -78,7 +85,7 @@ class Scope:
                     first = s
         return first
 
-    def grow(self, names, cands: list[Candidate] = ()) -> None:
+    def grow(self, names, cands: Iterable[Candidate] = ()) -> None:
         todo = [c for c in cands]
         for name in names:
             if name not in self.names and self.pool.versions(name):
@@ -113,8 +120,18 @@ class Scope:
 class Encoding:
     """One round: hard groups and soft levels over the names in ``scope``."""
 
-    def __init__(self, pool: Pool, installed: dict, request: Request, removing: set[str], upgrading: set[str], scope: set[str]):
+    def __init__(
+        self,
+        pool: Pool,
+        installed: dict,
+        request: Request,
+        removing: set[str],
+        upgrading: set[str],
+        scope: set[str],
+        exempt: frozenset = frozenset(),
+    ):
         self.pool = pool
+        self.exempt = exempt  # preference keys a planned package already satisfies
         self.installed = installed
         self.request = request
         self.removing = removing
@@ -129,6 +146,7 @@ class Encoding:
         self.out_var: dict[tuple[str, ...], int] = {}  # names outside the scope -> variable
         self.out_pick: dict[int, Candidate] = {}  # variable -> the satisfier apt would try first
         self.groups: list[Group] = []
+        self._prefs: list | None = None
         self._hard()
 
     def lit(self, cand: Candidate) -> int:
@@ -179,7 +197,7 @@ class Encoding:
                 if meta.base is not None:
                     self._implies("base", name, meta.base, cand, (meta.base,), model_only=True)
                 v = self.lit(cand)
-                for conflict in meta.conflicts:
+                for conflict in meta.all_conflicts():
                     targets = [t for t in pool.satisfiers(conflict) if t.meta.name != name and id(t) in self.var]
                     if targets:
                         add(Group("conflicts", name, conflict, cand, targets, [[-v, -self.lit(t)] for t in targets]))
@@ -189,16 +207,17 @@ class Encoding:
             add(Group("remove", name, name, None, [], [[-self.lit(c)] for c in pool.versions(name)]))
         for name, info in sorted(self.installed.items()):
             if info.held:
-                cand = pool.installed_candidate(name)
-                add(Group("held", name, name, cand, [], [[self.lit(cand)]]))
+                held = pool.installed_candidate(name)
+                assert held is not None  # the pool always holds the installed version
+                add(Group("held", name, name, held, [], [[self.lit(held)]]))
 
     def soft_levels(self) -> list[dict[tuple[int, ...], int]]:
         pool = self.pool
-        keep, upgrade, stay, alts, newest, fresh = ({} for _ in range(6))
-        installed_lits = set()
+        levels: list[dict[tuple[int, ...], int]] = [{} for _ in range(6)]
+        keep, upgrade, stay, alts, newest, fresh = levels
         for name, info in self.installed.items():
             cand = pool.installed_candidate(name)
-            installed_lits.add(self.lit(cand))
+            assert cand is not None  # the pool always holds the installed version
             if name in self.removing or info.held:
                 continue
             keep[tuple(self.lit(c) for c in pool.versions(name))] = 1
@@ -212,23 +231,82 @@ class Encoding:
                     rank[(-self.lit(cand),)] = i
                 if name not in self.installed:
                     fresh[(-self.lit(cand),)] = 1
-            for cand in versions:
-                for dep in cand.meta.depends:
-                    if len(dep.alternatives) > 1:
-                        self._prefer_first(cand, dep.alternatives, installed_lits, alts)
+        for key, cand, tiers in self.preferences():
+            if key in self.exempt:
+                continue  # a package the plan installs anyway satisfies it
+            if any(self.pool.installed_candidate(c.meta.name) is c for tier in tiers for c in tier):
+                continue  # an installed package satisfies it: apt keeps that one
+            head = [-self.lit(cand)] if cand is not None else []
+            for k in range(1, len(tiers)):
+                lits, out = self._lits([c for tier in tiers[:k] for c in tier])
+                clause = tuple(head + lits + ([out] if out else []))
+                alts[clause] = alts.get(clause, 0) + 1
         for out in self.out_var.values():
             fresh[(-out,)] = 1
-        return [keep, upgrade, stay, alts, newest, fresh]
+        return levels
 
-    def _prefer_first(self, cand: Candidate, alternatives, installed_lits: set[int], alts: dict) -> None:
-        per_alt = [self.sats((alt,))[1] for alt in alternatives]
-        if any(lit in installed_lits for lits in per_alt for lit in lits):
-            return  # an installed alternative satisfies it: apt keeps that one
-        head = -self.lit(cand)
-        for k in range(1, len(alternatives)):
-            _t, lits, out = self.sats(alternatives[:k])
-            key = tuple([head] + lits + ([out] if out else []))
-            alts[key] = alts.get(key, 0) + 1
+    def _tiers(self, reqs, model_only: bool = False) -> list[list[Candidate]]:
+        """Satisfiers in apt's order of preference: each alternative's real package, then its providers."""
+        tiers = []
+        for req in reqs:
+            for tier in self.pool.tiers(req):
+                if model_only:
+                    tier = [c for c in tier if c.meta.kind == "model"]
+                if tier:
+                    tiers.append(tier)
+        return tiers
+
+    def preferences(self) -> list[tuple[tuple[int, int], Candidate | None, list[list[Candidate]]]]:
+        """(key, the package whose relation it is or None for a request, tiers) of every relation with a preferred satisfier."""
+        got = self._prefs
+        if got is None:
+            got = []
+            for name in self.names:
+                for cand in self.pool.versions(name):
+                    meta = cand.meta
+                    rels: list[tuple[object, tuple[Req, ...], bool]] = [(dep, dep.alternatives, False) for dep in meta.depends]
+                    if meta.base is not None:
+                        rels.append((meta.base, (meta.base,), True))
+                    for rel, reqs, model_only in rels:
+                        tiers = self._tiers(reqs, model_only)
+                        if len(tiers) > 1:
+                            got.append(((id(cand), id(rel)), cand, tiers))
+            for req in self.request.install:
+                tiers = self._tiers((req,))
+                if len(tiers) > 1:
+                    got.append(((0, id(req)), None, tiers))
+            self._prefs = got
+        return got
+
+    def _lits(self, cands: list[Candidate]) -> tuple[list[int], int | None]:
+        lits: list[int] = []
+        outside: list[Candidate] = []
+        for c in cands:
+            v = self.var.get(id(c))
+            if v is None:
+                outside.append(c)
+            elif v not in lits:
+                lits.append(v)
+        if not outside:
+            return lits, None
+        return lits, self._outside(tuple(sorted({c.meta.name for c in outside})), outside[0])
+
+    def satisfied_by_planned(self, model: list[int]) -> set[tuple[int, int]]:
+        """Preferences the optimum meets with its preferred satisfier while a later one is chosen too.
+
+        The later one is in the plan for another reason, so (like apt, which
+        keeps an alternative that is already satisfied) the relation needs
+        nothing more: these keys are exempted and the problem solved again.
+        """
+        true = {lit for lit in model if lit > 0}
+        out = set()
+        for key, cand, tiers in self.preferences():
+            if key in self.exempt or (cand is not None and self.lit(cand) not in true):
+                continue
+            hit = [i for i, tier in enumerate(tiers) if any(self.var.get(id(c)) in true for c in tier)]
+            if len(hit) > 1:
+                out.add(key)
+        return out
 
     def optimize(self) -> list[int] | None:
         """The lexicographic optimum (a model), or None when the hard part is unsatisfiable."""
@@ -289,6 +367,8 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
     Returns (chosen name -> candidate, final encoding) or (None, encoding) when
     there is no solution (the encoding then explains it).  ``eager`` starts
     from everything reachable instead (the reference the tests compare with).
+    A real answer whose preferred satisfiers are doubled by planned packages
+    (``satisfied_by_planned``) is solved again without those preferences.
     """
     scope = Scope(pool, installed)
     first: list[Candidate] = []
@@ -304,15 +384,22 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
     else:
         scope.grow(list(installed) + sorted(upgrading), first)
     tried: set[tuple[str, ...]] = set()
-    for rounds in itertools.count(1):
-        enc = Encoding(pool, installed, request, removing, upgrading, scope.names)
+    exempt: frozenset = frozenset()
+    growth = 0
+    for _round in itertools.count(1):
+        enc = Encoding(pool, installed, request, removing, upgrading, scope.names, exempt)
         model = enc.optimize()
         if model is None:
             return None, enc
         missing = enc.needs_outside(model)
         if not missing:
+            planned = enc.satisfied_by_planned(model)
+            if planned and _round <= MAX_ROUNDS:
+                exempt = exempt | planned
+                continue
             return enc.chosen(model), enc
-        if rounds >= EAGER_AFTER:  # a long chase: take everything reachable behind what is missing
+        growth += 1
+        if growth >= EAGER_AFTER:  # a long chase: take everything reachable behind what is missing
             scope.grow_all([n for outside, _pick in missing for n in outside])
             continue
         grow: list[Candidate] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from llmos_cli.pkg.meta import PackageMeta, Req
+from llmos_cli.pkg.meta import PackageMeta, Provide, Req
 
 from .model import InstalledInfo
 
@@ -23,28 +23,33 @@ class InstalledSet:
 
     def __init__(self, metas: Mapping[str, PackageMeta]):
         self.metas = dict(metas)
-        self.provided: dict[str, list[str]] = {}
+        self.provided: dict[str, list[tuple[str, Provide | str]]] = {}
         for name in sorted(self.metas):
             for virt in self.metas[name].provides:
                 if virt != name:
-                    self.provided.setdefault(virt, []).append(name)
+                    self.provided.setdefault(str(virt), []).append((name, virt))
 
     def satisfiers(self, req: Req, model_only: bool = False) -> list[str]:
+        """Names satisfying ``req``: the real package first, then providers (versioned ones only for a versioned req)."""
         out = []
         meta = self.metas.get(req.name)
         if meta is not None and req.spec.contains(meta.parsed_version, prereleases=True):
             if not model_only or meta.kind == "model":
                 out.append(req.name)
-        if not len(req.spec):
-            for prov in self.provided.get(req.name, ()):
-                if not model_only or self.metas[prov].kind == "model":
-                    out.append(prov)
+        versioned = bool(len(req.spec))
+        for prov, virt in self.provided.get(req.name, ()):
+            if versioned:
+                pv = getattr(virt, "parsed_version", None)
+                if pv is None or not req.spec.contains(pv, prereleases=True):
+                    continue
+            if (not model_only or self.metas[prov].kind == "model") and prov not in out:
+                out.append(prov)
         return out
 
     def needs(self, name: str) -> list[tuple[Req | None, list[str], str]]:
         """For each dependency (and the base) of ``name``: (None|base req, satisfying names, text)."""
         meta = self.metas[name]
-        out = []
+        out: list[tuple[Req | None, list[str], str]] = []
         for dep in meta.depends:
             sats: list[str] = []
             for alt in dep.alternatives:

@@ -8,11 +8,26 @@ These are plain data; ``llmos_cli.resolve.solver.resolve`` turns
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from llmos_cli.pkg.meta import PackageMeta, Req
 
-OPS = ("install", "upgrade", "downgrade", "remove", "mark-manual", "mark-auto")
+
+class Op(StrEnum):
+    """The kind of one plan step.  A ``StrEnum``: each member equals its JSON text."""
+
+    INSTALL = "install"
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    REMOVE = "remove"
+    MARK_MANUAL = "mark-manual"
+    MARK_AUTO = "mark-auto"
+
+
+OPS = tuple(op.value for op in Op)
+#: the ops that put a (new) version in place
+CHANGES = (Op.INSTALL, Op.UPGRADE, Op.DOWNGRADE)
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,7 @@ class Action:
     ``"conflicts with law-lib 2.0"``...
     """
 
-    op: str
+    op: Op
     name: str
     old_version: str | None
     new_version: str | None
@@ -86,7 +101,7 @@ class Action:
 
     def to_json(self) -> dict:
         return {
-            "op": self.op,
+            "op": self.op.value,
             "name": self.name,
             "old_version": self.old_version,
             "new_version": self.new_version,
@@ -96,13 +111,13 @@ class Action:
         }
 
     def __str__(self) -> str:
-        if self.op in ("install",):
+        if self.op is Op.INSTALL:
             what = f"{self.name} {self.new_version}"
-        elif self.op in ("upgrade", "downgrade"):
+        elif self.op in (Op.UPGRADE, Op.DOWNGRADE):
             what = f"{self.name} {self.old_version} -> {self.new_version}"
         else:
             what = f"{self.name} {self.old_version or self.new_version or ''}".rstrip()
-        return f"{self.op} {what} ({self.reason})"
+        return f"{self.op.value} {what} ({self.reason})"
 
 
 @dataclass
@@ -128,7 +143,7 @@ class Plan:
     def empty(self) -> bool:
         return not self.actions
 
-    def by_op(self, op: str) -> list[Action]:
+    def by_op(self, op: Op | str) -> list[Action]:
         return [a for a in self.actions if a.op == op]
 
     def to_json(self) -> dict:

@@ -20,11 +20,12 @@ from . import encode
 from .encode import SAT_SOLVER
 from .explain import minimal_core, render
 from .graph import InstalledSet, autoremovable, deps_first
-from .model import Action, Candidate, InstalledInfo, Plan, Request
+from .model import Action, Candidate, InstalledInfo, Op, Plan, Request
 from .pool import Pool
+from .universe import CandidateSource
 
 
-def resolve(universe: Iterable[Candidate], installed: Mapping[str, InstalledInfo], request: Request) -> Plan:
+def resolve(universe: Iterable[Candidate] | CandidateSource, installed: Mapping[str, InstalledInfo], request: Request) -> Plan:
     """Compute the plan that carries out ``request`` on ``installed`` using ``universe``.
 
     Raises NotFoundError (unknown name), UnsatisfiableError (no solution;
@@ -213,10 +214,11 @@ def _build_plan(pool, installed, request, removing, upgrading, chosen) -> Plan:
         info = installed.get(name)
         if o is not None and n is not None and o is n:
             if name in requested and info.auto:
-                marks.append(Action("mark-manual", name, o.meta.version, n.meta.version, None, False, "requested"))
+                marks.append(Action(Op.MARK_MANUAL, name, o.meta.version, n.meta.version, None, False, "requested"))
             continue
         if n is None:
-            actions[name] = Action("remove", name, o.meta.version, None, None, info.auto, why_removed(name))
+            assert o is not None and info is not None  # only installed packages are removed
+            actions[name] = Action(Op.REMOVE, name, o.meta.version, None, None, info.auto, why_removed(name))
             continue
         auto = name not in requested and (info.auto if info else True)
         if name in requested:
@@ -226,13 +228,13 @@ def _build_plan(pool, installed, request, removing, upgrading, chosen) -> Plan:
         else:
             reason = why_changed(name)
         if o is None:
-            op = "install"
+            op = Op.INSTALL
         else:
-            op = "upgrade" if n.meta.parsed_version > o.meta.parsed_version else "downgrade"
+            op = Op.UPGRADE if n.meta.parsed_version > o.meta.parsed_version else Op.DOWNGRADE
         actions[name] = Action(op, name, o.meta.version if o else None, n.meta.version, n, auto, reason)
 
-    removals = [n for n, a in actions.items() if a.op == "remove"]
-    installs = [n for n, a in actions.items() if a.op != "remove"]
+    removals = [n for n, a in actions.items() if a.op is Op.REMOVE]
+    installs = [n for n, a in actions.items() if a.op is not Op.REMOVE]
     # a removal goes after the removals of its dependents
     dependents: dict[str, set[str]] = {}
     for m in removals:
@@ -268,7 +270,7 @@ def _build_plan(pool, installed, request, removing, upgrading, chosen) -> Plan:
 
 def _conflict(pool: Pool, a: Candidate, b: Candidate) -> bool:
     """Whether a and b cannot coexist (a conflict declared by either side)."""
-    return any(b in pool.satisfiers(c) for c in a.meta.conflicts) or any(a in pool.satisfiers(c) for c in b.meta.conflicts)
+    return any(b in pool.satisfiers(c) for c in a.meta.all_conflicts()) or any(a in pool.satisfiers(c) for c in b.meta.all_conflicts())
 
 
 def _unmet_by(new_set: InstalledSet, chosen: dict, name: str, old: Candidate, users: list[str]) -> str | None:
