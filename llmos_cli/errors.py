@@ -136,6 +136,12 @@ class NetworkError(LlmosError):
 
 
 class DependentsError(LlmosError):
+class PayloadUnavailable(NetworkError):
+    """No origin of a payload declared by hash delivered its bytes (exit NETWORK)."""
+
+    slug = "payload_unavailable"
+
+
     exit_code = ExitCode.DEPENDENTS
     slug = "has_dependents"
 

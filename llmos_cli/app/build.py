@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,9 +30,48 @@ from llmos_cli.pkg.archive import (
     _HashingReader,
     archive_filename,
 )
+from llmos_cli.pkg.external import ExternalPayload, declared_payloads
 from llmos_cli.pkg.manifest import MANIFEST_NAME, FileRecord, Finding, Manifest, load_manifest, raise_for, safe_relpath
 from llmos_cli.pkg.payload import SourceFile, collect_payload
 from llmos_cli.progress import NullReporter, Reporter
+
+#: ``[archive] compression``: ``auto`` (default) stores incompressible payloads (GGUF weights...) uncompressed
+COMPRESSIONS = ("auto", "gzip", "none")
+#: a sample that gzip shrinks by less than this is "incompressible"
+_INCOMPRESSIBLE = 0.9
+_SAMPLE = 256 << 10
+#: tar's copy buffer (the default 16 KiB makes a multi-gigabyte member crawl)
+COPY_BUFSIZE = 4 << 20
+
+
+def _looks_incompressible(f: SourceFile) -> bool:
+    """GGUF files, and files whose first 256 KiB gzip shrinks by less than 10%."""
+    if f.path is None:
+        return False
+    try:
+        with open(f.path, "rb") as fh:
+            sample = fh.read(_SAMPLE)
+    except OSError:
+        return False
+    if sample[:4] == b"GGUF":
+        return True
+    return len(sample) >= 4096 and len(zlib.compress(sample, 1)) > _INCOMPRESSIBLE * len(sample)
+
+
+def choose_compression(manifest: Manifest, payload: list[SourceFile], sizes: dict[str, int]) -> str:
+    """``gzip`` or ``none`` for the whole archive (``[archive] compression``; ``auto`` decides by content).
+
+    ``auto``: ``none`` when incompressible files (GGUF, already-compressed data) make up
+    more than half of the payload's bytes -- gzip would spend minutes on a few percent.
+    """
+    asked = manifest.section("archive").get("compression", "auto")
+    if asked not in COMPRESSIONS:
+        raise InvalidPackageError(f"archive.compression must be one of {', '.join(COMPRESSIONS)}, not {asked!r}")
+    if asked != "auto":
+        return str(asked)
+    total = sum(sizes.values())
+    big = sum(sizes[f.rel] for f in payload if sizes[f.rel] >= (1 << 20) and _looks_incompressible(f))
+    return "none" if total and big * 2 > total else "gzip"
 
 
 def _source_date_epoch() -> int:
@@ -65,6 +105,10 @@ class BuildResult:
     size: int
     files: int
     warnings: list[str] = field(default_factory=list)
+    #: ``gzip`` or ``none`` (a plain tar: the payload is mostly incompressible)
+    compression: str = "gzip"
+    #: [[payload]] paths declared by hash and left out of the archive
+    external: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -75,6 +119,8 @@ class BuildResult:
             "sha256": self.sha256,
             "size": self.size,
             "files": self.files,
+            "compression": self.compression,
+            "external": self.external,
         }
 
 
@@ -97,7 +143,7 @@ class _HashingWriter(io.RawIOBase):
 
 def _model_fields(manifest: Manifest, src: Path) -> dict[str, Any]:
 
-    rel = manifest.section("model").get("file")
+    rel = (manifest.model.file if manifest.model else None) or ""
     hdr = read_header(src / rel)
     if hdr.is_adapter:
         raise InvalidPackageError(f"model.file {rel}: is a LoRA adapter, not a base model")
@@ -109,13 +155,18 @@ def _model_fields(manifest: Manifest, src: Path) -> dict[str, Any]:
     return out
 
 
-def render_manifest(manifest: Manifest, files: dict[str, FileRecord], model_fields: dict[str, Any] | None = None) -> bytes:
-    """The archive's ``llmos.toml``: the source manifest plus ``[files]`` (and model header fields)."""
+def render_manifest(manifest: Manifest, files: dict[str, FileRecord], model_fields: dict[str, Any] | None = None, compression: str | None = None) -> bytes:
+    """The archive's ``llmos.toml``: the source manifest plus ``[files]`` (and model header fields).
+
+    ``compression`` (``gzip`` | ``none``) is recorded as ``[archive] compression``.
+    """
     import tomli_w
 
     data = {k: v for k, v in manifest.raw.items() if k != "files"}
     if model_fields:
         data["model"] = {**data.get("model", {}), **model_fields}
+    if compression is not None:
+        data["archive"] = {**data.get("archive", {}), "compression": compression}
     data["files"] = {p: {"sha256": r.sha256, "size": r.size} for p, r in sorted(files.items())}
     return tomli_w.dumps(data).encode("utf-8")
 
@@ -147,16 +198,49 @@ def plan_build(src: Path, reporter: Reporter = NullReporter()) -> tuple[Manifest
     return manifest, payload, [f for f in findings if f.severity != "error"]
 
 
+def _split_external(manifest: Manifest, payload: list[SourceFile]) -> tuple[list[SourceFile], list[tuple[SourceFile, ExternalPayload]]]:
+    """Leave ``[[payload]]`` files (declared by hash) out of the archive; local copies are checked against their hash."""
+    external = {p.path: p for p in declared_payloads(manifest.raw)}
+    if not external:
+        return payload, []
+    local = [(f, external[f.rel]) for f in payload if f.rel in external]
+    model_rel = manifest.section("model").get("file")
+    if manifest.kind == "model" and model_rel in external and model_rel not in {f.rel for f, _ in local}:
+        raise InvalidPackageError(
+            f"model.file {model_rel} is declared by hash ([[payload]]) but is not in the folder",
+            "put the file there: build reads its GGUF header (the file is still left out of the archive)",
+        )
+    return [f for f in payload if f.rel not in external], local
+
+
+def _hash_all(payload: list[SourceFile], task: Any) -> None:
+    for f in payload:
+        if f.data is not None:
+            f.record = FileRecord(hashlib.sha256(f.data).hexdigest(), len(f.data))
+        else:
+            assert f.path is not None
+            try:
+                digest, size = sha256_file(f.path)
+            except OSError as exc:
+                raise from_os_error(exc, f"reading {f.path}") from exc
+            f.record = FileRecord(digest, size)
+        task.advance(f.record.size)
+
+
 def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullReporter()) -> BuildResult:
     """Build ``src`` into ``out``; deterministic.
 
     ``out`` is a folder (default: the current one; created if missing) that
     receives ``<name>_<version>.llmos``, or a file path ending in ``.llmos``.
+    The archive is a gzip-compressed tar, or a plain tar when its payload is
+    mostly incompressible (``choose_compression``); files declared by hash in
+    ``[[payload]]`` are left out (``llmos install`` fetches them from their origins).
     """
     src = Path(src).resolve()
     manifest, payload, notes = plan_build(src, reporter)
     for f in notes:
         reporter.warn(str(f))
+    payload, external = _split_external(manifest, payload)
     for rel, data in sorted(_generated_artifacts(manifest, src).items()):
         payload.append(SourceFile(rel, None, data=bytes(data)))
     payload.sort(key=lambda f: f.rel)
@@ -165,22 +249,22 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
         raise InvalidPackageError("duplicate payload paths in the build (a generated artifact shadows a source file)")
 
     # pass 1: hash every payload file (the manifest goes first in the archive)
-    total = sum((f.path.stat().st_size if f.path else len(f.data or b"")) for f in payload)
-    with reporter.task(f"hashing {manifest.name}", total=total, unit="bytes") as task:
-        for f in payload:
-            if f.data is not None:
-                f.record = FileRecord(hashlib.sha256(f.data).hexdigest(), len(f.data))
-            else:
-                assert f.path is not None
-                try:
-                    digest, size = sha256_file(f.path)
-                except OSError as exc:
-                    raise from_os_error(exc, f"reading {f.path}") from exc
-                f.record = FileRecord(digest, size)
-            task.advance(f.record.size)
+    sizes = {f.rel: (f.path.stat().st_size if f.path else len(f.data or b"")) for f in payload}
+    total = sum(sizes.values())
+    with reporter.task(f"hashing {manifest.name}", total=total + sum(x.size for _f, x in external), unit="bytes") as task:
+        _hash_all(payload, task)
+        _hash_all([f for f, _x in external], task)
+    for f, x in external:
+        assert f.record is not None
+        if (f.record.sha256, f.record.size) != (x.sha256, x.size):
+            raise InvalidPackageError(
+                f"{f.rel}: the file in the folder is not the one [[payload]] declares (sha256 {f.record.sha256[:12]}…, {f.record.size} bytes)",
+                f"fix payload.sha256/size (sha256 {f.record.sha256}, size {f.record.size}), or replace the file",
+            )
     files = {f.rel: f.record for f in payload if f.record is not None}
     model_fields = _model_fields(manifest, src) if manifest.kind == "model" else None
-    manifest_bytes = render_manifest(manifest, files, model_fields)
+    compression = choose_compression(manifest, payload, sizes)
+    manifest_bytes = render_manifest(manifest, files, model_fields, compression)
 
     if out is None:
         out = Path.cwd()
@@ -193,28 +277,13 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
     # pass 2: write the archive (re-hashing each file: it must not change under us)
     with atomic_output(target) as raw, reporter.task(f"packing {target.name}", total=total, unit="bytes") as task:
         hw = _HashingWriter(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=hw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False, mtime), io.BytesIO(manifest_bytes))
-                for f in payload:
-                    rec = f.record
-                    assert rec is not None
-                    ti = _tarinfo(f.rel, rec.size, f.executable, mtime)
-                    if f.data is not None:
-                        tar.addfile(ti, io.BytesIO(f.data))
-                    else:
-                        assert f.path is not None
-                        with open(f.path, "rb") as fh:
-                            hr = _HashingReader(fh, limit=rec.size)
-                            try:
-                                tar.addfile(ti, hr)  # type: ignore[arg-type]
-                            except OSError as exc:
-                                if "unexpected end of data" in str(exc):
-                                    raise InvalidPackageError(f"{f.rel} changed while it was being packed") from None
-                                raise
-                            if hr.h.hexdigest() != rec.sha256 or fh.read(1):
-                                raise InvalidPackageError(f"{f.rel} changed while it was being packed", "build again")
-                    task.advance(rec.size)
+        if compression == "gzip":
+            with gzip.GzipFile(filename="", mode="wb", fileobj=hw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                _write_tar(gz, manifest_bytes, payload, mtime, task)
+        else:
+            bw = io.BufferedWriter(hw, buffer_size=COPY_BUFSIZE)
+            _write_tar(bw, manifest_bytes, payload, mtime, task)
+            bw.flush()
         size, digest = hw.n, hw.h.hexdigest()
     return BuildResult(
         path=target,
@@ -225,4 +294,31 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
         size=size,
         files=len(payload),
         warnings=[str(f) for f in notes],
+        compression=compression,
+        external=[x.path for _f, x in external],
     )
+
+
+def _write_tar(fileobj: Any, manifest_bytes: bytes, payload: list[SourceFile], mtime: int, task: Any) -> None:
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.copybufsize = COPY_BUFSIZE
+        tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False, mtime), io.BytesIO(manifest_bytes))
+        for f in payload:
+            rec = f.record
+            assert rec is not None
+            ti = _tarinfo(f.rel, rec.size, f.executable, mtime)
+            if f.data is not None:
+                tar.addfile(ti, io.BytesIO(f.data))
+            else:
+                assert f.path is not None
+                with open(f.path, "rb") as fh:
+                    hr = _HashingReader(fh, limit=rec.size)
+                    try:
+                        tar.addfile(ti, hr)  # type: ignore[arg-type]
+                    except OSError as exc:
+                        if "unexpected end of data" in str(exc):
+                            raise InvalidPackageError(f"{f.rel} changed while it was being packed") from None
+                        raise
+                    if hr.h.hexdigest() != rec.sha256 or fh.read(1):
+                        raise InvalidPackageError(f"{f.rel} changed while it was being packed", "build again")
+            task.advance(rec.size)

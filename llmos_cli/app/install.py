@@ -34,7 +34,8 @@ from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.archive import PackageArchive
 from llmos_cli.pkg.meta import KINDS, PackageMeta, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.registry import lists
+from llmos_cli.pkg.external import declared_payloads, payloads_from_json
+from llmos_cli.registry import lists, origins
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.resolve import Action, Candidate, InstalledInfo, Plan, Request, autoremovable, resolve, reverse_dependents
 from llmos_cli.runtime.abi import validate_staged
@@ -147,6 +148,9 @@ class TxResult:
     staged_files: int = 0
     staged_bytes: int = 0
     removed_blobs: int = 0
+    #: [[payload]] files fetched by hash (``origins.Fetched``), and with -s what would be fetched
+    payloads: list[Any] = field(default_factory=list)
+    payload_plan: list[Any] = field(default_factory=list)
 
     @property
     def plan(self) -> Any:
@@ -167,6 +171,7 @@ class TxResult:
                 "staged_bytes": self.staged_bytes,
                 "removed_blobs": self.removed_blobs,
             },
+            "payloads": [p.to_json() for p in (self.payload_plan if self.simulated else self.payloads)],
         }
 
 
@@ -221,6 +226,7 @@ class ShowResult:
                 "description": m.get("description", ""),
                 "archive_sha256": p.archive_sha256,
                 "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in p.files],
+                "payloads": [x.to_json() for x in declared_payloads(p.manifest)],
             }
         avail = []
         for c in self.available:
@@ -228,6 +234,7 @@ class ShowResult:
             origin = c.origin
             d.update(origin.to_json() if hasattr(origin, "to_json") else {"source": None})
             d["installed"] = self.installed is not None and self.installed.version == c.meta.version
+            d["payloads"] = [x.to_json() for x in candidate_payloads(c)]
             avail.append(d)
         return {
             "name": self.name,
@@ -404,6 +411,26 @@ def _argv(command: str, args: Iterable[str]) -> list[str]:
     return ["llmos", command, *[str(a) for a in args]]
 
 
+def candidate_payloads(candidate: Any) -> list[Any]:
+    """The [[payload]] files a candidate declares by hash: from its index entry, or its local archive's manifest."""
+    origin = getattr(candidate, "origin", None)
+    if isinstance(origin, LocalOrigin):
+        return declared_payloads(origin.archive.manifest.raw)
+    entry = getattr(origin, "entry", None)
+    return payloads_from_json((getattr(entry, "extra", None) or {}).get("payloads"))
+
+
+def _payload_plan(paths: Paths, plan: Any) -> list[Any]:
+    """``-s``: each payload the plan's packages declare by hash, and whether it must be fetched."""
+    store = Store(paths)
+    out = []
+    for a in plan.actions:
+        if a.op in ("install", "upgrade", "downgrade") and a.candidate is not None:
+            for p in candidate_payloads(a.candidate):
+                out.append(origins.PayloadPlan(a.name, p, origins.status(store, p, paths.cache)))
+    return out
+
+
 def _run_plan(
     paths: Paths,
     db: StateDB,
@@ -415,9 +442,12 @@ def _run_plan(
     simulate: bool,
     reporter: Reporter,
     confirm: Callable[[Proposal], None] | None,
+    link_local: bool = False,
 ) -> TxResult:
     proposal = Proposal(command, plan, requested)
     result = TxResult(command, proposal, simulate)
+    if simulate:
+        result.payload_plan = _payload_plan(paths, plan)
     if simulate or not plan.actions:
         return result
     if confirm is not None:
@@ -430,7 +460,14 @@ def _run_plan(
                 f"no source offers {action.name} {action.new_version} any more",
                 "run `llmos update`, or install it from its .llmos archive",
             )
-        return origin.fetch(paths, rep), origin.source_name, origin.sha256
+        archive = origin.fetch(paths, rep)
+        # [[payload]] files declared by hash: fetched from their origins into the store before staging
+        result.payloads.extend(
+            origins.ensure_archive_payloads(
+                Store(paths), Path(archive), cache_dir=paths.cache, reporter=rep, link_local=link_local, source=getattr(origin, "source", None)
+            )
+        )
+        return archive, origin.source_name, origin.sha256
 
     # validate_staged: GGUF files are checked (readable, a usable LoRA) before the commit
     done = tx.execute(paths, db, plan, command=command, argv=_argv(command, args), fetch=fetch, reporter=reporter, validate=validate_staged)
@@ -451,8 +488,13 @@ def install(
     reporter: Reporter | None = None,
     confirm: Callable[[Proposal], None] | None = None,
     paths: Paths | None = None,
+    link_local: bool = False,
 ) -> TxResult:
-    """Install packages by name/constraint or from ``.llmos`` archives, with their dependencies."""
+    """Install packages by name/constraint or from ``.llmos`` archives, with their dependencies.
+
+    ``link_local``: payloads declared by hash with a ``file://`` origin are hard-linked
+    (or reflinked) into the store after hashing instead of copied (``import-model --link``).
+    """
 
     rep = reporter or NullReporter()
     paths = _paths(paths)
@@ -465,7 +507,7 @@ def install(
             universe.append(Candidate(meta=a.manifest.meta, origin=LocalOrigin(a), priority=LOCAL_PRIORITY))
         plan = resolve(universe, _installed_infos(db), Request(install=reqs))
         requested = {r.name for r in reqs}
-        return _run_plan(paths, db, "install", list(specs), plan, requested, simulate=simulate, reporter=rep, confirm=confirm)
+        return _run_plan(paths, db, "install", list(specs), plan, requested, simulate=simulate, reporter=rep, confirm=confirm, link_local=link_local)
 
 
 def remove(

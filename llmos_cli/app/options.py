@@ -6,15 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmos_cli.errors import UsageError
+from llmos_cli.prompt.assemble import parse_knowledge_option
 from llmos_cli.tools.loop import DEFAULT_CHAIN_LIMIT
 
 
 @dataclass
 class PromptOptions:
-    #: --knowledge off|auto|N
+    #: --knowledge off|auto|N: retrieved document chunks (off: none; glossary definitions stay)
     knowledge: str | int = "auto"
-    #: --no-refine: skip glossary refinements
+    #: --no-refine: no glossary definitions of the terms in the prompt (retrieval stays)
     refine: bool = True
+    #: --grounded: answer only from retrieved chunks or glossary entries, cite them, else abstain
+    grounded: bool = False
+    #: --long index|map-reduce|refuse: what to do with piped input (or --file) that does not fit the context
+    long: str = "index"
+    #: how citations name the piped input (``[stdin#12]``; the file's name for --file)
+    input_label: str = "stdin"
     #: --explain: assemble, report, do not generate
     explain: bool = False
     #: --tool-choice auto|none|NAME; None: auto when a library declares tools or a tool is allowed, else none
@@ -29,3 +37,33 @@ class PromptOptions:
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     #: asks "allow tool X?" on a terminal; None when stdin is not a terminal
     ask: Callable[[Any], bool] | None = None
+
+
+def prompt_options(
+    *,
+    knowledge: str,
+    explain: bool = False,
+    allow_tool: list[str] | None = None,
+    allow_tools: bool = False,
+    tool_choice: str | None = None,
+    chain_limit: int = DEFAULT_CHAIN_LIMIT,
+    tools_debug: bool = False,
+    no_refine: bool = False,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ask: Callable[[Any], bool] | None = None,
+) -> PromptOptions:
+    """``PromptOptions`` from the flags of ``llmos run``, checked (a bad value is a ``UsageError``)."""
+    if chain_limit < 0:
+        raise UsageError(f"--chain-limit must be 0 or more, not {chain_limit}")
+    return PromptOptions(
+        knowledge=parse_knowledge_option(knowledge),
+        refine=not no_refine,
+        explain=explain,
+        tool_choice=tool_choice,
+        allow_tool=list(allow_tool or []),
+        allow_tools=allow_tools,
+        chain_limit=chain_limit,
+        tools_debug=tools_debug,
+        on_event=on_event if tools_debug else None,
+        ask=ask,
+    )

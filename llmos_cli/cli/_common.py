@@ -1,18 +1,22 @@
 """The CLI edge: run a core function, render its result, map errors to exit codes.
 
-Every command follows one pattern::
+Every command is a plain module-level function that parses, then hands its
+work to :func:`run_command`::
 
-    @app.command()
-    def show(name: str, json: JsonOpt = False):
-        def work():
-            from llmos_cli.app import install as ops          # heavy imports stay lazy
-            return ops.show(name)
-        execute("show", json, work, render_show)
+    def show(name: NameArg, json: JsonOpt = False) -> Any:
+        def work(rep: RichReporter) -> Any:
+            from llmos_cli.app import install  # the core loads only when the command runs
+            return install.show(name, reporter=rep)
 
-``work`` returns a result object (a dataclass, a dict or a list); ``execute``
-prints it as the versioned JSON envelope with ``--json``, or hands it to the
-human renderer.  A result may carry an ``exit_code`` attribute (e.g. ``check``
-with findings).  Data goes to stdout; messages, warnings and progress to stderr.
+        return run_command("show", json, work, render_show)
+
+``work`` gets the reporter and returns a result object (a dataclass, a dict or
+a list); ``run_command`` prints it as the versioned JSON envelope with
+``--json``, or hands it to the human renderer (built from ``cli/_render.py``).
+A result may carry an ``exit_code`` attribute (e.g. ``check`` with findings).
+On success the command returns the result (so it can be called without the
+CLI); a non-zero exit code raises ``typer.Exit``.  Data goes to stdout;
+messages, warnings and progress to stderr.
 """
 
 from __future__ import annotations
@@ -220,8 +224,8 @@ def execute(
     human: Callable[[Any], None] | None = None,
     *,
     rep: RichReporter | None = None,
-) -> None:
-    """Run ``work`` and render; always ends by raising ``typer.Exit``."""
+) -> Any:
+    """Run ``work`` and render; return its result, or raise ``typer.Exit`` with a non-zero code."""
     try:
         result = work()
     except LlmosError as exc:
@@ -247,4 +251,20 @@ def execute(
         print_json(envelope(command, data=result, warnings=warnings))
     elif human is not None:
         human(result)
-    raise typer.Exit(code)
+    if code:
+        raise typer.Exit(code)
+    return result
+
+
+def run_command(
+    command: str,
+    json_mode: bool,
+    work: Callable[[RichReporter], Any],
+    human: Callable[[Any], None] | None = None,
+) -> Any:
+    """The one way a command runs: a reporter for ``work``, then :func:`execute`.
+
+    ``command`` is the name in the JSON envelope (``"list"``, ``"source add"``).
+    """
+    rep = reporter(json_mode)
+    return execute(command, json_mode, lambda: work(rep), human, rep=rep)

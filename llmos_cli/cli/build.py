@@ -7,119 +7,102 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, err, run_command
+from llmos_cli.cli._render import human_size, line, note
 
 
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+def build(
+    src: Annotated[Path, typer.Argument(help="Package source folder holding llmos.toml.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: current) or archive file path.")] = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Build a package archive (<name>_<version>.llmos) from a source folder; deterministic."""
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import build as archive
+
+        if simulate:
+            manifest, payload, notes = archive.plan_build(src, rep)
+            for f in notes:
+                rep.warn(str(f))
+            return {
+                "simulated": True,
+                "name": manifest.name,
+                "version": manifest.version,
+                "kind": manifest.kind,
+                "filename": archive.archive_filename(manifest.name, manifest.version),
+                "files": [f.rel for f in payload],
+            }
+        return archive.build_package(src, output, rep)
+
+    def human(res: Any) -> None:
+        if isinstance(res, dict):
+            line(f"would build {res['filename']} with {len(res['files'])} file(s):")
+            for f in res["files"]:
+                line(f"  {f}")
+            return
+        line(str(res.path))
+        note(f"built {res.name} {res.version} ({res.kind}): {res.files} file(s), {human_size(res.size)}, sha256 {res.sha256}")
+
+    return run_command("build", json, work, human)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(rich_help_panel="Packaging")
-    def build(
-        src: Annotated[Path, typer.Argument(help="Package source folder holding llmos.toml.")],
-        output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: current) or archive file path.")] = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Build a package archive (<name>_<version>.llmos) from a source folder; deterministic."""
-        rep = reporter(json)
+def check(
+    path: Annotated[Path, typer.Argument(help="Package source folder or .llmos archive.")],
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="Base model (archive, source folder or .gguf) to check a library's adapter against."),
+    ] = None,
+    json: JsonOpt = False,
+) -> Any:
+    """Validate a source folder or archive (for CI): exit 0 only when there is no error."""
 
-        def work() -> Any:
-            from llmos_cli.app import build as archive
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app.check import check_path
 
-            if simulate:
-                manifest, payload, notes = archive.plan_build(src, rep)
-                for f in notes:
-                    rep.warn(str(f))
-                return {
-                    "simulated": True,
-                    "name": manifest.name,
-                    "version": manifest.version,
-                    "kind": manifest.kind,
-                    "filename": archive.archive_filename(manifest.name, manifest.version),
-                    "files": [f.rel for f in payload],
-                }
-            return archive.build_package(src, output, rep)
+        return check_path(path, base)
 
-        def human(res: Any) -> None:
-            if isinstance(res, dict):
-                out().print(f"would build {res['filename']} with {len(res['files'])} file(s):", markup=False)
-                for f in res["files"]:
-                    out().print(f"  {f}", markup=False)
-                return
-            out().print(str(res.path), markup=False)
-            err().print(
-                f"built {res.name} {res.version} ({res.kind}): {res.files} file(s), {_human_size(res.size)}, sha256 {res.sha256}",
-                markup=False,
-            )
+    def human(rep_: Any) -> None:
+        from rich.markup import escape
 
-        execute("build", json, work, human, rep=rep)
+        for f in rep_.findings:
+            where = f.field or f.path or ""
+            colour = "red" if f.severity == "error" else "yellow"
+            text = escape(f"[{f.code}] {where + ': ' if where else ''}{f.message}")
+            err().print(f"[{colour}]{f.severity}[/] {text}", highlight=False)
+        n_err, n_warn = len(rep_.errors()), len(rep_.warnings())
+        if rep_.ok:
+            line(f"{rep_.path}: ok ({n_warn} warning(s))")
+        else:
+            line(f"{rep_.path}: {n_err} error(s), {n_warn} warning(s)")
 
-    @app.command(rich_help_panel="Packaging")
-    def check(
-        path: Annotated[Path, typer.Argument(help="Package source folder or .llmos archive.")],
-        base: Annotated[
-            Path | None,
-            typer.Option("--base", help="Base model (archive, source folder or .gguf) to check a library's adapter against."),
-        ] = None,
-        json: JsonOpt = False,
-    ) -> None:
-        """Validate a source folder or archive (for CI): exit 0 only when there is no error."""
-        rep = reporter(json)
+    return run_command("check", json, work, human)
 
-        def work() -> Any:
-            from llmos_cli.app.check import check_path
 
-            return check_path(path, base)
+def index(
+    directory: Annotated[Path, typer.Argument(help="Registry folder (archives anywhere below it).")],
+    sign: Annotated[Path | None, typer.Option("--sign", help="Secret key file to sign index.json with.")] = None,
+    expires_days: Annotated[int | None, typer.Option("--expires-days", help="Declare the index expired after N days (freeze-attack guard).")] = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """(Re)write a registry's index.json from its archives; the version counter goes up by one."""
 
-        def human(rep_: Any) -> None:
-            from rich.markup import escape
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.index import write_index
 
-            for f in rep_.findings:
-                where = f.field or f.path or ""
-                colour = "red" if f.severity == "error" else "yellow"
-                text = escape(f"[{f.code}] {where + ': ' if where else ''}{f.message}")
-                err().print(f"[{colour}]{f.severity}[/] {text}", highlight=False)
-            n_err, n_warn = len(rep_.errors()), len(rep_.warnings())
-            if rep_.ok:
-                out().print(f"{rep_.path}: ok ({n_warn} warning(s))", markup=False)
-            else:
-                out().print(f"{rep_.path}: {n_err} error(s), {n_warn} warning(s)", markup=False)
+        return write_index(directory, sign_key=sign, expires_days=expires_days, reporter=rep, simulate=simulate)
 
-        execute("check", json, work, human, rep=rep)
+    def human(res: Any) -> None:
+        verb = "would write" if simulate else "wrote"
+        for e in res.entries:
+            line(f"{e.name} {e.version}  {e.filename}")
+        note(
+            f"{verb} {res.path}: version {res.version}, {res.packages} package(s){', signed' if res.signed else ''}"
+            + (f", expires {res.expires}" if res.expires else "")
+        )
 
-    @app.command(rich_help_panel="Packaging")
-    def index(
-        directory: Annotated[Path, typer.Argument(help="Registry folder (archives anywhere below it).")],
-        sign: Annotated[Path | None, typer.Option("--sign", help="Secret key file to sign index.json with.")] = None,
-        expires_days: Annotated[int | None, typer.Option("--expires-days", help="Declare the index expired after N days (freeze-attack guard).")] = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """(Re)write a registry's index.json from its archives; the version counter goes up by one."""
-        rep = reporter(json)
-
-        def work() -> Any:
-            from llmos_cli.registry.index import write_index
-
-            return write_index(directory, sign_key=sign, expires_days=expires_days, reporter=rep, simulate=simulate)
-
-        def human(res: Any) -> None:
-            verb = "would write" if simulate else "wrote"
-            for e in res.entries:
-                out().print(f"{e.name} {e.version}  {e.filename}", markup=False)
-            err().print(
-                f"{verb} {res.path}: version {res.version}, {res.packages} package(s){', signed' if res.signed else ''}"
-                + (f", expires {res.expires}" if res.expires else ""),
-                markup=False,
-            )
-
-        execute("index", json, work, human, rep=rep)
+    return run_command("index", json, work, human)

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, confirm, err, execute, out, reporter
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, confirm, run_command
+from llmos_cli.cli._render import line, note, simulated, table
 
 # ---------------------------------------------------------------- plan rendering
 
@@ -37,8 +38,7 @@ def plan_summary(proposal: Any) -> list[str]:
     """apt-like summary lines of a plan."""
     plan = proposal.plan
     lines: list[str] = []
-    for note in getattr(plan, "notes", []) or []:
-        lines.append(note)
+    lines += getattr(plan, "notes", []) or []
     extras = {a.name for a in proposal.extras()}
     for op, heading in _HEADINGS:
         acts = [a for a in plan.actions if a.op == op]
@@ -67,8 +67,8 @@ def plan_summary(proposal: Any) -> list[str]:
 
 
 def _print_lines(lines: list[str]) -> None:
-    for line in lines:
-        err().print(line, markup=False, highlight=False)
+    for text in lines:
+        note(text)
 
 
 def _confirmer(yes: bool, json_mode: bool):
@@ -90,204 +90,183 @@ def _render_tx(result: Any) -> None:
             origin = getattr(a.candidate, "origin", None) if a.candidate is not None else None
             if origin is not None and hasattr(origin, "source_name"):
                 src = f" [{origin.source_name}]"
-            out().print(f"{a.op} {_action_label(a)} ({a.reason}){src}", markup=False, highlight=False)
-        err().print("Simulation only: nothing was changed.", markup=False)
+            line(f"{a.op} {_action_label(a)} ({a.reason}){src}")
+        simulated()
         return
     if not plan.actions:
-        for note in getattr(plan, "notes", []) or []:
-            err().print(note, markup=False)
-        err().print("Nothing to do.", markup=False)
+        for text in getattr(plan, "notes", []) or []:
+            note(text)
+        note("Nothing to do.")
         return
-    err().print(f"Done (transaction {result.txid}).", markup=False)
+    note(f"Done (transaction {result.txid}).")
 
 
 # ---------------------------------------------------------------- commands
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(rich_help_panel="Packages")
-    def install(
-        specs: Annotated[list[str], typer.Argument(metavar="NAME[CONSTRAINT]|ARCHIVE...", help="Packages, e.g. med-lib 'bio-core>=1.2', or .llmos archives.")],
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Install packages with their dependencies."""
-        rep = reporter(json)
+def install(
+    specs: Annotated[list[str], typer.Argument(metavar="NAME[CONSTRAINT]|ARCHIVE...", help="Packages, e.g. med-lib 'bio-core>=1.2', or .llmos archives.")],
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Install packages with their dependencies."""
 
-        def work():
-            from llmos_cli.app import install as ops
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-            return ops.install(list(specs), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
+        return ops.install(list(specs), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
-        execute("install", json, work, _render_tx, rep=rep)
+    return run_command("install", json, work, _render_tx)
 
-    @app.command(rich_help_panel="Packages")
-    def remove(
-        names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed packages to remove.")],
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Remove packages (refused while other installed packages need them)."""
-        rep = reporter(json)
 
-        def work():
-            from llmos_cli.app import install as ops
+def remove(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed packages to remove.")],
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Remove packages (refused while other installed packages need them)."""
 
-            return ops.remove(list(names), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-        execute("remove", json, work, _render_tx, rep=rep)
+        return ops.remove(list(names), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
-    @app.command(rich_help_panel="Packages")
-    def autoremove(simulate: SimulateOpt = False, yes: YesOpt = False, json: JsonOpt = False) -> None:
-        """Remove packages installed as dependencies that nothing needs any more."""
-        rep = reporter(json)
+    return run_command("remove", json, work, _render_tx)
 
-        def work():
-            from llmos_cli.app import install as ops
 
-            return ops.autoremove(simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
+def autoremove(simulate: SimulateOpt = False, yes: YesOpt = False, json: JsonOpt = False) -> Any:
+    """Remove packages installed as dependencies that nothing needs any more."""
 
-        execute("autoremove", json, work, _render_tx, rep=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-    @app.command(rich_help_panel="Packages")
-    def upgrade(
-        names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to upgrade (default: all not held).")] = None,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Upgrade packages to their newest installable versions."""
-        rep = reporter(json)
+        return ops.autoremove(simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
-        def work():
-            from llmos_cli.app import install as ops
+    return run_command("autoremove", json, work, _render_tx)
 
-            return ops.upgrade(list(names or []), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
-        execute("upgrade", json, work, _render_tx, rep=rep)
+def upgrade(
+    names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to upgrade (default: all not held).")] = None,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Upgrade packages to their newest installable versions."""
 
-    def _hold_cmd(command: str, value: bool):
-        def cmd(
-            names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed packages.")],
-            simulate: SimulateOpt = False,
-            yes: YesOpt = False,
-            json: JsonOpt = False,
-        ) -> None:
-            rep = reporter(json)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-            def work():
-                from llmos_cli.app import install as ops
+        return ops.upgrade(list(names or []), simulate=simulate, reporter=rep, confirm=_confirmer(yes, json))
 
-                fn = ops.hold if value else ops.unhold
-                return fn(list(names), simulate=simulate, reporter=rep)
+    return run_command("upgrade", json, work, _render_tx)
 
-            def human(r: Any) -> None:
-                verb = "held" if value else "no longer held"
-                for n in r.changed:
-                    err().print(f"{n} {'would be ' if r.simulated else ''}{'set on hold' if value else 'taken off hold'}.", markup=False)
-                for n in r.unchanged:
-                    err().print(f"{n} was already {verb}.", markup=False)
-                if r.simulated:
-                    err().print("Simulation only: nothing was changed.", markup=False)
 
-            execute(command, json, work, human, rep=rep)
+HeldNames = Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed packages.")]
 
-        cmd.__doc__ = "Keep packages at their installed version." if value else "Let held packages be upgraded again."
-        return cmd
 
-    app.command("hold", rich_help_panel="Packages")(_hold_cmd("hold", True))
-    app.command("unhold", rich_help_panel="Packages")(_hold_cmd("unhold", False))
+def _hold(command: str, value: bool, names: list[str], simulate: bool, json: bool) -> Any:
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-    @app.command("list", rich_help_panel="Packages")
-    def list_(
-        kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind: model or library.")] = None,
-        json: JsonOpt = False,
-    ) -> None:
-        """List installed packages."""
-        rep = reporter(json)
+        fn = ops.hold if value else ops.unhold
+        return fn(list(names), simulate=simulate, reporter=rep)
 
-        def work():
-            from llmos_cli.app import install as ops
+    def human(r: Any) -> None:
+        verb = "held" if value else "no longer held"
+        for n in r.changed:
+            note(f"{n} {'would be ' if r.simulated else ''}{'set on hold' if value else 'taken off hold'}.")
+        for n in r.unchanged:
+            note(f"{n} was already {verb}.")
+        if r.simulated:
+            simulated()
 
-            return ops.list_installed(kind, reporter=rep)
+    return run_command(command, json, work, human)
 
-        execute("list", json, work, _render_list, rep=rep)
 
-    @app.command(rich_help_panel="Packages")
-    def show(name: Annotated[str, typer.Argument(help="Package name.")], json: JsonOpt = False) -> None:
-        """Show a package: installed and available versions, relations, files, marks."""
-        rep = reporter(json)
+def hold(names: HeldNames, simulate: SimulateOpt = False, yes: YesOpt = False, json: JsonOpt = False) -> Any:
+    """Keep packages at their installed version."""
+    return _hold("hold", True, names, simulate, json)
 
-        def work():
-            from llmos_cli.app import install as ops
 
-            return ops.show(name, reporter=rep)
+def unhold(names: HeldNames, simulate: SimulateOpt = False, yes: YesOpt = False, json: JsonOpt = False) -> Any:
+    """Let held packages be upgraded again."""
+    return _hold("unhold", False, names, simulate, json)
 
-        execute("show", json, work, _render_show, rep=rep)
 
-    @app.command(rich_help_panel="Packages")
-    def search(text: Annotated[str, typer.Argument(help="Text to look for in names, summaries, provides and descriptions.")], json: JsonOpt = False) -> None:
-        """Search the available packages."""
-        rep = reporter(json)
+def list_(
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this kind: model or library.")] = None,
+    json: JsonOpt = False,
+) -> Any:
+    """List installed packages."""
 
-        def work():
-            from llmos_cli.app import install as ops
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-            return ops.search(text, reporter=rep)
+        return ops.list_installed(kind, reporter=rep)
 
-        execute("search", json, work, _render_search, rep=rep)
+    return run_command("list", json, work, _render_list)
 
-    @app.command(rich_help_panel="Packages")
-    def verify(
-        names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to verify (default: all).")] = None,
-        json: JsonOpt = False,
-    ) -> None:
-        """Re-hash installed files; exit 6 naming each changed or missing file."""
-        rep = reporter(json)
 
-        def work():
-            from llmos_cli.app import install as ops
+def show(name: Annotated[str, typer.Argument(help="Package name.")], json: JsonOpt = False) -> Any:
+    """Show a package: installed and available versions, relations, files, marks."""
 
-            return ops.verify(list(names or []), reporter=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
 
-        execute("verify", json, work, _render_verify, rep=rep)
+        return ops.show(name, reporter=rep)
 
-    @app.command(rich_help_panel="Packages")
-    def history(
-        limit: Annotated[int, typer.Option("--limit", "-n", help="Show only the last N transactions (0: all).")] = 0,
-        json: JsonOpt = False,
-    ) -> None:
-        """Show the transaction history."""
-        rep = reporter(json)
+    return run_command("show", json, work, _render_show)
 
-        def work():
-            from llmos_cli.app import install as ops
 
-            return ops.history(limit, reporter=rep)
+def search(text: Annotated[str, typer.Argument(help="Text to look for in names, summaries, provides and descriptions.")], json: JsonOpt = False) -> Any:
+    """Search the available packages."""
 
-        execute("history", json, work, _render_history, rep=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
+
+        return ops.search(text, reporter=rep)
+
+    return run_command("search", json, work, _render_search)
+
+
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(metavar="[NAME...]", help="Packages to verify (default: all).")] = None,
+    json: JsonOpt = False,
+) -> Any:
+    """Re-hash installed files; exit 6 naming each changed or missing file."""
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
+
+        return ops.verify(list(names or []), reporter=rep)
+
+    return run_command("verify", json, work, _render_verify)
+
+
+def history(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show only the last N transactions (0: all).")] = 0,
+    json: JsonOpt = False,
+) -> Any:
+    """Show the transaction history."""
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app import install as ops
+
+        return ops.history(limit, reporter=rep)
+
+    return run_command("history", json, work, _render_history)
 
 
 # ---------------------------------------------------------------- data renderers (stdout)
 
 
-def _table(*columns: str):
-    from rich import box
-    from rich.table import Table
-
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
 def _render_list(result: Any) -> None:
     if not result.packages:
-        err().print("No packages installed." if result.kind is None else f"No {result.kind} packages installed.", markup=False)
+        note("No packages installed." if result.kind is None else f"No {result.kind} packages installed.")
         return
-    t = _table("Name", "Version", "Kind", "Marks", "Summary")
+    rows = []
     for p in result.packages:
         marks = []
         if p.auto:
@@ -296,8 +275,8 @@ def _render_list(result: Any) -> None:
             marks.append("held")
         if p.kind == "library" and not p.attached:
             marks.append("detached")
-        t.add_row(p.name, p.version, p.kind, ",".join(marks) or "-", p.meta.summary)
-    out().print(t)
+        rows.append((p.name, p.version, p.kind, ",".join(marks) or "-", p.meta.summary))
+    table(("Name", "Version", "Kind", "Marks", "Summary"), rows, heads=True, fold=True)
 
 
 def _render_show(result: Any) -> None:
@@ -344,40 +323,37 @@ def _render_show(result: Any) -> None:
     if inst:
         lines.append(f"Files ({len(inst['files'])}):")
         lines += [f"  {f['path']}  {f['size']} bytes  sha256:{f['sha256'][:16]}" for f in inst["files"]]
-    for line in lines:
-        out().print(line, markup=False, highlight=False)
+    for text in lines:
+        line(text)
 
 
 def _render_search(result: Any) -> None:
     if not result.results:
-        err().print(f"No packages match {result.query!r}.", markup=False)
+        note(f"No packages match {result.query!r}.")
         return
     for h in result.results:
         inst = ""
         if h.installed:
             inst = " [installed]" if h.installed == h.version else f" [installed: {h.installed}]"
-        out().print(f"{h.name} {h.version} ({h.kind}){inst}", markup=False, highlight=False)
-        out().print(f"  {h.summary}", markup=False, highlight=False)
+        line(f"{h.name} {h.version} ({h.kind}){inst}")
+        line(f"  {h.summary}")
 
 
 def _render_verify(result: Any) -> None:
     for p in result.problems:
-        out().print(f"{p.package} {p.version}: {p.path}: {p.problem}", markup=False, highlight=False)
+        line(f"{p.package} {p.version}: {p.path}: {p.problem}")
     if result.ok:
-        err().print(f"{result.files} file(s) in {result.packages} package(s) verified: all intact.", markup=False)
+        note(f"{result.files} file(s) in {result.packages} package(s) verified: all intact.")
     else:
-        err().print(
-            f"error: {len(result.problems)} installed file(s) changed or missing (of {result.files} checked)",
-            markup=False,
-        )
-        err().print("hint: `llmos remove NAME` then `llmos install NAME` restores a package's files", markup=False)
+        note(f"error: {len(result.problems)} installed file(s) changed or missing (of {result.files} checked)")
+        note("hint: `llmos remove NAME` then `llmos install NAME` restores a package's files")
 
 
 def _render_history(result: Any) -> None:
     if not result.transactions:
-        err().print("No transactions yet.", markup=False)
+        note("No transactions yet.")
         return
-    t = _table("ID", "Started", "Command", "Status", "Changes")
+    rows = []
     for tr in result.transactions:
         changes = []
         for a in tr["actions"]:
@@ -386,5 +362,5 @@ def _render_history(result: Any) -> None:
                 changes.append(f"{op} {a['name']} {a['old_version']}->{a['new_version']}")
             else:
                 changes.append(f"{op} {a['name']} {a.get('new_version') or a.get('old_version') or ''}".rstrip())
-        t.add_row(str(tr["id"]), tr["started"][:19].replace("T", " "), " ".join(tr["argv"]), tr["status"], "; ".join(changes))
-    out().print(t)
+        rows.append((str(tr["id"]), tr["started"][:19].replace("T", " "), " ".join(tr["argv"]), tr["status"], "; ".join(changes)))
+    table(("ID", "Started", "Command", "Status", "Changes"), rows, heads=True, fold=True)

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
-from llmos_cli.cli.build import _human_size as _size
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, run_command
+from llmos_cli.cli._render import human_size, line, note
 
 SignOpt = Annotated[
     str | None,
@@ -26,159 +26,157 @@ def _sign_path(sign: str | None) -> Path | None:
     return resolve_private_key(sign, get_paths().keys)
 
 
-def register(app: typer.Typer) -> None:
-    key_app = typer.Typer(help="Signing keys for registries.", no_args_is_help=True, rich_markup_mode=None)
-    app.add_typer(key_app, name="key", rich_help_panel="Publishing")
+#: ``llmos key generate``
+key_app = typer.Typer(name="key", help="Signing keys for registries.", no_args_is_help=True, rich_markup_mode=None)
 
-    @key_app.command("generate")
-    def key_generate(
-        name: Annotated[str, typer.Argument(help="Key name; writes NAME.key (secret) and NAME.pub.")],
-        directory: Annotated[Path | None, typer.Option("--dir", help="Folder for the key files (default: LLMOS_HOME/keys).")] = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Create an ed25519 key pair for `llmos index --sign` / `publish --sign`."""
-        rep = reporter(json)
 
-        def work() -> Any:
-            from llmos_cli.paths import get_paths
-            from llmos_cli.registry.signing import PRIVATE_SUFFIX, generate_key
+@key_app.command("generate")
+def key_generate(
+    name: Annotated[str, typer.Argument(help="Key name; writes NAME.key (secret) and NAME.pub.")],
+    directory: Annotated[Path | None, typer.Option("--dir", help="Folder for the key files (default: LLMOS_HOME/keys).")] = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Create an ed25519 key pair for `llmos index --sign` / `publish --sign`."""
 
-            keys_dir = directory or get_paths().keys
-            if simulate:
-                return {"name": name, "private_key": str(keys_dir / f"{name}{PRIVATE_SUFFIX}"), "public_key": None, "simulate": True}
-            private, public = generate_key(name, keys_dir)
-            return {"name": name, "private_key": str(private), "public_key": public, "simulate": False}
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.paths import get_paths
+        from llmos_cli.registry.signing import PRIVATE_SUFFIX, generate_key
 
-        def human(d: Any) -> None:
-            if d["simulate"]:
-                out().print(f"would write {d['private_key']} and its .pub", markup=False)
-                return
-            out().print(d["public_key"], markup=False)
-            err().print(f"secret key: {d['private_key']} (keep it private; back it up)", markup=False, soft_wrap=True)
-            err().print(f"clients pin the public key: llmos source add NAME URL --key {d['public_key']}", markup=False, soft_wrap=True)
+        keys_dir = directory or get_paths().keys
+        if simulate:
+            return {"name": name, "private_key": str(keys_dir / f"{name}{PRIVATE_SUFFIX}"), "public_key": None, "simulate": True}
+        private, public = generate_key(name, keys_dir)
+        return {"name": name, "private_key": str(private), "public_key": public, "simulate": False}
 
-        execute("key generate", json, work, human, rep=rep)
+    def human(d: Any) -> None:
+        if d["simulate"]:
+            line(f"would write {d['private_key']} and its .pub")
+            return
+        line(d["public_key"])
+        note(f"secret key: {d['private_key']} (keep it private; back it up)", soft_wrap=True)
+        note(f"clients pin the public key: llmos source add NAME URL --key {d['public_key']}", soft_wrap=True)
 
-    @app.command(rich_help_panel="Publishing")
-    def publish(
-        archives: Annotated[list[Path], typer.Argument(help="Archives built by `llmos build`.")],
-        to: Annotated[str, typer.Option("--to", help="Registry folder, or hf://owner/repo[@branch].")],
-        sign: SignOpt = None,
-        expires_days: ExpiresOpt = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Add packages to a registry (under pool/) and re-index it, signed with --sign."""
-        rep = reporter(json)
+    return run_command("key generate", json, work, human)
 
-        def work() -> Any:
-            from llmos_cli.registry.publish import publish as do_publish
 
-            return do_publish(list(archives), to, sign_key=_sign_path(sign), expires_days=expires_days, simulate=simulate, reporter=rep)
+def publish(
+    archives: Annotated[list[Path], typer.Argument(help="Archives built by `llmos build`.")],
+    to: Annotated[str, typer.Option("--to", help="Registry folder, or hf://owner/repo[@branch].")],
+    sign: SignOpt = None,
+    expires_days: ExpiresOpt = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Add packages to a registry (under pool/) and re-index it, signed with --sign."""
 
-        def human(res: Any) -> None:
-            for p in res.packages:
-                verb = {"added": "would add" if res.simulate else "added", "unchanged": "already there:"}[p.status]
-                out().print(f"{verb} {p.name} {p.version} ({p.filename}, {_size(p.size)})", markup=False)
-            state = "would write" if res.simulate else "wrote"
-            signed = "signed" if res.signed else "unsigned"
-            commit = f", commit {res.commit[:12]}" if res.commit else ""
-            out().print(f"{state} index version {res.index_version} of {res.target} ({signed}{commit})", markup=False)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.publish import publish as do_publish
 
-        execute("publish", json, work, human, rep=rep)
+        return do_publish(list(archives), to, sign_key=_sign_path(sign), expires_days=expires_days, simulate=simulate, reporter=rep)
 
-    @app.command(rich_help_panel="Publishing")
-    def mirror(
-        source: Annotated[str, typer.Argument(help="Source name (see `llmos source list`).")],
-        dest: Annotated[Path, typer.Argument(help="Folder registry to fill; usable with no network.")],
-        names: Annotated[list[str] | None, typer.Argument(help="Packages (with constraints) to copy with their dependencies; default: all.")] = None,
-        print_uris: Annotated[bool, typer.Option("--print-uris", help="Print what would be fetched ('URI' file size SHA256:hash); change nothing.")] = False,
-        sign: SignOpt = None,
-        expires_days: ExpiresOpt = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Copy a source's packages (or those NAMES need) into a folder registry for offline machines."""
-        rep = reporter(json)
+    def human(res: Any) -> None:
+        for p in res.packages:
+            verb = {"added": "would add" if res.simulate else "added", "unchanged": "already there:"}[p.status]
+            line(f"{verb} {p.name} {p.version} ({p.filename}, {human_size(p.size)})")
+        state = "would write" if res.simulate else "wrote"
+        signed = "signed" if res.signed else "unsigned"
+        commit = f", commit {res.commit[:12]}" if res.commit else ""
+        line(f"{state} index version {res.index_version} of {res.target} ({signed}{commit})")
 
-        def work() -> Any:
-            from llmos_cli.registry.mirror import mirror as do_mirror
+    return run_command("publish", json, work, human)
 
-            return do_mirror(
-                source,
-                dest,
-                names or [],
-                print_uris=print_uris,
-                sign_key=_sign_path(sign),
-                expires_days=expires_days,
-                simulate=simulate,
-                reporter=rep,
-            )
 
-        def human(res: Any) -> None:
-            if res.print_uris:
-                for item in res.items:
-                    out().print(item.apt_line(), markup=False, soft_wrap=True)
-                return
+def mirror(
+    source: Annotated[str, typer.Argument(help="Source name (see `llmos source list`).")],
+    dest: Annotated[Path, typer.Argument(help="Folder registry to fill; usable with no network.")],
+    names: Annotated[list[str] | None, typer.Argument(help="Packages (with constraints) to copy with their dependencies; default: all.")] = None,
+    print_uris: Annotated[bool, typer.Option("--print-uris", help="Print what would be fetched ('URI' file size SHA256:hash); change nothing.")] = False,
+    sign: SignOpt = None,
+    expires_days: ExpiresOpt = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Copy a source's packages (or those NAMES need) into a folder registry for offline machines."""
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.mirror import mirror as do_mirror
+
+        return do_mirror(
+            source,
+            dest,
+            names or [],
+            print_uris=print_uris,
+            sign_key=_sign_path(sign),
+            expires_days=expires_days,
+            simulate=simulate,
+            reporter=rep,
+        )
+
+    def human(res: Any) -> None:
+        if res.print_uris:
             for item in res.items:
-                verb = "would copy" if res.simulate else {"added": "copied", "unchanged": "already there:"}.get(item.status, item.status)
-                out().print(f"{verb} {item.name} {item.version} ({_size(item.size)})", markup=False)
-            if not res.simulate:
-                how = "the publisher's signed index kept" if res.verbatim and res.signed else ("signed" if res.signed else "unsigned")
-                out().print(f"mirror {res.dest}: index version {res.index_version}, {how}", markup=False)
-                err().print(f"on the offline machine: llmos source add NAME {res.dest} --key PUBKEY (or --allow-unsigned)", markup=False)
+                line(item.apt_line(), soft_wrap=True)
+            return
+        for item in res.items:
+            verb = "would copy" if res.simulate else {"added": "copied", "unchanged": "already there:"}.get(item.status, item.status)
+            line(f"{verb} {item.name} {item.version} ({human_size(item.size)})")
+        if not res.simulate:
+            how = "the publisher's signed index kept" if res.verbatim and res.signed else ("signed" if res.signed else "unsigned")
+            line(f"mirror {res.dest}: index version {res.index_version}, {how}")
+            note(f"on the offline machine: llmos source add NAME {res.dest} --key PUBKEY (or --allow-unsigned)")
 
-        execute("mirror", json, work, human, rep=rep)
+    return run_command("mirror", json, work, human)
 
-    cache_app = typer.Typer(help="The download cache shared between installs.", no_args_is_help=True, rich_markup_mode=None)
-    app.add_typer(cache_app, name="cache", rich_help_panel="Publishing")
 
-    @cache_app.command("list")
-    def cache_list(json: JsonOpt = False) -> None:
-        """List downloaded archives and partial downloads."""
-        rep = reporter(json)
+#: ``llmos cache list|clean``
+cache_app = typer.Typer(name="cache", help="The download cache shared between installs.", no_args_is_help=True, rich_markup_mode=None)
 
-        def work() -> Any:
-            from llmos_cli.paths import get_paths
-            from llmos_cli.registry.download import list_cache
 
-            return list_cache(get_paths().cache)
+@cache_app.command("list")
+def cache_list(json: JsonOpt = False) -> Any:
+    """List downloaded archives and partial downloads."""
 
-        def human(res: Any) -> None:
-            for e in res.entries:
-                state = "" if e.complete else "  (partial)"
-                out().print(f"{e.file}  {_size(e.size)}{state}", markup=False)
-            err().print(f"{len(res.entries)} file(s), {_size(res.total_bytes)} in {res.path}", markup=False)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.paths import get_paths
+        from llmos_cli.registry.download import list_cache
 
-        execute("cache list", json, work, human, rep=rep)
+        return list_cache(get_paths().cache)
 
-    @cache_app.command("clean")
-    def cache_clean(
-        incomplete: Annotated[bool, typer.Option("--incomplete", help="Only delete partial downloads.")] = False,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Delete the download cache (installed packages are not affected)."""
-        rep = reporter(json)
+    def human(res: Any) -> None:
+        for e in res.entries:
+            state = "" if e.complete else "  (partial)"
+            line(f"{e.file}  {human_size(e.size)}{state}")
+        note(f"{len(res.entries)} file(s), {human_size(res.total_bytes)} in {res.path}")
 
-        def work() -> Any:
-            from llmos_cli.paths import get_paths
-            from llmos_cli.registry.download import clean_cache
-            from llmos_cli.state.db import state_lock
+    return run_command("cache list", json, work, human)
 
-            paths = get_paths()
-            if simulate:
-                return clean_cache(paths.cache, incomplete_only=incomplete, simulate=True)
-            with state_lock(paths, "cache clean"):
-                return clean_cache(paths.cache, incomplete_only=incomplete)
 
-        def human(res: Any) -> None:
-            verb = "would free" if res.simulate else "freed"
-            out().print(f"{verb} {_size(res.total_bytes)} ({len(res.entries)} file(s)) in {res.path}", markup=False)
+@cache_app.command("clean")
+def cache_clean(
+    incomplete: Annotated[bool, typer.Option("--incomplete", help="Only delete partial downloads.")] = False,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Delete the download cache (installed packages are not affected)."""
 
-        execute("cache clean", json, work, human, rep=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.paths import get_paths
+        from llmos_cli.registry.download import clean_cache
+        from llmos_cli.state.db import state_lock
+
+        paths = get_paths()
+        if simulate:
+            return clean_cache(paths.cache, incomplete_only=incomplete, simulate=True)
+        with state_lock(paths, "cache clean"):
+            return clean_cache(paths.cache, incomplete_only=incomplete)
+
+    def human(res: Any) -> None:
+        verb = "would free" if res.simulate else "freed"
+        line(f"{verb} {human_size(res.total_bytes)} ({len(res.entries)} file(s)) in {res.path}")
+
+    return run_command("cache clean", json, work, human)

@@ -1,7 +1,8 @@
 """Runtime commands: run, stack, attach, detach, import-model, default-model, doctor.
 
-Parsing and rendering only; the work is in ``llmos_cli.runtime`` (imported
-inside each command: llama_cpp is never loaded by ``llmos --help``).
+Parsing and rendering only; the work is in ``llmos_cli.app`` and
+``llmos_cli.runtime`` (imported inside each command: llama_cpp is never loaded
+by ``llmos --help``).
 ``run`` streams the answer to stdout as it is generated; every message goes
 to stderr.
 """
@@ -13,17 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import STATE, JsonOpt, SimulateOpt, YesOpt, confirm, err, execute, out, reporter
-
-PANEL = "Runtime"
-
-
-def _print(line: str) -> None:
-    out().print(line, markup=False, highlight=False)
-
-
-def _note(line: str) -> None:
-    err().print(line, markup=False, highlight=False)
+from llmos_cli.cli._common import STATE, JsonOpt, RichReporter, SimulateOpt, YesOpt, confirm, run_command
+from llmos_cli.cli._render import line as _print
+from llmos_cli.cli._render import note as _note
+from llmos_cli.cli._render import simulated, table
 
 
 def _fmt_scale(v: float) -> str:
@@ -34,8 +28,6 @@ def _fmt_scale(v: float) -> str:
 
 
 def _render_stack(stack: Any) -> None:
-    from rich.table import Table
-
     m = stack.model
     ver = f" {m.version}" if m.version else ""
     ctx = f", context {m.context_length}" if m.context_length else ""
@@ -47,13 +39,11 @@ def _render_stack(stack: Any) -> None:
     elif not stack.libraries:
         _print("libraries: none attached")
     if stack.libraries or stack.left_out:
-        table = Table(box=None, pad_edge=False, show_edge=False)
-        for col in ("LIBRARY", "VERSION", "SCALE", "ADAPTER", "FITS", "USED"):
-            table.add_column(col)
+        rows = []
         for lib, used in [(lib, "yes") for lib in stack.libraries] + [(lib, "no" if lib.attached else "detached") for lib in stack.left_out]:
             fits = "-" if lib.fits is None else ("yes" if lib.fits else "NO")
-            table.add_row(lib.name, lib.version, _fmt_scale(lib.scale), "yes" if lib.adapter else "no", fits, used)
-        out().print(table)
+            rows.append((lib.name, lib.version, _fmt_scale(lib.scale), "yes" if lib.adapter else "no", fits, used))
+        table(("LIBRARY", "VERSION", "SCALE", "ADAPTER", "FITS", "USED"), rows)
     for lib in stack.libraries + stack.left_out:
         for p in lib.problems[:3]:
             _note(f"{lib.name}: {p}")
@@ -69,7 +59,7 @@ def _render_attach(result: Any) -> None:
     for n in result.unchanged:
         _note(f"{n} is already {verb}")
     if result.simulated:
-        _note("Simulation only: nothing was changed.")
+        simulated()
 
 
 def _render_default(result: Any) -> None:
@@ -79,7 +69,7 @@ def _render_default(result: Any) -> None:
     if result.changed:
         _note(f"{'would set' if result.simulated else 'default model:'} {result.name} {result.version}")
         if result.simulated:
-            _note("Simulation only: nothing was changed.")
+            simulated()
     else:
         _print(f"{result.name} {result.version}" + (" (the only installed model)" if result.implicit else ""))
 
@@ -90,7 +80,7 @@ def _render_import(result: Any) -> None:
     _note(f"{result.file.name}: {result.architecture}{ctx}, {tmpl} a chat template")
     if result.simulated:
         _print(f"import {result.name} {result.version} into {result.registry} and install it")
-        _note("Simulation only: nothing was changed.")
+        simulated()
         return
     _note(f"built {result.archive} in the local registry (source 'local')")
     _note(f"installed {result.name} {result.version}" + ("; it is now the default model" if result.default_set else ""))
@@ -132,246 +122,229 @@ def _stdin_text() -> str | None:
         return None
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(rich_help_panel=PANEL)
-    def run(
-        prompt: Annotated[str | None, typer.Argument(help="The question; piped stdin text is put before it.")] = None,
-        system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
-        max_tokens: Annotated[
-            int | None,
-            typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full). Default: the model package's, else 256."),
-        ] = None,
-        temperature: Annotated[
-            float | None, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy. Default: the model package's, else 0.8.")
-        ] = None,
-        top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling threshold. Default: the model package's, else 0.95.")] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
-        stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
-        lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Use exactly these libraries (repeatable).")] = None,
-        no_libs: Annotated[bool, typer.Option("--no-libs", help="Use the bare base model.")] = False,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
-        gpu_layers: Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
-        ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
-        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
-        # --- knowledge and tools (task F: llmos_cli/cli/knowledge.py, llmos_cli/knowledge/stages.py) ---
-        knowledge: Annotated[str, typer.Option("--knowledge", metavar="off|auto|N", help="Retrieved knowledge chunks in the prompt.")] = "auto",
-        explain: Annotated[bool, typer.Option("--explain", help="Print the assembled prompt with each part's token count; do not generate.")] = False,
-        allow_tool: Annotated[list[str] | None, typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
-        allow_tools: Annotated[bool, typer.Option("--allow-tools", help="Let every library tool run, except denied ones.")] = False,
-        tool_choice: Annotated[
-            str | None, typer.Option("--tool-choice", metavar="auto|none|NAME", help="Let the model choose, forbid tools, or force a call of NAME.")
-        ] = None,
-        chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
-        tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
-        # --- end knowledge and tools ---
-        # --- routing (task G: llmos_cli/train/route.py) ---
-        route: Annotated[
-            bool,
-            typer.Option(
-                "--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why."
-            ),
-        ] = False,
-        # --- end routing ---
-        json: JsonOpt = False,
-    ) -> None:
-        """Answer a prompt with the model and its attached libraries (streams to stdout)."""
-        rep = reporter(json)
-        stdin_text = _stdin_text()
-        streamed: list[str] = []
+def run(
+    prompt: Annotated[str | None, typer.Argument(help="The question; piped stdin text is put before it.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", "-n", help="Most tokens to generate (0: until the context is full). Default: the model package's, else 256."),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy. Default: the model package's, else 0.8.")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling threshold. Default: the model package's, else 0.95.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (with --temperature 0 a run is reproducible).")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (or a .gguf path); default: the default model.")] = None,
+    lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Use exactly these libraries (repeatable).")] = None,
+    no_libs: Annotated[bool, typer.Option("--no-libs", help="Use the bare base model.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
+    gpu_layers: Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
+    knowledge: Annotated[str, typer.Option("--knowledge", metavar="off|auto|N", help="Retrieved knowledge chunks in the prompt.")] = "auto",
+    explain: Annotated[bool, typer.Option("--explain", help="Print the assembled prompt with each part's token count; do not generate.")] = False,
+    allow_tool: Annotated[list[str] | None, typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
+    allow_tools: Annotated[bool, typer.Option("--allow-tools", help="Let every library tool run, except denied ones.")] = False,
+    tool_choice: Annotated[
+        str | None, typer.Option("--tool-choice", metavar="auto|none|NAME", help="Let the model choose, forbid tools, or force a call of NAME.")
+    ] = None,
+    chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
+    tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
+    route: Annotated[
+        bool,
+        typer.Option("--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why."),
+    ] = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Answer a prompt with the model and its attached libraries (streams to stdout)."""
+    stdin_text = _stdin_text()
+    streamed: list[str] = []
 
-        def on_text(chunk: str) -> None:
+    def on_text(chunk: str) -> None:
+        try:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from llmos_cli.errors import Aborted
+
+            raise Aborted("stdout was closed; generation stopped") from None
+        streamed.append(chunk)
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app.run import RunRequest
+        from llmos_cli.app.run import run as do_run
+        from llmos_cli.cli.knowledge import run_prompt_options
+        from llmos_cli.runtime.engine import SamplingParams
+
+        given: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        req = RunRequest(
+            prompt=prompt,
+            stdin_text=stdin_text,
+            system=system,
+            model=model,
+            libs=list(lib) if lib else None,
+            no_libs=no_libs,
+            sampling=SamplingParams(
+                seed=seed,
+                stop=list(stop or []),
+                **{k: v for k, v in given.items() if v is not None},
+            ),
+            explicit_sampling={k for k, v in given.items() if v is not None},
+            device=device,
+            gpu_layers=gpu_layers,
+            n_ctx=ctx,
+            threads=threads,
+            verbose=STATE.verbose,
+            prompt_options=run_prompt_options(
+                knowledge=knowledge,
+                explain=explain,
+                allow_tool=allow_tool,
+                allow_tools=allow_tools,
+                tool_choice=tool_choice,
+                chain_limit=chain_limit,
+                tools_debug=tools_debug,
+            ),
+            route=route,
+        )
+        return do_run(req, on_text=None if json else on_text, reporter=rep)
+
+    def human(result: Any) -> None:
+        from llmos_cli.cli.knowledge import render_run_extras
+
+        if render_run_extras(result):  # --explain
+            return
+        text = "".join(streamed)
+        if not text.endswith("\n"):
             try:
-                sys.stdout.write(chunk)
+                sys.stdout.write("\n")
                 sys.stdout.flush()
             except BrokenPipeError:
-                from llmos_cli.errors import Aborted
-
-                raise Aborted("stdout was closed; generation stopped") from None
-            streamed.append(chunk)
-
-        def work():
-            from llmos_cli.app.run import RunRequest
-            from llmos_cli.app.run import run as do_run
-            from llmos_cli.cli.knowledge import run_prompt_options
-            from llmos_cli.runtime.engine import SamplingParams
-
-            given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
-            req = RunRequest(
-                prompt=prompt,
-                stdin_text=stdin_text,
-                system=system,
-                model=model,
-                libs=list(lib) if lib else None,
-                no_libs=no_libs,
-                sampling=SamplingParams(
-                    seed=seed,
-                    stop=list(stop or []),
-                    **{k: v for k, v in given.items() if v is not None},
-                ),
-                explicit_sampling={k for k, v in given.items() if v is not None},
-                device=device,
-                gpu_layers=gpu_layers,
-                n_ctx=ctx,
-                threads=threads,
-                verbose=STATE.verbose,
-                prompt_options=run_prompt_options(
-                    knowledge=knowledge,
-                    explain=explain,
-                    allow_tool=allow_tool,
-                    allow_tools=allow_tools,
-                    tool_choice=tool_choice,
-                    chain_limit=chain_limit,
-                    tools_debug=tools_debug,
-                ),
-                route=route,  # --- routing (task G) ---
+                pass
+        if STATE.verbose:
+            t, u = result.timings, result.usage
+            _note(
+                f"[{result.model['name']}; {u['prompt_tokens']} prompt + {u['completion_tokens']} generated tokens; "
+                f"load {t['load_s']:.3f}s, prompt {t['prompt_s']:.3f}s, generate {t['generate_s']:.3f}s; {result.finish_reason}]"
             )
-            return do_run(req, on_text=None if json else on_text, reporter=rep)
 
-        def human(result: Any) -> None:
-            from llmos_cli.cli.knowledge import render_run_extras
+    return run_command("run", json, work, human)
 
-            if render_run_extras(result):  # --explain
-                return
-            text = "".join(streamed)
-            if not text.endswith("\n"):
-                try:
-                    sys.stdout.write("\n")
-                    sys.stdout.flush()
-                except BrokenPipeError:
-                    pass
-            if STATE.verbose:
-                t, u = result.timings, result.usage
-                _note(
-                    f"[{result.model['name']}; {u['prompt_tokens']} prompt + {u['completion_tokens']} generated tokens; "
-                    f"load {t['load_s']:.3f}s, prompt {t['prompt_s']:.3f}s, generate {t['generate_s']:.3f}s; {result.finish_reason}]"
-                )
 
-        execute("run", json, work, human, rep=rep)
+def stack(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (default: the default model).")] = None,
+    lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Show exactly these libraries.")] = None,
+    no_libs: Annotated[bool, typer.Option("--no-libs", help="Show the bare base.")] = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Show what a run would use: model, libraries, scales, and whether each adapter fits."""
 
-    @app.command(rich_help_panel=PANEL)
-    def stack(
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (default: the default model).")] = None,
-        lib: Annotated[list[str] | None, typer.Option("--lib", "-l", metavar="NAME[:SCALE]", help="Show exactly these libraries.")] = None,
-        no_libs: Annotated[bool, typer.Option("--no-libs", help="Show the bare base.")] = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Show what a run would use: model, libraries, scales, and whether each adapter fits."""
-        rep = reporter(json)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.runtime.stack import show_stack
 
-        def work():
-            from llmos_cli.runtime.stack import show_stack
+        return show_stack(model=model, libs=list(lib) if lib else None, no_libs=no_libs, reporter=rep)
 
-            return show_stack(model=model, libs=list(lib) if lib else None, no_libs=no_libs, reporter=rep)
+    return run_command("stack", json, work, _render_stack)
 
-        execute("stack", json, work, _render_stack, rep=rep)
 
-    @app.command(rich_help_panel=PANEL)
-    def attach(
-        names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
-        scale: Annotated[float | None, typer.Option("--scale", help="Adapter scale (default: keep the current one).")] = None,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Put libraries back into runs (optionally at a new scale)."""
-        rep = reporter(json)
+def attach(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
+    scale: Annotated[float | None, typer.Option("--scale", help="Adapter scale (default: keep the current one).")] = None,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Put libraries back into runs (optionally at a new scale)."""
 
-        def work():
-            from llmos_cli.runtime.stack import attach as do_attach
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.runtime.stack import attach as do_attach
 
-            return do_attach(list(names), scale=scale, simulate=simulate, reporter=rep)
+        return do_attach(list(names), scale=scale, simulate=simulate, reporter=rep)
 
-        execute("attach", json, work, _render_attach, rep=rep)
+    return run_command("attach", json, work, _render_attach)
 
-    @app.command(rich_help_panel=PANEL)
-    def detach(
-        names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Keep libraries installed but leave them out of runs."""
-        rep = reporter(json)
 
-        def work():
-            from llmos_cli.runtime.stack import detach as do_detach
+def detach(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Installed libraries.")],
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Keep libraries installed but leave them out of runs."""
 
-            return do_detach(list(names), simulate=simulate, reporter=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.runtime.stack import detach as do_detach
 
-        execute("detach", json, work, _render_attach, rep=rep)
+        return do_detach(list(names), simulate=simulate, reporter=rep)
 
-    @app.command("import-model", rich_help_panel=PANEL)
-    def import_model(
-        file: Annotated[str, typer.Argument(metavar="FILE.gguf", help="A local GGUF model file.")],
-        name: Annotated[str | None, typer.Option("--name", help="Package name (default: from the file name).")] = None,
-        version: Annotated[str, typer.Option("--version", help="Package version.")] = "1.0.0",
-        summary: Annotated[str | None, typer.Option("--summary", help="One-line summary.")] = None,
-        license: Annotated[str, typer.Option("--license", help="The model's license.")] = "unknown",
-        # --- from a Hugging Face checkpoint (task G: llmos_cli/train/convert.py) ---
-        from_hf: Annotated[
-            bool,
-            typer.Option(
-                "--from-hf",
-                help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.",
-            ),
-        ] = False,
-        # --- end from-hf ---
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Turn a local GGUF into a model package (local registry) and install it."""
-        rep = reporter(json)
+    return run_command("detach", json, work, _render_attach)
 
-        def ask(proposal: Any) -> None:
-            if proposal.needs_confirmation:
-                confirm("Do you want to continue?", yes)
 
-        def work():
-            from llmos_cli.app.models import import_model as do_import
+def import_model(
+    file: Annotated[str, typer.Argument(metavar="FILE.gguf", help="A local GGUF model file.")],
+    name: Annotated[str | None, typer.Option("--name", help="Package name (default: from the file name).")] = None,
+    version: Annotated[str, typer.Option("--version", help="Package version.")] = "1.0.0",
+    summary: Annotated[str | None, typer.Option("--summary", help="One-line summary.")] = None,
+    license: Annotated[str, typer.Option("--license", help="The model's license.")] = "unknown",
+    from_hf: Annotated[
+        bool,
+        typer.Option(
+            "--from-hf",
+            help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.",
+        ),
+    ] = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Turn a local GGUF into a model package (local registry) and install it."""
 
-            if from_hf:  # --- from-hf (task G) ---
-                import tempfile
-                from pathlib import Path as _P
+    def ask(proposal: Any) -> None:
+        if proposal.needs_confirmation:
+            confirm("Do you want to continue?", yes)
 
-                from llmos_cli.train.convert import convert_hf_to_gguf
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.app.models import import_model as do_import
 
-                with tempfile.TemporaryDirectory(prefix="llmos-from-hf-") as tmp:
-                    stem = name or _P(file).expanduser().resolve().name
-                    gguf = convert_hf_to_gguf(_P(file).expanduser(), _P(tmp) / f"{stem}.gguf", name=stem, reporter=rep)
-                    return do_import(str(gguf), name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
-            return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
+        if from_hf:
+            import tempfile
+            from pathlib import Path as _P
 
-        execute("import-model", json, work, _render_import, rep=rep)
+            from llmos_cli.train.convert import convert_hf_to_gguf
 
-    @app.command("default-model", rich_help_panel=PANEL)
-    def default_model(
-        name: Annotated[str | None, typer.Argument(help="Installed model to make the default; none: show it.")] = None,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Show or set the model `llmos run` uses without --model."""
-        rep = reporter(json)
+            with tempfile.TemporaryDirectory(prefix="llmos-from-hf-") as tmp:
+                stem = name or _P(file).expanduser().resolve().name
+                gguf = convert_hf_to_gguf(_P(file).expanduser(), _P(tmp) / f"{stem}.gguf", name=stem, reporter=rep)
+                return do_import(str(gguf), name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
+        return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
 
-        def work():
-            from llmos_cli.runtime import models
+    return run_command("import-model", json, work, _render_import)
 
-            if name is None:
-                return models.get_default_model(reporter=rep)
-            return models.set_default_model(name, simulate=simulate, reporter=rep)
 
-        execute("default-model", json, work, _render_default, rep=rep)
+def default_model(
+    name: Annotated[str | None, typer.Argument(help="Installed model to make the default; none: show it.")] = None,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> Any:
+    """Show or set the model `llmos run` uses without --model."""
 
-    @app.command(rich_help_panel=PANEL)
-    def doctor(json: JsonOpt = False) -> None:
-        """Check the llama.cpp build, GPU offload, threads, data directories and the state database."""
-        rep = reporter(json)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.runtime import models
 
-        def work():
-            from llmos_cli.runtime.doctor import doctor as do_doctor
+        if name is None:
+            return models.get_default_model(reporter=rep)
+        return models.set_default_model(name, simulate=simulate, reporter=rep)
 
-            return do_doctor(reporter=rep)
+    return run_command("default-model", json, work, _render_default)
 
-        execute("doctor", json, work, _render_doctor, rep=rep)
+
+def doctor(json: JsonOpt = False) -> Any:
+    """Check the llama.cpp build, GPU offload, threads, data directories and the state database."""
+
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.runtime.doctor import doctor as do_doctor
+
+        return do_doctor(reporter=rep)
+
+    return run_command("doctor", json, work, _render_doctor)

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, run_command
+from llmos_cli.cli._render import line, note, table
 
 
 def _with_db(fn, *, lock: str | None):
@@ -26,28 +27,24 @@ def _trust_label(d: dict) -> str:
     return "unsigned allowed" if d.get("trust") == "unsigned-allowed" else "unsigned (refused for installs)"
 
 
-def register(app: typer.Typer) -> None:
-    source_app = typer.Typer(help="Manage package sources (registries).", no_args_is_help=True, rich_markup_mode=None)
-    app.add_typer(source_app, name="source", rich_help_panel="Sources")
+#: ``llmos source list|add|remove``
+source_app = typer.Typer(name="source", help="Manage package sources (registries).", no_args_is_help=True, rich_markup_mode=None)
 
-    @source_app.command("list")
-    def source_list(json: JsonOpt = False) -> None:
-        """List sources with their trust (pinned key or unsigned-allowed)."""
-        rep = reporter(json)
 
-        def work() -> Any:
-            from llmos_cli.registry.lists import list_sources
+@source_app.command("list")
+def source_list(json: JsonOpt = False) -> Any:
+    """List sources with their trust (pinned key or unsigned-allowed)."""
 
-            return _with_db(list_sources, lock=None)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.lists import list_sources
 
-        def human(rows: Any) -> None:
-            from rich.table import Table
+        return _with_db(list_sources, lock=None)
 
-            t = Table(box=None, pad_edge=False)
-            for col in ("name", "kind", "url", "trust", "priority", "index", "updated"):
-                t.add_column(col)
-            for d in rows:
-                t.add_row(
+    def human(rows: Any) -> None:
+        table(
+            ("name", "kind", "url", "trust", "priority", "index", "updated"),
+            [
+                (
                     d["name"],
                     d["kind"],
                     d["url"] + (f" ({d['path']})" if d["url"] == "embedded:" else ""),
@@ -56,85 +53,86 @@ def register(app: typer.Typer) -> None:
                     "-" if d["index_version"] is None else str(d["index_version"]),
                     d["updated"] or "never",
                 )
-            out().print(t)
+                for d in rows
+            ],
+        )
 
-        execute("source list", json, work, human, rep=rep)
+    return run_command("source list", json, work, human)
 
-    @source_app.command("add")
-    def source_add(
-        name: Annotated[str, typer.Argument(help="Name for the source.")],
-        url: Annotated[str, typer.Argument(help="Folder path, file://, http(s):// or hf://owner/repo[@revision].")],
-        key: Annotated[str | None, typer.Option("--key", help="Pin the ed25519 public key (base64, or a .pub file) that must sign the index.")] = None,
-        allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="Allow installs from this source although its index is not signed.")] = False,
-        priority: Annotated[int, typer.Option("--priority", help="Higher wins when sources offer the same version.")] = 0,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Add a source.  Run `llmos update` afterwards to fetch its index."""
-        rep = reporter(json)
 
-        def work() -> Any:
-            from llmos_cli.registry.lists import add_source
+@source_app.command("add")
+def source_add(
+    name: Annotated[str, typer.Argument(help="Name for the source.")],
+    url: Annotated[str, typer.Argument(help="Folder path, file://, http(s):// or hf://owner/repo[@revision].")],
+    key: Annotated[str | None, typer.Option("--key", help="Pin the ed25519 public key (base64, or a .pub file) that must sign the index.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="Allow installs from this source although its index is not signed.")] = False,
+    priority: Annotated[int, typer.Option("--priority", help="Higher wins when sources offer the same version.")] = 0,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Add a source.  Run `llmos update` afterwards to fetch its index."""
 
-            return _with_db(
-                lambda p, db: add_source(p, db, name, url, key=key, allow_unsigned=allow_unsigned, priority=priority, simulate=simulate),
-                lock="source add",
-            )
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.lists import add_source
 
-        def human(res: Any) -> None:
-            d = res.to_json()["source"]
-            verb = "would add" if res.simulated else "added"
-            out().print(f"{verb} source {d['name']} ({d['kind']}) {d['url']}: {_trust_label(d)}", markup=False)
-            if not res.simulated:
-                err().print("run `llmos update` to fetch its index", markup=False)
+        return _with_db(
+            lambda p, db: add_source(p, db, name, url, key=key, allow_unsigned=allow_unsigned, priority=priority, simulate=simulate),
+            lock="source add",
+        )
 
-        execute("source add", json, work, human, rep=rep)
+    def human(res: Any) -> None:
+        d = res.to_json()["source"]
+        verb = "would add" if res.simulated else "added"
+        line(f"{verb} source {d['name']} ({d['kind']}) {d['url']}: {_trust_label(d)}")
+        if not res.simulated:
+            note("run `llmos update` to fetch its index")
 
-    @source_app.command("remove")
-    def source_remove(
-        name: Annotated[str, typer.Argument(help="Source to remove.")],
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Remove a source and its local index copy (installed packages stay)."""
-        rep = reporter(json)
+    return run_command("source add", json, work, human)
 
-        def work() -> Any:
-            from llmos_cli.registry.lists import remove_source
 
-            return _with_db(lambda p, db: remove_source(p, db, name, simulate=simulate), lock="source remove")
+@source_app.command("remove")
+def source_remove(
+    name: Annotated[str, typer.Argument(help="Source to remove.")],
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Remove a source and its local index copy (installed packages stay)."""
 
-        def human(res: Any) -> None:
-            verb = "would remove" if res.simulated else "removed"
-            out().print(f"{verb} source {res.source.name} ({res.source.url})", markup=False)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry.lists import remove_source
 
-        execute("source remove", json, work, human, rep=rep)
+        return _with_db(lambda p, db: remove_source(p, db, name, simulate=simulate), lock="source remove")
 
-    @app.command(rich_help_panel="Sources")
-    def update(
-        names: Annotated[list[str] | None, typer.Argument(help="Only these sources (default: every enabled one).")] = None,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Refresh the local copy of every source's index."""
-        rep = reporter(json)
+    def human(res: Any) -> None:
+        verb = "would remove" if res.simulated else "removed"
+        line(f"{verb} source {res.source.name} ({res.source.url})")
 
-        def work() -> Any:
-            from llmos_cli.registry import lists
+    return run_command("source remove", json, work, human)
 
-            return _with_db(lambda p, db: lists.update(p, db, rep, names or None, simulate=simulate), lock="update")
 
-        def human(res: Any) -> None:
-            for s in res.sources:
-                if s.version is None:
-                    out().print(f"{s.name}: no index (offers no packages)", markup=False)
-                    continue
-                state = "changed" if s.changed else "unchanged"
-                sig = "signed" if s.signed else "unsigned"
-                verb = "would fetch" if res.simulated else "fetched"
-                out().print(f"{s.name}: {verb} index version {s.version} ({s.packages} package(s), {sig}, {state})", markup=False)
+def update(
+    names: Annotated[list[str] | None, typer.Argument(help="Only these sources (default: every enabled one).")] = None,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Refresh the local copy of every source's index."""
 
-        execute("update", json, work, human, rep=rep)
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.registry import lists
+
+        return _with_db(lambda p, db: lists.update(p, db, rep, names or None, simulate=simulate), lock="update")
+
+    def human(res: Any) -> None:
+        for s in res.sources:
+            if s.version is None:
+                line(f"{s.name}: no index (offers no packages)")
+                continue
+            state = "changed" if s.changed else "unchanged"
+            sig = "signed" if s.signed else "unsigned"
+            verb = "would fetch" if res.simulated else "fetched"
+            line(f"{s.name}: {verb} index version {s.version} ({s.packages} package(s), {sig}, {state})")
+
+    return run_command("update", json, work, human)

@@ -7,185 +7,173 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, SimulateOpt, YesOpt, err, execute, out, reporter
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, run_command
+from llmos_cli.cli._render import line, note
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(rich_help_panel="Libraries")
-    def train(
-        srcs: Annotated[
-            list[Path],
-            typer.Argument(
-                metavar="DIR...", help="Library source folder(s) (llmos.toml with a [train] table). Several: a family, co-trained so that it stacks."
-            ),
-        ],
-        base: Annotated[str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")],
-        steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps (overrides [train] steps).")] = None,
-        rank: Annotated[int | None, typer.Option("--rank", "-r", help="LoRA rank.")] = None,
-        alpha: Annotated[float | None, typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank).")] = None,
-        lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")] = None,
-        target: Annotated[
-            list[str] | None, typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
-        ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
-        companion: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--companion",
-                help="Frozen LoRA GGUF switched on at random while training, for stacking robustness; PATH@PROB sets its probability (repeatable).",
-            ),
-        ] = None,
-        init: Annotated[Path | None, typer.Option("--init", help="Start from this LoRA GGUF (same rank and targets) instead of from zero.")] = None,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
-        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
-        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
-        no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out exact-match check.")] = False,
-        rounds: Annotated[int | None, typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")] = None,
-        cotrain_steps: Annotated[int | None, typer.Option("--cotrain-steps", help="Steps per library and co-training round (default 150).")] = None,
-        skip_first: Annotated[bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")] = False,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library.
+def train(
+    srcs: Annotated[
+        list[Path],
+        typer.Argument(metavar="DIR...", help="Library source folder(s) (llmos.toml with a [train] table). Several: a family, co-trained so that it stacks."),
+    ],
+    base: Annotated[str, typer.Option("--base", "-b", help="Base model: Hugging Face checkpoint folder, .gguf file, or installed model package.")],
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps (overrides [train] steps).")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", "-r", help="LoRA rank.")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", help="Target module (repeatable): q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (deterministic on one machine and thread count).")] = None,
+    companion: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--companion",
+            help="Frozen LoRA GGUF switched on at random while training, for stacking robustness; PATH@PROB sets its probability (repeatable).",
+        ),
+    ] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from this LoRA GGUF (same rank and targets) instead of from zero.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the adapter here instead of the library's [adapter] file.")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out exact-match check.")] = False,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Co-training rounds for several libraries (default 2; 0: train each once).")] = None,
+    cotrain_steps: Annotated[int | None, typer.Option("--cotrain-steps", help="Steps per library and co-training round (default 150).")] = None,
+    skip_first: Annotated[bool, typer.Option("--skip-first", help="Several libraries: keep their adapters and only co-train.")] = False,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library.
 
-        Given several libraries, train each (dependencies first), then co-train them in --rounds so
-        that their adapters can be attached together (see docs/training.md).
-        """
-        rep = reporter(json)
-        overrides: dict[str, Any] = {
-            "steps": steps,
-            "rank": rank,
-            "alpha": alpha,
-            "lr": lr,
-            "batch_size": batch_size,
-            "target_modules": list(target) if target else None,
-            "seed": seed,
-            "companions": [str(Path(c).expanduser().absolute()) for c in companion] if companion else None,
-            "init": str(init.expanduser().absolute()) if init else None,
-        }
+    Given several libraries, train each (dependencies first), then co-train them in --rounds so
+    that their adapters can be attached together (see docs/training.md).
+    """
+    overrides: dict[str, Any] = {
+        "steps": steps,
+        "rank": rank,
+        "alpha": alpha,
+        "lr": lr,
+        "batch_size": batch_size,
+        "target_modules": list(target) if target else None,
+        "seed": seed,
+        "companions": [str(Path(c).expanduser().absolute()) for c in companion] if companion else None,
+        "init": str(init.expanduser().absolute()) if init else None,
+    }
 
-        def work() -> Any:
-            from llmos_cli.errors import UsageError
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.errors import UsageError
 
-            if device not in ("auto", "cpu", "gpu", "cuda"):
-                raise UsageError(f"--device must be auto, cpu or gpu, not {device!r}")
-            if len(srcs) > 1:
-                return family()
-            if rounds is not None or skip_first:
-                raise UsageError("--rounds and --skip-first co-train several libraries", "name all the libraries of the family")
-            src = srcs[0]
-            if simulate:
-                from llmos_cli.pkg.manifest import load_manifest
-                from llmos_cli.train.lora import TrainOptions
+        if device not in ("auto", "cpu", "gpu", "cuda"):
+            raise UsageError(f"--device must be auto, cpu or gpu, not {device!r}")
+        if len(srcs) > 1:
+            return family(rep)
+        if rounds is not None or skip_first:
+            raise UsageError("--rounds and --skip-first co-train several libraries", "name all the libraries of the family")
+        src = srcs[0]
+        if simulate:
+            from llmos_cli.pkg.manifest import load_manifest
+            from llmos_cli.train.lora import TrainOptions
 
-                m = load_manifest(src)
-                opts = TrainOptions.from_manifest(m.section("train"), overrides)
-                target_file = output or (src / (m.section("adapter").get("file") or "adapter.gguf"))
-                return {"simulated": True, "library": m.name, "version": m.version, "base": base, "adapter": str(target_file), "options": opts.to_json()}
-            from llmos_cli.train.lora import train_library
+            m = load_manifest(src)
+            opts = TrainOptions.from_manifest(m.section("train"), overrides)
+            target_file = output or (src / (m.section("adapter").get("file") or "adapter.gguf"))
+            return {"simulated": True, "library": m.name, "version": m.version, "base": base, "adapter": str(target_file), "options": opts.to_json()}
+        from llmos_cli.train.lora import train_library
 
-            return train_library(src, base, overrides=overrides, device=device, threads=threads, out=output, evaluate=not no_eval, reporter=rep)
+        return train_library(src, base, overrides=overrides, device=device, threads=threads, out=output, evaluate=not no_eval, reporter=rep)
 
-        def family() -> Any:
-            from llmos_cli.errors import UsageError
-            from llmos_cli.train.family import CotrainOptions, plan_family, train_family
+    def family(rep: RichReporter) -> Any:
+        from llmos_cli.errors import UsageError
+        from llmos_cli.train.family import CotrainOptions, plan_family, train_family
 
-            if output or init:
-                raise UsageError("--output and --init take one library", "co-training writes each library's own adapter")
-            opts = CotrainOptions()
-            if rounds is not None:
-                opts.rounds = rounds
-            if cotrain_steps is not None:
-                opts.steps = cotrain_steps
-            opts.validate()
-            if simulate:
-                members = plan_family(list(srcs))
-                return {
-                    "simulated": True,
-                    "order": [m.name for m in members],
-                    "depends": {m.name: m.deps for m in members},
-                    "first": not skip_first,
-                    "rounds": opts.rounds,
-                }
-            return train_family(
-                list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device, threads=threads, evaluate=not no_eval, reporter=rep
+        if output or init:
+            raise UsageError("--output and --init take one library", "co-training writes each library's own adapter")
+        opts = CotrainOptions()
+        if rounds is not None:
+            opts.rounds = rounds
+        if cotrain_steps is not None:
+            opts.steps = cotrain_steps
+        opts.validate()
+        if simulate:
+            members = plan_family(list(srcs))
+            return {
+                "simulated": True,
+                "order": [m.name for m in members],
+                "depends": {m.name: m.deps for m in members},
+                "first": not skip_first,
+                "rounds": opts.rounds,
+            }
+        return train_family(
+            list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device, threads=threads, evaluate=not no_eval, reporter=rep
+        )
+
+    def human(res: Any) -> None:
+        if isinstance(res, dict) and "order" in res:
+            line(
+                f"would train {' -> '.join(res['order'])}"
+                + (" (first training skipped)" if not res["first"] else "")
+                + f", then {res['rounds']} co-training round(s)"
             )
+            return
+        if hasattr(res, "order"):
+            for path in res.to_json()["adapters"].values():
+                line(path)
+            return
+        if isinstance(res, dict):
+            line(f"would train {res['library']} {res['version']} on {res['base']} -> {res['adapter']}")
+            o = res["options"]
+            line(f"  rank {o['rank']}, alpha {o['alpha']}, {o['steps']} steps, lr {o['lr']}, batch {o['batch_size']}, targets {' '.join(o['target_modules'])}")
+            return
+        line(str(res.adapter))
 
-        def human(res: Any) -> None:
-            if isinstance(res, dict) and "order" in res:
-                out().print(
-                    f"would train {' -> '.join(res['order'])}"
-                    + (" (first training skipped)" if not res["first"] else "")
-                    + f", then {res['rounds']} co-training round(s)",
-                    markup=False,
-                )
-                return
-            if hasattr(res, "order"):
-                for path in res.to_json()["adapters"].values():
-                    out().print(path, markup=False)
-                return
-            if isinstance(res, dict):
-                out().print(f"would train {res['library']} {res['version']} on {res['base']} -> {res['adapter']}", markup=False)
-                o = res["options"]
-                out().print(
-                    f"  rank {o['rank']}, alpha {o['alpha']}, {o['steps']} steps, lr {o['lr']}, batch {o['batch_size']}, targets {' '.join(o['target_modules'])}",
-                    markup=False,
-                )
-                return
-            out().print(str(res.adapter), markup=False)
+    return run_command("train", json, work, human)
 
-        execute("train", json, work, human, rep=rep)
 
-    @app.command(rich_help_panel="Libraries")
-    def merge(
-        libs: Annotated[list[str], typer.Argument(help="Libraries to merge: source folders, .llmos archives or installed names.")],
-        output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged library's source.")],
-        method: Annotated[str, typer.Option("--method", "-m", help="cat (exact), linear, ties or dare_ties.")] = "cat",
-        name: Annotated[str | None, typer.Option("--name", help="Merged library name (default: the output folder's name).")] = None,
-        version: Annotated[str, typer.Option("--version", help="Merged library version.")] = "1.0.0",
-        weight: Annotated[list[float] | None, typer.Option("--weight", "-w", help="Weight per library, in order (repeatable; default 1).")] = None,
-        density: Annotated[float, typer.Option("--density", help="Fraction kept by ties/dare_ties.")] = 0.5,
-        rank: Annotated[int | None, typer.Option("--rank", help="Rank of a ties/dare_ties result (default: sum of ranks).")] = None,
-        base: Annotated[str | None, typer.Option("--base", help="Base model (installed name or .gguf) if not the libraries' installed base.")] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed for dare_ties' random drop.")] = 0,
-        force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
-        json: JsonOpt = False,
-        simulate: SimulateOpt = False,
-        yes: YesOpt = False,
-    ) -> None:
-        """Merge several libraries into one (adapters, documents, glossaries, tools); then `llmos build` it."""
-        rep = reporter(json)
+def merge(
+    libs: Annotated[list[str], typer.Argument(help="Libraries to merge: source folders, .llmos archives or installed names.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged library's source.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="cat (exact), linear, ties or dare_ties.")] = "cat",
+    name: Annotated[str | None, typer.Option("--name", help="Merged library name (default: the output folder's name).")] = None,
+    version: Annotated[str, typer.Option("--version", help="Merged library version.")] = "1.0.0",
+    weight: Annotated[list[float] | None, typer.Option("--weight", "-w", help="Weight per library, in order (repeatable; default 1).")] = None,
+    density: Annotated[float, typer.Option("--density", help="Fraction kept by ties/dare_ties.")] = 0.5,
+    rank: Annotated[int | None, typer.Option("--rank", help="Rank of a ties/dare_ties result (default: sum of ranks).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base model (installed name or .gguf) if not the libraries' installed base.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for dare_ties' random drop.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    json: JsonOpt = False,
+    simulate: SimulateOpt = False,
+    yes: YesOpt = False,
+) -> Any:
+    """Merge several libraries into one (adapters, documents, glossaries, tools); then `llmos build` it."""
 
-        def work() -> Any:
-            from llmos_cli.train.merge import merge_libraries
+    def work(rep: RichReporter) -> Any:
+        from llmos_cli.train.merge import merge_libraries
 
-            return merge_libraries(
-                libs,
-                output,
-                method=method,
-                name=name,
-                version=version,
-                weights=weight,
-                density=density,
-                rank=rank,
-                base=base,
-                seed=seed,
-                force=force,
-                simulate=simulate,
-                reporter=rep,
-            )
+        return merge_libraries(
+            libs,
+            output,
+            method=method,
+            name=name,
+            version=version,
+            weights=weight,
+            density=density,
+            rank=rank,
+            base=base,
+            seed=seed,
+            force=force,
+            simulate=simulate,
+            reporter=rep,
+        )
 
-        def human(res: Any) -> None:
-            srcs = ", ".join(f"{s['name']} {s['version']}" for s in res.sources)
-            if res.warnings and res.warnings[0].startswith("simulated"):
-                out().print(f"would merge {srcs} ({res.method}) into {res.out} as {res.name} {res.version}", markup=False)
-                return
-            out().print(str(res.out), markup=False)
-            err().print(
-                f"merged {srcs} ({res.method}): adapter rank {res.rank}, {res.documents} documents, {res.glossary_terms} glossary terms, {res.tools} tools",
-                markup=False,
-            )
+    def human(res: Any) -> None:
+        srcs = ", ".join(f"{s['name']} {s['version']}" for s in res.sources)
+        if res.warnings and res.warnings[0].startswith("simulated"):
+            line(f"would merge {srcs} ({res.method}) into {res.out} as {res.name} {res.version}")
+            return
+        line(str(res.out))
+        note(f"merged {srcs} ({res.method}): adapter rank {res.rank}, {res.documents} documents, {res.glossary_terms} glossary terms, {res.tools} tools")
 
-        execute("merge", json, work, human, rep=rep)
+    return run_command("merge", json, work, human)

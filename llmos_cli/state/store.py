@@ -52,6 +52,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_FICLONE = 0x40049409  # linux/fs.h: clone a whole file (btrfs, XFS, bcachefs...)
+
+
+def _link_into(src: Path, final: Path, staging: Path) -> str | None:
+    """Reflink, else hard-link ``src`` to ``final`` (through a temp name in staging); None when neither works."""
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, "preparing the store") from exc
+    tmp = staging / f"{final.name[:16]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.link"
+    how = None
+    try:
+        import fcntl
+
+        with open(src, "rb") as s, open(tmp, "xb") as d:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+        os.chmod(tmp, 0o444)
+        how = "reflink"
+    except (OSError, ImportError):
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)  # shares the inode: the mode is left as the owner set it
+            how = "hardlink"
+        except OSError:
+            return None
+    try:
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise from_os_error(exc, "writing into the store") from exc
+    return how
+
+
 class Store:
     """``Store(paths).path_for(sha)`` is where an installed file's bytes are."""
 
@@ -147,6 +182,36 @@ class Store:
                 pass
             raise
         return sha
+
+    def add_file(self, path: Path, expected, *, link: bool, verified: bool = False, progress: Callable[[int], None] | None = None) -> str:
+        """Put a local file into the store without copying its bytes when ``link``.
+
+        ``link``: a reflink (copy-on-write clone) or, failing that, a hard link when
+        ``path`` is on the store's file system; otherwise (or when both fail) a
+        hash-verified copy (``add_stream``).  A linked file is hashed first unless
+        ``verified`` (the caller just hashed it while writing it).  Returns how the
+        blob came: ``present``, ``reflink``, ``hardlink`` or ``copy``.
+        """
+        sha = _check_sha(expected.sha256)
+        final = self.path_for(sha)
+        if final.is_file() and final.stat().st_size == int(expected.size):
+            return "present"
+        if link:
+            if not verified:
+                from llmos_cli.fileio import sha256_file
+
+                try:
+                    got, n = sha256_file(path)
+                except OSError as exc:
+                    raise from_os_error(exc, f"reading {path}") from exc
+                if got != sha or n != int(expected.size):
+                    raise IntegrityError(f"{path}: sha256/size differ from what was expected ({sha[:12]}..., {expected.size} bytes)")
+            how = _link_into(Path(path), final, self.staging)
+            if how:
+                return how
+        with open(path, "rb") as fh:
+            self.add_stream(fh, expected, progress=progress)
+        return "copy"
 
     def add_bytes(self, data: bytes) -> str:
         """Store ``data`` (its digest is computed); handy for tests and small files."""

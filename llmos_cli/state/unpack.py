@@ -36,6 +36,7 @@ from pathlib import Path
 
 from llmos_cli.errors import IntegrityError, InvalidPackageError, from_os_error
 from llmos_cli.pkg.archive import declared_total_check, read_manifest_member
+from llmos_cli.pkg.external import declared_payloads
 from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, parse_manifest_text, raise_for
 from llmos_cli.pkg.tarstream import LIMITS, EntryReader, TarStream
 from llmos_cli.state.db import InstalledFile
@@ -125,6 +126,10 @@ def stage_archive(
     missing = sorted(set(manifest.files) - seen)
     if missing:
         raise _bad(path, f"{missing[0]}: listed in the manifest but missing from the archive ({len(missing)} missing)")
+    for p in declared_payloads(manifest.raw):  # [[payload]]: fetched by hash before staging (registry/origins.py)
+        if p.path in seen or not store.has(p.sha256) or store.path_for(p.sha256).stat().st_size != p.size:
+            raise IntegrityError(f"{name} {version}: {p.path}: the payload declared by hash is not in the store", "install it again; its origins are fetched first")
+        files.append(InstalledFile(p.path, p.sha256, p.size, 0o644))
     return Staged(manifest, files)
 
 
