@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     NETWORK = 16  # download failed, timed out or sent the wrong bytes
     DEPENDENTS = 17  # removal refused because installed packages need it
     ABORTED = 18  # the user declined, or confirmation needed and stdin is no terminal
+    NOT_GROUNDED = 19  # `llmos run --grounded`: no answer supported by the attached libraries (abstained)
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 from llmos_cli.knowledge.glossary import find_terms
 from llmos_cli.knowledge.libraries import LibraryView
-from llmos_cli.knowledge.retrieve import query_terms, search
-from llmos_cli.pkg.meta import Dependency, RelationError
+from llmos_cli.knowledge.retrieve import capitalised_words, generic_names, query_terms, search
+from llmos_cli.pkg.manifest import Manifest
 
 #: a library's best chunk must reach this fraction of the best chunk overall
 RELATIVE = 0.5
@@ -99,7 +99,7 @@ def score_libraries(
                 s.best_chunk = hit.citation
                 best_text[hit.library] = f"{hit.section}\n{hit.text}"
     best = max((s.knowledge_score for s in scores), default=0.0)
-    nouns = proper_nouns(prompt)
+    nouns = proper_nouns(prompt, indexes)
     claimed = {w.casefold() for s in scores for t in s.glossary_terms for w in t.split()}
     free = [n for n in nouns if n.casefold() not in claimed]
     for s in scores:
@@ -136,16 +136,13 @@ def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> N
     offers: dict[str, list[RouteScore]] = {}
     needs: dict[str, list[str]] = {}
     for s, lib in zip(scores, libraries):
-        pkg = (getattr(lib, "manifest", None) or {}).get("package", {})
-        for n in [s.name, *(pkg.get("provides") or [])]:
+        manifest: Manifest = lib.manifest
+        for n in [s.name, *manifest.meta.provides]:
             offers.setdefault(n, []).append(s)
         wanted: list[str] = []
-        trained_with = ((getattr(lib, "manifest", None) or {}).get("train") or {}).get("companions")
-        for d in (pkg.get("depends") or []) if trained_with else []:
-            try:
-                wanted += [alt.name for alt in Dependency.parse(d).alternatives]
-            except (RelationError, AttributeError):
-                continue
+        trained_with = manifest.train.options.get("companions")
+        for d in manifest.meta.depends if trained_with else ():
+            wanted += [alt.name for alt in d.alternatives]
         needs[s.name] = wanted
     changed = True
     while changed:
@@ -161,57 +158,17 @@ def _bring_dependencies(scores: list[RouteScore], libraries: Sequence[Any]) -> N
                         changed = True
 
 
-_STARTERS = {
-    "what",
-    "which",
-    "who",
-    "whom",
-    "whose",
-    "where",
-    "when",
-    "why",
-    "how",
-    "the",
-    "a",
-    "an",
-    "in",
-    "on",
-    "of",
-    "is",
-    "are",
-    "was",
-    "were",
-    "does",
-    "do",
-    "did",
-    "can",
-    "could",
-    "name",
-    "tell",
-    "give",
-    "count",
-    "list",
-    "please",
-    "and",
-    "or",
-    "i",
-}
-
-
 def _shared_terms(prompt: str, text: str) -> int:
 
     return sum(1 for t in query_terms(prompt) if t[:5] in text)
 
 
-def proper_nouns(text: str) -> list[str]:
-    """Capitalised words of ``text`` that are not just sentence starters or question words."""
-    import re
-
-    out: list[str] = []
-    for w in re.findall(r"[A-Za-z][A-Za-z0-9-]*", text):
-        if w[0].isupper() and w.casefold() not in _STARTERS and w not in out:
-            out.append(w)
-    return out
+def proper_nouns(text: str, indexes: Sequence[Any] = ()) -> list[str]:
+    """Capitalised words of ``text`` that name something: not sentence starters, question words or stop
+    words, and not generic in the libraries' indexes ("Act" in every statute's name)."""
+    words = capitalised_words(text)
+    generic = generic_names(list(indexes), words) if indexes else set()
+    return [w for w in words if w not in generic]
 
 
 def route(prompt: str, libraries: Sequence[Any], **kw: Any) -> list[Route]:
@@ -236,6 +193,8 @@ def routing_stage(ctx: Any) -> None:
         for lib, view in zip(libs, views):
             view.scale = lib.scale
         user = "\n\n".join(str(m.get("content") or "") for m in ctx.messages if m.get("role") == "user")
+        if getattr(ctx.request, "stdin_text", None) and getattr(ctx.request, "prompt", None):
+            user = ctx.request.prompt  # route on the question, not on a piped document
         scores = score_libraries(user, views)
     finally:
         for v in views:

@@ -88,6 +88,8 @@ class RunContext:
     grammar: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     generate: Callable[[RunContext, Callable[[str], None] | None], Generation] | None = None
+    #: a stage's verdict on an otherwise successful run (``--grounded`` abstained: NOT_GROUNDED)
+    exit_code: int = 0
 
     def final_messages(self) -> list[dict[str, Any]]:
         system = "\n\n".join(p.strip() for p in self.system_parts if p and p.strip())
@@ -112,6 +114,8 @@ class RunResult:
     seed: int | None
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the process exit code of a run that answered (0, or NOT_GROUNDED when --grounded abstained)
+    exit_code: int = 0
     #: the sampling actually used (command line, else the model package's [model.parameters], else defaults)
     sampling: dict[str, Any] = field(default_factory=dict)
 
@@ -131,8 +135,8 @@ class RunResult:
 
 
 def _provider_stages(ctx: RunContext) -> list[Stage]:
-    """The default pre-generation stages: knowledge and tools, then routing."""
-    return [*stages.run_stages(ctx), *route.run_stages(ctx)]
+    """The default pre-generation stages: routing first (retrieval then searches only the routed libraries), then knowledge and tools."""
+    return [*route.run_stages(ctx), *stages.run_stages(ctx)]
 
 
 #: sampling fields a model package may default in ``[model.parameters]``
@@ -186,8 +190,8 @@ def run(
 
     with tx.open_state(paths, "run", write=False, reporter=rep) as db:
         stack = build_stack(db, paths, model=req.model, libs=req.libs, no_libs=req.no_libs, reporter=rep)
-    for note in stack.notes:
-        rep.debug(note)
+    for note in stack.notes:  # libraries left out of the run, and why
+        rep.warn(note + "; its documents and glossary still serve" if " left out: " in note else note)
     apply_model_defaults(req, stack.model.parameters, req.explicit_sampling)
     _validate(req)  # again: the package's parameters may be out of range too
     require_fits(stack)
@@ -262,4 +266,5 @@ def run(
         seed=req.sampling.seed,
         extra=ctx.extra,
         notes=list(stack.notes),
+        exit_code=ctx.exit_code,
     )

@@ -22,11 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from llmos_cli.app.grounding import grounded_generation
+from llmos_cli.app.longinput import InputSource, map_reduce, parse_long_option
 from llmos_cli.app.options import PromptOptions
-from llmos_cli.errors import UsageError
+from llmos_cli.errors import ContextOverflow, UsageError
 from llmos_cli.knowledge.libraries import LibraryView
 from llmos_cli.prompt.assemble import PromptRequest, assemble, parse_knowledge_option
 from llmos_cli.prompt.explain import explain_json
+from llmos_cli.prompt.grounding import GROUNDED_INSTRUCTIONS, model_abstention
 from llmos_cli.runtime.engine import Generation
 from llmos_cli.tools.loop import LoopOptions, run_tool_loop
 from llmos_cli.tools.permissions import Policy, load_stored
@@ -64,32 +67,100 @@ def run_stages(ctx: Any) -> list[Callable[[Any], None]]:
     return [knowledge_stage]
 
 
+def _libraries(ctx: Any) -> list[Any]:
+    """The run's libraries as ``LibraryView``s: those of the stack (only the routed ones under ``--route``),
+    then the attached libraries left out for their adapter, whose documents and glossary still serve."""
+    routing = ctx.extra.get("routing")
+    chosen = {r["name"] for r in routing if r.get("chosen")} if routing is not None else None
+    views = [
+        LibraryView.from_installed(lib.package, ctx.paths) for lib in ctx.stack.libraries if lib.package is not None and (chosen is None or lib.name in chosen)
+    ]
+    left_out = []
+    for lib in getattr(ctx.stack, "left_out", []):
+        documents_only = bool(lib.attached and lib.package is not None)
+        left_out.append({"name": lib.name, "reason": getattr(lib, "left_out_reason", "") or "left out", "documents_only": documents_only})
+        if documents_only:
+            views.append(LibraryView.from_installed(lib.package, ctx.paths))
+    if left_out:
+        ctx.extra["left_out"] = left_out
+    return views
+
+
+def _abstention(ctx: Any) -> str:
+    pkg = getattr(ctx.stack.model, "package", None)
+    return model_abstention(getattr(pkg, "typed_manifest", None) if pkg is not None else None)
+
+
 def knowledge_stage(ctx: Any) -> None:
 
     opts = _options(ctx)
-    libraries = [LibraryView.from_installed(lib.package, ctx.paths) for lib in ctx.stack.libraries if lib.package is not None]
     user_turns = [m for m in ctx.messages if m.get("role") == "user"]
     if len(user_turns) != 1 or len(ctx.messages) != 1:
         return  # not a one-shot prompt: leave it alone
+    libraries = _libraries(ctx)
     user = str(user_turns[0].get("content") or "")
+    long_mode = parse_long_option(opts.long)
     request = PromptRequest(
         user=user,
         system="\n\n".join(p.strip() for p in ctx.system_parts if p and p.strip()) or None,
         knowledge=parse_knowledge_option(opts.knowledge),
         max_tokens=_reserve(ctx),
         refine=opts.refine,
+        instructions=GROUNDED_INSTRUCTIONS.format(abstain=_abstention(ctx)) if opts.grounded else None,
     )
     toolset = None
-    if _tools_wanted(opts, libraries):
+    if _tools_wanted(opts, libraries) and not opts.grounded:
         toolset = _toolset(ctx, opts, libraries)
-    try:
-        ap = assemble(request, libraries, ctx.engine, toolset.openai() if toolset else None)
-    except BaseException:
+    source: InputSource | None = None
+
+    def close_all() -> None:
         if toolset is not None:
             toolset.close()
         for lib in libraries:
             lib.close()
+        if source is not None:
+            source.close()
+
+    stdin = ctx.request.stdin_text if getattr(ctx.request, "messages", None) is None else None
+    try:
+        try:
+            ap = assemble(request, libraries, ctx.engine, toolset.openai() if toolset else None)
+        except ContextOverflow:
+            if not (stdin and stdin.strip()) or long_mode == "refuse":
+                raise
+            prompt = (ctx.request.prompt or "").strip()
+            if not prompt:
+                raise UsageError(
+                    "the piped input does not fit the context and there is no prompt to answer from it",
+                    'give a prompt: cat big.txt | llmos run "what does it say about X"',
+                ) from None
+            if long_mode == "map-reduce":
+                ap = None
+            else:
+                source = InputSource(opts.input_label, stdin)
+                request.user = prompt
+                request.query = prompt
+                request.input_hits = source.best(prompt)
+                ap = assemble(request, libraries, ctx.engine, toolset.openai() if toolset else None)
+                used = [h.cite_id for h in ap.knowledge if not h.library]
+                ctx.extra["long_input"] = {
+                    "mode": "index",
+                    "label": opts.input_label,
+                    "input_tokens": len(ctx.engine.tokenize(stdin, add_bos=False)),
+                    "chunks": int(source.counts["chunks"]),
+                    "used": used,
+                }
+                ctx.reporter.warn(
+                    f"the piped input does not fit the context: {len(used)} of its {source.counts['chunks']} parts that best match the prompt "
+                    "were used (--long map-reduce reads them all; --long refuse fails instead)"
+                )
+    except BaseException:
+        close_all()
         raise
+    if ap is None:  # --long map-reduce
+        close_all()
+        ctx.generate = _map_reduce_generation(prompt, stdin, opts)
+        return
     for w in ap.warnings:
         ctx.reporter.warn(w)
     ctx.system_parts = [ap.system] if ap.system else []
@@ -101,21 +172,41 @@ def knowledge_stage(ctx: Any) -> None:
             "budget": ap.budget.to_json(),
             "parts": [p.to_json() for p in ap.parts],
             "tools": [t["function"]["name"] for t in ap.tools],
+            "citations": [h.citation for h in ap.knowledge],
         }
     )
     if opts.explain:
         ctx.extra["explain"] = explain_json(ap)
-        if toolset is not None:
-            toolset.close()
-        for lib in libraries:
-            lib.close()
+        close_all()
         ctx.generate = lambda c, on_text: _empty_generation(c)
         return
+    if opts.grounded:
+        if _tools_wanted(opts, libraries):
+            ctx.reporter.warn("--grounded: tools are not offered; the answer comes from the retrieved text only")
+        ctx.generate = grounded_generation(ap, _abstention(ctx), on_done=close_all)
+        return
     if toolset is None:
-        for lib in libraries:
-            lib.close()
+        close_all()
         return
     ctx.generate = _loop_generation(toolset, opts, libraries)
+
+
+def _map_reduce_generation(prompt: str, text: str, opts: Any) -> Callable[[Any, Any], Any]:
+    def generate(ctx: Any, on_text: Callable[[str], None] | None) -> Any:
+        system = "\n\n".join(p.strip() for p in ctx.system_parts if p and p.strip())
+        with ctx.reporter.task("reading the input part by part", total=None, unit="parts") as task:
+
+            def on_part(done: int, total: int) -> None:
+                task.update(total=total)
+                task.advance(1)
+
+            gen, report = map_reduce(ctx, prompt, text, opts.input_label, system=system, abstention=_abstention(ctx), on_part=on_part)
+        ctx.extra["long_input"] = report.to_json()
+        if on_text is not None and gen.text:
+            on_text(gen.text)
+        return gen
+
+    return generate
 
 
 def _toolset(ctx: Any, opts: Any, libraries: list[Any]) -> Any:

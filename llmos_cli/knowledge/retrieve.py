@@ -70,10 +70,17 @@ class Hit:
     text: str
     score: float
     rank: int = 0
+    #: share of the query's IDF mass this chunk covers (``search``; 1.0 when not computed)
+    coverage: float = 1.0
+
+    @property
+    def cite_id(self) -> str:
+        """``lib:doc#chunk`` (``doc#chunk`` for an input with no library, e.g. ``stdin#12``)."""
+        return f"{self.library}:{self.document}#{self.chunk}" if self.library else f"{self.document}#{self.chunk}"
 
     @property
     def citation(self) -> str:
-        return f"[{self.library}:{self.document}#{self.chunk}]"
+        return f"[{self.cite_id}]"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +91,7 @@ class Hit:
             "chunk": self.chunk,
             "section": self.section,
             "score": round(self.score, 4),
+            "coverage": round(self.coverage, 4),
             "citation": self.citation,
             "text": self.text,
         }
@@ -307,8 +315,88 @@ def _library_candidates(ix: KnowledgeIndex, pairs: list[tuple[str, str]], df: di
     return out
 
 
-def search(indexes: list[KnowledgeIndex], query: str, k: int = 5) -> list[Hit]:
-    """Best ``k`` chunks over every index, ranked by BM25 over their union (module doc)."""
+#: capitalised words that open a question or an imperative; never entity names
+STARTERS = frozenset(
+    """what which who whom whose where when why how the a an in on of is are was were does do did can could name tell
+    give count list please and or i if for to at by from with as""".split()
+)
+_NAME = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
+
+
+def capitalised_words(text: str) -> list[str]:
+    """Capitalised words of ``text`` that are not question words, starters or stop words (first-seen order).
+
+    These are the candidate entity names of a question; ``search`` drops the
+    ones that are common in the indexes (``Relevance.generic_share``), so that
+    "Act" in "the Brindor Act" is not taken for a name.
+    """
+    out: list[str] = []
+    for w in _NAME.findall(text):
+        w = w.strip("'-")
+        if len(w) < 2 or not w[0].isupper():
+            continue
+        if w.casefold() in STARTERS or w.casefold() in STOPWORDS or w in out:
+            continue
+        out.append(w)
+    return out
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """When a retrieved chunk is relevant enough to enter a prompt (measured in bench/grounding.py).
+
+    * A question that names entities (``capitalised_words`` that are not
+      generic in the indexes) only takes chunks that contain at least one of
+      those names: "What is the capital of France?" takes no chunk that only
+      shares "capital".
+    * Otherwise a chunk must cover ``min_coverage`` of the question's IDF mass
+      (every content word, with words found in no index counted at the highest
+      IDF), so that one shared common word ("horse") is not enough.
+    """
+
+    #: share of the query's IDF mass a chunk must cover when the question names no entity
+    min_coverage: float = 0.5
+    #: a name found in more than this share of the chunks of every library that has it is generic ("Act")
+    generic_share: float = 0.3
+    #: ... and in at least this many of them
+    generic_min_df: int = 3
+    #: apply the entity test
+    entities: bool = True
+
+
+#: the rule ``llmos run`` uses (auto and N modes)
+DEFAULT_RELEVANCE = Relevance()
+
+
+def _generic(term: str, per_library: list[tuple[int, dict[str, int]]], rule: Relevance) -> bool:
+    """A name is generic when every library that has it has it in many chunks ("Act" in a statute library).
+
+    A real entity is frequent at most where others refer to it (a protein
+    named by many drugs) and rare where it is described.
+    """
+    shares = [(df[term], n) for n, df in per_library if n and df.get(term)]
+    return bool(shares) and all(f >= rule.generic_min_df and f / n > rule.generic_share for f, n in shares)
+
+
+def generic_names(indexes: Sequence[KnowledgeIndex], words: Sequence[str], rule: Relevance = DEFAULT_RELEVANCE) -> set[str]:
+    """The ``words`` (capitalised names) that are generic in ``indexes`` (``Relevance.generic_share``)."""
+    if not indexes or not words:
+        return set()
+    pairs = _analyzer().word_terms([w.casefold() for w in words])
+    terms = list(dict.fromkeys(t for _, t in pairs))
+    per_library = [(ix.corpus()[0], ix.doc_freqs(terms)) for ix in indexes]
+    by_word = {w: t for w, t in pairs}
+    return {w for w in words if (t := by_word.get(w.casefold())) is not None and _generic(t, per_library, rule)}
+
+
+def search(indexes: list[KnowledgeIndex], query: str, k: int = 5, *, rule: Relevance | None = None, names: Sequence[str] = ()) -> list[Hit]:
+    """Best ``k`` chunks over every index, ranked by BM25 over their union (module doc).
+
+    With ``rule``, chunks that fail it (``Relevance``) are dropped before the
+    best ``k`` are taken, so the result may be empty.  ``names``: entity names
+    known to occur in the query besides its capitalised words (glossary terms
+    found in it, which match whatever the case).
+    """
     if k <= 0 or not indexes:
         return []
     words = query_terms(query)
@@ -319,29 +407,53 @@ def search(indexes: list[KnowledgeIndex], query: str, k: int = 5) -> list[Hit]:
     terms = list(dict.fromkeys(t for _, t in pairs))
     if not terms:
         return []
+    entity_terms: list[str] = []
+    if rule is not None and rule.entities:
+        found = [w.casefold() for w in capitalised_words(query)]
+        found += [w for n in names for w in query_terms(n)]
+        entity_terms = list(dict.fromkeys(t for w, t in an.word_terms(list(dict.fromkeys(found)))))
     n_total = 0
     len_total = 0.0
     df: dict[str, int] = {t: 0 for t in terms}
+    per_library: list[tuple[int, dict[str, int]]] = []
     cands: list[tuple[Hit, int]] = []
     want = max(2 * k, MIN_CANDIDATES)
     for ix in indexes:
         n, avg = ix.corpus()
         n_total += n
         len_total += n * avg
-        local = ix.doc_freqs(terms)
-        for t, f in local.items():
-            df[t] += f
-        cands.extend(_library_candidates(ix, pairs, local, want))
+        local = ix.doc_freqs(list(dict.fromkeys(terms + entity_terms)))
+        per_library.append((n, local))
+        for t in terms:
+            df[t] += local.get(t, 0)
+        cands.extend(_library_candidates(ix, pairs, local, want if rule is None else max(want, 4 * k)))
     if not cands or n_total == 0:
         return []
     avgdl = len_total / n_total or 1.0
     idf = {t: math.log(1.0 + (n_total - f + 0.5) / (f + 0.5)) for t, f in df.items()}
-    tfs = an.counts([(h.section, h.text) for h, _ in cands], only=terms)
+    mass = sum(idf.values()) or 1.0
+    entity_terms = [t for t in entity_terms if not _generic(t, per_library, rule)] if rule is not None else []
+    tfs = an.counts([(h.section, h.text) for h, _ in cands], only=list(dict.fromkeys(terms + entity_terms)))
     scored: list[Hit] = []
     for (hit, tokens), tf in zip(cands, tfs):
         norm = K1 * (1.0 - B + B * (tokens or 1) / avgdl)
         score = sum(idf[t] * tf[t] * (K1 + 1.0) / (tf[t] + norm) for t in terms if tf.get(t))
-        if score > 0.0:
-            scored.append(replace(hit, score=score))
+        if score <= 0.0:
+            continue
+        coverage = sum(idf[t] for t in terms if tf.get(t)) / mass
+        if rule is not None:
+            if entity_terms:
+                if not any(tf.get(t) for t in entity_terms):
+                    continue
+            elif coverage < rule.min_coverage:
+                continue
+        scored.append(replace(hit, score=score, coverage=coverage))
     scored.sort(key=lambda h: (-h.score, h.library, h.document, h.chunk))
     return [replace(h, rank=i) for i, h in enumerate(scored[:k], start=1)]
+
+
+def terms_of(text: str) -> set[str]:
+    """The index terms of ``text`` (the FTS5 tokenizer: lower case, accents folded, Porter stems)."""
+    if not text.strip():
+        return set()
+    return set(_analyzer().counts([("", text)])[0])

@@ -105,6 +105,8 @@ class ModelTable:
     fingerprint: str | None = None
     #: ``[model.parameters]``: default sampling parameters
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: what the model answers when it does not know (``llmos train``'s abstention examples; ``--grounded``)
+    abstention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,9 @@ class _Parser:
             self.err("missing-field", "model", 'a model package needs a [model] table with file = "...gguf"')
         self._file_field("model", "file", True)
         self._file_field("model", "chat_template", False)
+        abst = (data.get("model") or {}).get("abstention") if isinstance(data.get("model"), dict) else None
+        if abst is not None and (not isinstance(abst, str) or not abst.strip()):
+            self.err("field-type", "model.abstention", "must be a non-empty string (what the model answers when it does not know)")
         for sec in _LIBRARY_ONLY:
             if sec in data:
                 self.err("invalid-field", sec, "only library packages may carry this")
@@ -684,6 +689,7 @@ def _model_table(data: dict[str, Any]) -> ModelTable | None:
         context_length=_int_or_none(t.get("context_length")),
         fingerprint=_opt_str(t.get("fingerprint")),
         parameters=params if isinstance(params, dict) else {},
+        abstention=_opt_str(t.get("abstention")),
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from llmos_cli.errors import ContextOverflow, UsageError
 from llmos_cli.knowledge.glossary import find_terms
-from llmos_cli.knowledge.retrieve import search
+from llmos_cli.knowledge.retrieve import DEFAULT_RELEVANCE, Relevance, search
 from llmos_cli.tools.formats import detect_format, prepare_chat
 
 AUTO_MAX_CHUNKS = 5
@@ -84,6 +84,12 @@ class PromptRequest:
     refine: bool = True
     #: retrieval query; the user's text when None
     query: str | None = None
+    #: when a chunk is relevant enough to enter the prompt (None: every match, as before)
+    relevance: Relevance | None = DEFAULT_RELEVANCE
+    #: extra instructions appended to the system text (``--grounded``)
+    instructions: str | None = None
+    #: chunks of a long input (``app.longinput``), offered after the retrieved ones, as many as fit
+    input_hits: list[Any] = field(default_factory=list)
 
 
 def parse_knowledge_option(value: str | int | None) -> str | int:
@@ -247,7 +253,12 @@ def retrieve_for(request: PromptRequest, libraries: Sequence[Any]) -> list[Any]:
     if not indexes:
         return []
     k = AUTO_MAX_CHUNKS if mode == "auto" else int(mode)
-    hits = search(indexes, request.query if request.query is not None else request.user, k)
+    query = request.query if request.query is not None else request.user
+    names: list[str] = []
+    if request.relevance is not None and request.relevance.entities:
+        # glossary terms in the question are entity names whatever their case
+        names = [m.matched for m in find_terms([lib.glossary() for lib in libraries], query)]
+    hits = search(indexes, query, k, rule=request.relevance, names=names)
     if mode == "auto" and hits:
         floor = hits[0].score * AUTO_MIN_RELATIVE
         hits = [h for h in hits if h.score >= floor]
@@ -258,7 +269,7 @@ def refine_for(request: PromptRequest, libraries: Sequence[Any]) -> list[Refinem
 
     if not request.refine:
         return []
-    matches = find_terms([lib.glossary() for lib in libraries], request.user)
+    matches = find_terms([lib.glossary() for lib in libraries], request.query if request.query is not None else request.user)
     return [Refinement(m.term, m.definition, m.library, m.matched) for m in matches]
 
 
@@ -268,6 +279,8 @@ def system_base_for(request: PromptRequest, libraries: Sequence[Any]) -> str:
         frag = lib.system_fragment()
         if frag:
             parts.append(frag)
+    if request.instructions:
+        parts.append(request.instructions.strip())
     return "\n\n".join(parts)
 
 
@@ -313,7 +326,8 @@ def assemble(
             details={"prompt_tokens": fixed, "available": available, "over_by": fixed - available},
         )
 
-    candidates = retrieve_for(request, libraries)
+    retrieved = retrieve_for(request, libraries)
+    candidates = retrieved + list(request.input_hits)
     refs = refine_for(request, libraries)
     budget = Budget(n_ctx, reserve, available, fixed, knowledge_candidates=len(candidates))
 
@@ -378,8 +392,9 @@ def assemble(
     parts.append(Part("template", "", overhead))
     messages = _messages(system, request.user)
     warnings = []
-    if budget.knowledge_dropped and request.knowledge != "auto":
-        warnings.append(f"context budget: {budget.knowledge_dropped} of {len(candidates)} knowledge chunks left out")
+    lib_dropped = len(retrieved) - sum(1 for h in candidates_kept if h in retrieved)
+    if lib_dropped and request.knowledge != "auto":
+        warnings.append(f"context budget: {lib_dropped} of {len(retrieved)} knowledge chunks left out")
     if budget.refinements_dropped:
         warnings.append(f"context budget: {budget.refinements_dropped} glossary definitions left out")
     return AssembledPrompt(

@@ -48,6 +48,8 @@ class StackLibrary:
     base: str | None  # the declared base constraint
     fits: bool | None = None  # None: no adapter, or not checked
     problems: list[str] = field(default_factory=list)
+    #: why a library is left out of the run ("" when it is used)
+    left_out_reason: str = ""
     #: the InstalledPackage (files loaded), for stages that need documents, glossary, tools
     package: Any = field(default=None, repr=False)
 
@@ -61,6 +63,7 @@ class StackLibrary:
             "base": self.base,
             "fits": self.fits,
             "problems": list(self.problems),
+            "left_out_reason": self.left_out_reason,
         }
 
 
@@ -219,9 +222,11 @@ def build_stack(
                 continue
             lib = _library(paths, db.get(name, with_files=True), None)
             if not pkg.attached:
+                lib.left_out_reason = "detached"
                 stack.left_out.append(lib)
                 continue
             if lib.adapter is not None and base_matches(lib.base, minfo) is False:
+                lib.left_out_reason = f"its adapter is built for base {lib.base}, not {minfo.name}"
                 stack.left_out.append(lib)
                 stack.notes.append(f"{name} left out: built for base {lib.base}, not {minfo.name}")
                 continue
