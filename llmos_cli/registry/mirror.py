@@ -11,6 +11,10 @@
   so the offline machine can pin the publisher's key.
 * ``--print-uris`` prints what would be fetched (apt's ``'URI' file size
   SHA256:hash``) and changes nothing.
+* Payloads declared by hash (``[[payload]]``) are copied to
+  ``DIR/blobs/sha256/<sha256>`` (from the local store, the download cache or
+  their origins, verified), so an air-gapped mirror serves them too: an
+  install tries the blob folder of the package's source before the origins.
 
 Archives come through the source's ``fetch_archive``, i.e. verified against
 the index that ``llmos update`` accepted (signature, rollback checks).
@@ -24,14 +28,16 @@ from pathlib import Path
 from llmos_cli.errors import NotFoundError, UnsatisfiableError, UsageError, from_os_error
 from llmos_cli.fileio import sha256_file, write_atomic
 from llmos_cli.paths import Paths, get_paths
+from llmos_cli.pkg.external import payloads_from_json
 from llmos_cli.pkg.meta import Dependency, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.registry import lists
+from llmos_cli.registry import lists, origins
 from llmos_cli.registry.download import fetch_all
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, Index, IndexEntry
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.registry.publish import copy_file, publish
 from llmos_cli.state.db import StateDB, state_lock
+from llmos_cli.state.store import Store
 
 
 @dataclass
@@ -60,6 +66,24 @@ class MirrorItem:
 
 
 @dataclass
+class MirrorBlob:
+    """A payload declared by hash, copied to ``blobs/sha256/<sha>`` so the mirror serves it too."""
+
+    package: str
+    path: str
+    size: int
+    sha256: str
+    origins: list[str]
+    status: str = "planned"  # planned | added | unchanged
+
+    def apt_lines(self) -> list[str]:
+        return [f"'{o}' {Path(self.path).name} {self.size} SHA256:{self.sha256}" for o in self.origins]
+
+    def to_json(self) -> dict:
+        return {"package": self.package, "path": self.path, "size": self.size, "sha256": self.sha256, "origins": self.origins, "status": self.status}
+
+
+@dataclass
 class MirrorResult:
     source: str
     dest: str
@@ -69,10 +93,11 @@ class MirrorResult:
     signed: bool = False
     print_uris: bool = False
     simulate: bool = False
+    blobs: list[MirrorBlob] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
-        return sum(i.size for i in self.items)
+        return sum(i.size for i in self.items) + sum(b.size for b in self.blobs)
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +110,7 @@ class MirrorResult:
             "signed": self.signed,
             "print_uris": self.print_uris,
             "simulate": self.simulate,
+            "blobs": [b.to_json() for b in self.blobs],
         }
 
 
@@ -195,11 +221,13 @@ def mirror(
             verbatim = not names and sign_key is None
             result = MirrorResult(row.name, str(dest), verbatim=verbatim, print_uris=print_uris, simulate=no_change)
             result.items = [MirrorItem(e.name, e.version, e.filename, e.size, e.sha256, _uri(src, e)) for e in entries]
+            result.blobs = _planned_blobs(entries)
             result.signed = sign_key is not None or (verbatim and sig is not None)
             if no_change:
                 result.index_version = index.version if verbatim else None
                 return result
             fetched = fetch_all([(src, e) for e in entries], paths.cache, reporter)
+            _copy_blobs(paths, dest, entries, fetched, result, reporter)
             if verbatim:
                 _copy_verbatim(dest, entries, fetched, raw, sig, result, reporter)
                 result.index_version = index.version
@@ -212,6 +240,31 @@ def mirror(
             return result
         finally:
             db.close()
+
+
+def _planned_blobs(entries: list[IndexEntry]) -> list[MirrorBlob]:
+    """Payloads the entries declare by hash (from the index), each blob once."""
+    out: dict[str, MirrorBlob] = {}
+    for e in entries:
+        for p in payloads_from_json(e.extra.get("payloads")):
+            out.setdefault(p.sha256, MirrorBlob(e.name, p.path, p.size, p.sha256, list(p.origins)))
+    return list(out.values())
+
+
+def _copy_blobs(paths: Paths, dest: Path, entries: list[IndexEntry], fetched: list[Path], result: MirrorResult, reporter: Reporter) -> None:
+    """``blobs/sha256/<sha>`` for every payload declared by hash (read from the fetched, verified archives)."""
+    store = Store(paths)
+    seen: dict[str, MirrorBlob] = {b.sha256: b for b in result.blobs}
+    for e, path in zip(entries, fetched):
+        for p in origins.archive_manifest_payloads(path):
+            blob = seen.get(p.sha256)
+            if blob is None:  # an index written before payloads were listed in it
+                blob = seen[p.sha256] = MirrorBlob(e.name, p.path, p.size, p.sha256, list(p.origins))
+                result.blobs.append(blob)
+            if blob.status != "planned":
+                continue
+            target = dest / origins.BLOB_DIR / p.sha256
+            blob.status = origins.fetch_blob_file(p, target, store=store, cache_dir=paths.cache, reporter=reporter, copy=copy_file)
 
 
 def _copy_verbatim(dest: Path, entries: list[IndexEntry], fetched: list[Path], raw: bytes, sig: bytes | None, result: MirrorResult, reporter: Reporter) -> None:
