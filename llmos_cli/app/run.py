@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmos_cli.app import route, stages
+from llmos_cli.app import route, runlog, stages
 from llmos_cli.errors import UsageError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
@@ -63,6 +63,23 @@ class RunRequest:
     explicit_sampling: set[str] = field(default_factory=lambda: set(MODEL_PARAMETERS))
     #: --route: apply only the libraries relevant to this prompt (``extra.routing`` says which and why)
     route: bool = False
+    #: a whole conversation (``llmos serve``'s chat requests): used instead of prompt/stdin; system turns join ``system``
+    messages: list[dict[str, Any]] | None = None
+    #: write the prompt log (``state.logs``); --no-log turns it off for one run
+    log: bool = True
+    #: where the run came from, for the prompt log: "run" or "serve"
+    origin: str = "run"
+
+    def conversation(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """(system parts, turns): the prompt as one user turn, or the given conversation."""
+        system = [self.system] if self.system else []
+        if self.messages is None:
+            return system, [{"role": "user", "content": self.user_text()}]
+        turns = [m for m in self.messages if m.get("role") != "system"]
+        system += [str(m.get("content") or "") for m in self.messages if m.get("role") == "system"]
+        if not turns:
+            raise UsageError("nothing to ask", "the conversation needs a user message")
+        return system, turns
 
     def user_text(self) -> str:
         """Piped stdin first, then a blank line, then the prompt (``cat notes | llmos run "summarise"``)."""
@@ -175,14 +192,21 @@ def run(
     stages: list[Stage] | None = None,
     reporter: Reporter | None = None,
     paths: Paths | None = None,
+    engine_for: Callable[[Any, EngineOptions, Reporter], Any] | None = None,
+    more_stages: list[Stage] | None = None,
 ) -> RunResult:
-    """Answer one prompt; ``on_text`` receives the text as it is generated."""
+    """Answer one prompt; ``on_text`` receives the text as it is generated.
+
+    ``engine_for(stack, options, reporter)`` hands in an already-loaded engine
+    (``llmos serve``'s pool); its ``close()`` then releases it instead of
+    unloading.  ``more_stages`` run after the default stages.
+    """
 
     t_start = time.perf_counter()
     rep = reporter or NullReporter()
     paths = paths or get_paths()
     _validate(req)
-    user = req.user_text()
+    system_parts, turns = req.conversation()
     # the device is checked before any work: a GPU on a CPU-only build fails fast
     device = plan_device(req.device, req.gpu_layers)
     if req.verbose:
@@ -206,7 +230,10 @@ def run(
     ctx_train = stack.model.context_length
     if req.n_ctx and ctx_train and req.n_ctx > ctx_train:
         rep.warn(f"--ctx {req.n_ctx} is more than {stack.model.name} was trained for ({ctx_train}); answers may degrade")
-    engine = LlamaCppEngine(stack.model.path, options, reporter=rep, header=stack.model_header)
+    if engine_for is not None:
+        engine = engine_for(stack, options, rep)
+    else:
+        engine = LlamaCppEngine(stack.model.path, options, reporter=rep, header=stack.model_header)
     try:
         load_s = engine.load_s
         t_ad = time.perf_counter()
@@ -218,11 +245,11 @@ def run(
             stack=stack,
             engine=engine,
             reporter=rep,
-            messages=[{"role": "user", "content": user}],
-            system_parts=[req.system] if req.system else [],
+            messages=turns,
+            system_parts=system_parts,
             generate=single_generation,
         )
-        for stage in stages if stages is not None else _provider_stages(ctx):
+        for stage in [*(stages if stages is not None else _provider_stages(ctx)), *(more_stages or [])]:
             stage(ctx)
         gen_fn = ctx.generate or single_generation
         gen = gen_fn(ctx, on_text)
@@ -236,7 +263,7 @@ def run(
         engine.close()
     total_s = time.perf_counter() - t_start
     sp = req.sampling
-    return RunResult(
+    result = RunResult(
         sampling={
             "max_tokens": sp.max_tokens,
             "temperature": sp.temperature,
@@ -268,3 +295,6 @@ def run(
         notes=list(stack.notes),
         exit_code=ctx.exit_code,
     )
+    if req.log and not (req.prompt_options is not None and getattr(req.prompt_options, "explain", False)):
+        runlog.log_run(req, result, paths, rep)
+    return result

@@ -38,6 +38,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -364,7 +365,7 @@ class LlamaCppEngine:
         self.load_s = time.perf_counter() - t0
         self._llama_cpp = llama_cpp
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_local = threading.local()
         meta = getattr(self._llm, "metadata", {}) or {}
         self.chat_template: str | None = meta.get("tokenizer.chat_template") or (self._header.chat_template if self._header else None)
         self.bos_id = int(self._llm.token_bos())
@@ -490,11 +491,15 @@ class LlamaCppEngine:
 
     def token_piece(self, token: int, special: bool = False) -> bytes:
         lc = self._llama_cpp
-        n = lc.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        # one buffer per thread: llmos serve decodes in one thread while request threads detokenize
+        buf = getattr(self._piece_local, "buf", None)
+        if buf is None:
+            buf = self._piece_local.buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
-            self._piece_buf = ctypes.create_string_buffer(-n + 16)
-            n = lc.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
-        return self._piece_buf.raw[: max(n, 0)]
+            buf = self._piece_local.buf = ctypes.create_string_buffer(-n + 16)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
