@@ -304,11 +304,11 @@ class Server:
                         keep_alive=call.keep_alive,
                         cancel=cancel,
                     )
-                    put("done", res)
+                    out: tuple[str, Any] = ("done", res)
                 except BaseException as exc:  # handed to the event loop, which answers the client
-                    put("error", exc)
-                finally:
-                    self._done()
+                    out = ("error", exc)
+                self._done()  # before the answer, so /health never counts a finished request
+                put(*out)
 
             loop.run_in_executor(self.executor, work)
             admitted = False  # work() releases the slot now
@@ -381,11 +381,14 @@ class Server:
 
         def work() -> None:
             try:
-                put("done", self._execute(req, stages=None, more=[], on_text=lambda t: put("text", t), rep=rep, keep_alive=None, cancel=cancel))
+                out: tuple[str, Any] = (
+                    "done",
+                    self._execute(req, stages=None, more=[], on_text=lambda t: put("text", t), rep=rep, keep_alive=None, cancel=cancel),
+                )
             except BaseException as exc:
-                put("error", exc)
-            finally:
-                self._done()
+                out = ("error", exc)
+            self._done()
+            put(*out)
 
         loop.run_in_executor(self.executor, work)
 
