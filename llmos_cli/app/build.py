@@ -133,6 +133,9 @@ class _HashingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self.n
+
     def write(self, b: Any) -> int:  # type: ignore[override]
         mv = memoryview(b)
         self.h.update(mv)
@@ -141,10 +144,10 @@ class _HashingWriter(io.RawIOBase):
         return len(mv)
 
 
-def _model_fields(manifest: Manifest, src: Path) -> dict[str, Any]:
+def _model_fields(manifest: Manifest, src: Path, elsewhere: dict[str, Path] | None = None) -> dict[str, Any]:
 
     rel = (manifest.model.file if manifest.model else None) or ""
-    hdr = read_header(src / rel)
+    hdr = read_header((elsewhere or {}).get(rel) or src / rel)
     if hdr.is_adapter:
         raise InvalidPackageError(f"model.file {rel}: is a LoRA adapter, not a base model")
     if not hdr.architecture:
@@ -198,12 +201,34 @@ def plan_build(src: Path, reporter: Reporter = NullReporter()) -> tuple[Manifest
     return manifest, payload, [f for f in findings if f.severity != "error"]
 
 
-def _split_external(manifest: Manifest, payload: list[SourceFile]) -> tuple[list[SourceFile], list[tuple[SourceFile, ExternalPayload]]]:
-    """Leave ``[[payload]]`` files (declared by hash) out of the archive; local copies are checked against their hash."""
+def simulate_build(src: Path, reporter: Reporter = NullReporter()) -> dict[str, Any]:
+    """``llmos build --simulate``: what would be built (warnings go to ``reporter``), nothing written."""
+    manifest, payload, notes = plan_build(src, reporter)
+    for f in notes:
+        reporter.warn(str(f))
+    return {
+        "simulated": True,
+        "name": manifest.name,
+        "version": manifest.version,
+        "kind": manifest.kind,
+        "filename": archive_filename(manifest.name, manifest.version),
+        "files": [f.rel for f in payload],
+    }
+
+
+def _split_external(
+    manifest: Manifest, payload: list[SourceFile], elsewhere: dict[str, Path] | None = None
+) -> tuple[list[SourceFile], list[tuple[SourceFile, ExternalPayload]]]:
+    """Leave ``[[payload]]`` files (declared by hash) out of the archive; local copies are checked against their hash.
+
+    ``elsewhere``: local copies outside the folder (``import-model``), by payload path.
+    """
     external = {p.path: p for p in declared_payloads(manifest.raw)}
     if not external:
         return payload, []
     local = [(f, external[f.rel]) for f in payload if f.rel in external]
+    have = {f.rel for f, _x in local}
+    local += [(SourceFile(rel, Path(p)), external[rel]) for rel, p in sorted((elsewhere or {}).items()) if rel in external and rel not in have]
     model_rel = manifest.section("model").get("file")
     if manifest.kind == "model" and model_rel in external and model_rel not in {f.rel for f, _ in local}:
         raise InvalidPackageError(
@@ -227,20 +252,30 @@ def _hash_all(payload: list[SourceFile], task: Any) -> None:
         task.advance(f.record.size)
 
 
-def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullReporter()) -> BuildResult:
+def build_package(
+    src: Path,
+    out: Path | None = None,
+    reporter: Reporter = NullReporter(),
+    *,
+    payload_files: dict[str, Path] | None = None,
+    hashed: bool = False,
+) -> BuildResult:
     """Build ``src`` into ``out``; deterministic.
 
     ``out`` is a folder (default: the current one; created if missing) that
     receives ``<name>_<version>.llmos``, or a file path ending in ``.llmos``.
     The archive is a gzip-compressed tar, or a plain tar when its payload is
     mostly incompressible (``choose_compression``); files declared by hash in
-    ``[[payload]]`` are left out (``llmos install`` fetches them from their origins).
+    ``[[payload]]`` are left out (``llmos install`` fetches them from their origins);
+    a local copy, in the folder or in ``payload_files`` (payload path -> file), is
+    checked against the declared hash (unless ``hashed``: the caller just hashed it)
+    and a model's GGUF header is read from it.
     """
     src = Path(src).resolve()
     manifest, payload, notes = plan_build(src, reporter)
     for f in notes:
         reporter.warn(str(f))
-    payload, external = _split_external(manifest, payload)
+    payload, external = _split_external(manifest, payload, payload_files)
     for rel, data in sorted(_generated_artifacts(manifest, src).items()):
         payload.append(SourceFile(rel, None, data=bytes(data)))
     payload.sort(key=lambda f: f.rel)
@@ -253,7 +288,11 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
     total = sum(sizes.values())
     with reporter.task(f"hashing {manifest.name}", total=total + sum(x.size for _f, x in external), unit="bytes") as task:
         _hash_all(payload, task)
-        _hash_all([f for f, _x in external], task)
+        if hashed:  # the caller has just hashed them (import-model): trust the declared records
+            for f, x in external:
+                f.record = FileRecord(x.sha256, x.size)
+        else:
+            _hash_all([f for f, _x in external], task)
     for f, x in external:
         assert f.record is not None
         if (f.record.sha256, f.record.size) != (x.sha256, x.size):
@@ -262,7 +301,7 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
                 f"fix payload.sha256/size (sha256 {f.record.sha256}, size {f.record.size}), or replace the file",
             )
     files = {f.rel: f.record for f in payload if f.record is not None}
-    model_fields = _model_fields(manifest, src) if manifest.kind == "model" else None
+    model_fields = _model_fields(manifest, src, {f.rel: f.path for f, _x in external if f.path is not None}) if manifest.kind == "model" else None
     compression = choose_compression(manifest, payload, sizes)
     manifest_bytes = render_manifest(manifest, files, model_fields, compression)
 
@@ -281,9 +320,7 @@ def build_package(src: Path, out: Path | None = None, reporter: Reporter = NullR
             with gzip.GzipFile(filename="", mode="wb", fileobj=hw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
                 _write_tar(gz, manifest_bytes, payload, mtime, task)
         else:
-            bw = io.BufferedWriter(hw, buffer_size=COPY_BUFSIZE)
-            _write_tar(bw, manifest_bytes, payload, mtime, task)
-            bw.flush()
+            _write_tar(hw, manifest_bytes, payload, mtime, task)  # member data moves in COPY_BUFSIZE chunks
         size, digest = hw.n, hw.h.hexdigest()
     return BuildResult(
         path=target,

@@ -1,18 +1,22 @@
 """``llmos import-model``: a local GGUF becomes an installed model package.
 
-``import_model(file, name, version)`` writes a model package source (the
-``llmos.toml`` plus the GGUF, hard-linked when possible) into a temporary
-folder, builds it into the local registry ``$LLMOS_HOME/local-registry``,
-re-indexes that registry, adds it as source ``local`` (trusted, unsigned) if
-missing, refreshes it and installs the package with ``app.install.install``.
-The first model imported becomes the default.
+``import_model(file, name, version)`` hashes the GGUF once and writes a model
+package whose manifest declares the GGUF by hash (``[[payload]]``, origin
+``file:///path/to/the.gguf``) instead of carrying it: the archive in the local
+registry ``$LLMOS_HOME/local-registry`` holds only the manifest.  It re-indexes
+that registry, adds it as source ``local`` (trusted, unsigned) if missing,
+refreshes it and installs the package with ``app.install.install``, which puts
+the GGUF into the store: copied once while hashed, or with ``link=True``
+(``--link``) hard-linked or reflinked after hashing, no copy at all.  The
+model is never copied more than once.  The first model imported becomes the
+default.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +32,16 @@ from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.archive import archive_filename
 from llmos_cli.pkg.meta import RelationError, check_name, parse_version
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.registry import lists
+from llmos_cli.registry import lists, origins
 from llmos_cli.registry.index import write_index
 from llmos_cli.runtime.models import DEFAULT_MODEL_KEY, LOCAL_SOURCE, LOCAL_SOURCE_PRIORITY, installed_models, local_registry
 from llmos_cli.state import transaction as tx
 from llmos_cli.state.db import state_lock
+from llmos_cli.train.convert import convert_hf_to_gguf
 
 # ---------------------------------------------------------------- import-model
+
+CHUNK = 4 << 20
 
 _NAME_CLEAN = re.compile(r"[^a-z0-9.+-]+")
 
@@ -57,6 +64,10 @@ class ImportResult:
     registry: Path
     archive: Path | None = None
     archive_sha256: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    #: how the GGUF entered the store: copy | hardlink | reflink | present
+    stored: str | None = None
     source_added: bool = False
     default_set: bool = False
     simulated: bool = False
@@ -74,6 +85,9 @@ class ImportResult:
             "registry": str(self.registry),
             "archive": str(self.archive) if self.archive else None,
             "archive_sha256": self.archive_sha256,
+            "sha256": self.sha256,
+            "size": self.size,
+            "stored": self.stored,
             "source_added": self.source_added,
             "default_model": self.default_set,
             "simulated": self.simulated,
@@ -81,7 +95,7 @@ class ImportResult:
         }
 
 
-def _manifest_text(name: str, version: str, gguf_name: str, hdr: Any, summary: str | None, license_: str, maintainer: str) -> str:
+def _manifest_text(name: str, version: str, gguf_name: str, hdr: Any, summary: str | None, license_: str, maintainer: str, payload: dict[str, Any]) -> str:
     import tomli_w
 
     desc = f"{hdr.architecture} model imported from {gguf_name}"
@@ -97,15 +111,19 @@ def _manifest_text(name: str, version: str, gguf_name: str, hdr: Any, summary: s
             "maintainer": maintainer,
         },
         "model": {"file": gguf_name},
+        "payload": [payload],
     }
     return tomli_w.dumps(data)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _hash(path: Path, reporter: Reporter) -> tuple[str, int]:
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with reporter.task(f"hashing {path.name}", total=size, unit="bytes") as task, open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            task.advance(len(chunk))
+    return h.hexdigest(), size
 
 
 def import_model(
@@ -120,8 +138,17 @@ def import_model(
     reporter: Reporter | None = None,
     confirm: Callable[[Any], None] | None = None,
     paths: Paths | None = None,
+    link: bool = False,
+    adopt: bool = False,
 ) -> ImportResult:
-    """Turn a local GGUF into a model package in the local registry and install it."""
+    """Turn a local GGUF into a model package in the local registry and install it.
+
+    ``link``: hard-link (or reflink) the GGUF into the store after hashing it, when it
+    is on the store's file system (otherwise it is copied); the file must then not be
+    edited in place (``llmos verify`` would report it).  ``adopt``: ``file`` is a
+    temporary file llmos wrote (``--from-hf``): it is moved into the local registry's
+    blob folder (``blobs/sha256/<sha>``) and linked into the store from there.
+    """
     rep = reporter or NullReporter()
     paths = paths or get_paths()
     src = Path(file).expanduser()
@@ -167,16 +194,29 @@ def import_model(
             raise from_os_error(exc, f"creating {registry}") from exc
         target = registry / archive_filename(name, version)
         gguf_name = src.name if src.name.lower().endswith(".gguf") else f"{src.name}.gguf"
+        try:
+            sha, size = _hash(src, rep)  # the one full read before the store gets the bytes
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {src}") from exc
+        result.sha256, result.size = sha, size
+        if adopt:  # keep the written GGUF where the local source serves blobs: reinstalls need it
+            kept = registry / origins.BLOB_DIR / sha
+            try:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, kept)
+            except OSError as exc:
+                raise from_os_error(exc, f"keeping {src.name} in {registry}") from exc
+            src, link = kept, True
+        payload = {"path": gguf_name, "sha256": sha, "size": size, "origins": [src.resolve().as_uri()]}
         with tempfile.TemporaryDirectory(prefix=".import-", dir=registry) as td:
             folder = Path(td) / f"{name}-{version}"
             folder.mkdir()
             try:
-                (folder / "llmos.toml").write_text(_manifest_text(name, version, gguf_name, hdr, summary, license, maintainer))
-                _link_or_copy(src, folder / gguf_name)
+                (folder / "llmos.toml").write_text(_manifest_text(name, version, gguf_name, hdr, summary, license, maintainer, payload))
             except OSError as exc:
                 raise from_os_error(exc, f"preparing the package of {src.name}") from exc
             staged = Path(td) / archive_filename(name, version)
-            built = build_package(folder, staged, rep)
+            built = build_package(folder, staged, rep, payload_files={gguf_name: src}, hashed=True)
             if target.exists():
                 old_sha, _ = sha256_file(target)
                 if old_sha != built.sha256:
@@ -194,7 +234,9 @@ def import_model(
                 lists.add_source(paths, db, LOCAL_SOURCE, str(registry), allow_unsigned=True, priority=LOCAL_SOURCE_PRIORITY)
                 result.source_added = True
             lists.update(paths, db, rep, names=[LOCAL_SOURCE])
-        result.install = ops.install([f"{name}=={version}"], reporter=rep, confirm=confirm, paths=paths)
+        result.install = ops.install([f"{name}=={version}"], reporter=rep, confirm=confirm, paths=paths, link_local=link)
+        fetched = [f for f in result.install.payloads if f.payload.sha256 == sha]
+        result.stored = fetched[0].how if fetched else "present"
         with tx.open_state(paths, "import-model", write=True, reporter=rep) as db:
             current = db.get_setting(DEFAULT_MODEL_KEY)
             if not current or current not in installed_models(db):
@@ -202,3 +244,17 @@ def import_model(
                     db.set_setting(DEFAULT_MODEL_KEY, name)
                 result.default_set = True
     return result
+
+
+def import_hf_model(folder: str | Path, *, name: str | None = None, reporter: Reporter | None = None, **options: Any) -> ImportResult:
+    """``import-model --from-hf``: write a Hugging Face Llama checkpoint's GGUF (needs the train extra), then :func:`import_model` it."""
+    rep = reporter or NullReporter()
+    registry = local_registry(options.get("paths") or get_paths())
+    try:
+        registry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating {registry}") from exc
+    with tempfile.TemporaryDirectory(prefix=".from-hf-", dir=registry) as tmp:  # same file system: adopting it moves no bytes
+        stem = name or Path(folder).expanduser().resolve().name
+        gguf = convert_hf_to_gguf(Path(folder).expanduser(), Path(tmp) / f"{stem}.gguf", name=stem, reporter=rep)
+        return import_model(str(gguf), name=name, reporter=rep, adopt=not options.get("simulate"), **options)

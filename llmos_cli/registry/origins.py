@@ -71,9 +71,11 @@ class Fetched:
     #: ``present`` (nothing fetched), ``cache`` (from the download cache) or the origin used
     source: str
     attempts: list[Attempt] = field(default_factory=list)
+    #: how the bytes entered the store: ``copy``, ``hardlink``, ``reflink`` or ``present``
+    how: str = "present"
 
     def to_json(self) -> dict:
-        return {**self.payload.to_json(), "source": self.source, "failed": [a.to_json() for a in self.attempts]}
+        return {**self.payload.to_json(), "source": self.source, "how": self.how, "failed": [a.to_json() for a in self.attempts]}
 
 
 @dataclass
@@ -131,16 +133,16 @@ def ensure_payload(
             cached.unlink(missing_ok=True)
     for text in mirrors:
         try:
-            _fetch_one(store, p, parse_origin(text), cache_dir, reporter, settings, link_local)
-            return Fetched(p, text)
+            how = _fetch_one(store, p, parse_origin(text), cache_dir, reporter, settings, link_local)
+            return Fetched(p, text, how=how)
         except (OriginSyntaxError, NetworkError, NotFoundError, IntegrityError) as exc:
             reporter.debug(f"{p.path}: not from the source's blob folder {text}: {exc}")
     attempts: list[Attempt] = []
     for text in p.origins:
         try:
             origin = parse_origin(text)
-            _fetch_one(store, p, origin, cache_dir, reporter, settings, link_local)
-            return Fetched(p, text, attempts)
+            how = _fetch_one(store, p, origin, cache_dir, reporter, settings, link_local)
+            return Fetched(p, text, attempts, how)
         except OriginSyntaxError as exc:
             reason = str(exc)
         except IntegrityError as exc:
@@ -159,7 +161,8 @@ def ensure_payload(
 
 def _fetch_one(
     store: Store, p: ExternalPayload, origin: Origin, cache_dir: Path, reporter: Reporter, settings: download.HttpSettings | None, link_local: bool
-) -> None:
+) -> str:
+    """Fetch from one origin into the store; how the bytes came in (``Store.add_file``'s answer, or ``copy``)."""
     if origin.kind in ("https", "http"):
         path = download.download_to_cache(
             origin.target, filename=p.path, size=p.size, sha256=p.sha256, cache_dir=cache_dir, reporter=reporter, settings=settings
@@ -168,21 +171,22 @@ def _fetch_one(
             os.chmod(path, 0o444)  # it becomes the store's blob too: read-only
         except OSError:
             pass
-        store.add_file(path, _record(p), link=True, verified=True)
-    elif origin.kind == "file":
+        return store.add_file(path, _record(p), link=True, verified=True)
+    if origin.kind == "file":
         src = Path(origin.target)
         if not src.is_file():
             raise NotFoundError(f"{src} does not exist")
         if src.stat().st_size != p.size:
             raise IntegrityError(f"{src} has {src.stat().st_size} bytes, the manifest says {p.size}")
-        how = store.add_file(src, _record(p), link=link_local)  # hashed before it is linked, or while copied
-        reporter.debug(f"{p.path}: {how} from {src}")
-    elif origin.kind == "hf":
+        with reporter.task(f"{PurePosixPath(p.path).name} (from {src})", total=p.size, unit="bytes") as task:
+            return store.add_file(src, _record(p), link=link_local, progress=task.advance)  # hashed, then linked; or copied while hashed
+    if origin.kind == "hf":
         _fetch_hf(store, p, origin, reporter)
-    elif origin.kind == "pypi":
+        return "copy"
+    if origin.kind == "pypi":
         _fetch_pypi(store, p, origin, cache_dir, reporter, settings)
-    else:  # parse_origin knows no other kind
-        raise OriginSyntaxError(f"{origin.text}: unsupported origin kind")
+        return "copy"
+    raise OriginSyntaxError(f"{origin.text}: unsupported origin kind")  # parse_origin knows no other
 
 
 def _copy_in(store: Store, fh, p: ExternalPayload, label: str, reporter: Reporter) -> None:
