@@ -190,7 +190,7 @@ class PackageArchive:
                 name = e.name
                 if first:
                     first = False
-                    if name != MANIFEST_NAME or e.size != len(self.manifest_bytes) or ts.read(e.size) != self.manifest_bytes:
+                    if name != MANIFEST_NAME or e.size != len(self.manifest_bytes) or ts.read_all() != self.manifest_bytes:
                         raise _changed(self.path, f"{MANIFEST_NAME} differs from the one read before")
                     continue
                 if name == MANIFEST_NAME or name in seen:
@@ -293,7 +293,7 @@ def read_manifest_member(ts: TarStream, e: Entry) -> bytes:
         raise ts.bad(f"first member is {e.name!r}, not {MANIFEST_NAME}")
     if e.size > ts.limits.max_manifest:
         raise ts.bad(f"{MANIFEST_NAME} is implausibly large ({human(e.size)}; the limit is {human(ts.limits.max_manifest)})")
-    data = ts.read(e.size)
+    data = ts.read_all()
     if len(data) != e.size:
         raise ts.bad("truncated archive")
     return data
@@ -311,7 +311,7 @@ def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Findi
         if manifest_bytes is None:
             manifest_bytes = read_manifest_member(ts, e)
             manifest, findings = parse_manifest_text(manifest_bytes, f"{path}!{MANIFEST_NAME}")
-            if manifest is not None and "files" not in manifest.raw:
+            if manifest is not None and not manifest.has_files_table:
                 findings.append(Finding("missing-field", "error", "an archive manifest needs a [files] table (written by `llmos build`)", field="files"))
                 manifest = None
             if manifest is not None:

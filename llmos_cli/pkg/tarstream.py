@@ -251,6 +251,13 @@ class TarStream:
         self._left -= len(out)
         return out
 
+    def read_all(self) -> bytes:
+        """The rest of the current member's data, whole (for small members such as the manifest)."""
+        parts = []
+        while self._left > 0:
+            parts.append(self.read(self._left))
+        return b"".join(parts)
+
     def _finish_member(self) -> None:
         if self._left:
             self._skip(self._left)

@@ -54,23 +54,31 @@ class Source(ABC):
 
 
 def verify_file(path: Path, size: int, sha256: str, what: str) -> None:
-    """Stream-hash ``path`` and compare with the index (``IntegrityError`` on mismatch)."""
+    """Stream-hash ``path`` and compare with the index (``IntegrityError`` on mismatch).
+
+    Size and bytes come from one open descriptor.  This is the early check
+    (nothing is parsed before it passes); staging hashes the bytes it unpacks
+    again and compares them with the same sha256, so a file swapped after
+    this check is refused too (``state/unpack.py``).
+    """
+    h = hashlib.sha256()
     try:
-        actual_size = path.stat().st_size
-        if actual_size != size:
-            raise IntegrityError(
-                f"{what}: size {actual_size} but the index says {size}",
-                "the archive or the index was tampered with or is stale; run `llmos update`",
-            )
-        h = hashlib.sha256()
         with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
+            actual_size = os.fstat(fh.fileno()).st_size
+            if actual_size != size:
+                raise IntegrityError(
+                    f"{what}: size {actual_size} but the index says {size}",
+                    "the archive or the index was tampered with or is stale; run `llmos update`",
+                )
+            n = 0
+            while n <= size and (chunk := fh.read(CHUNK)):
                 h.update(chunk)
+                n += len(chunk)
     except FileNotFoundError:
         raise NotFoundError(f"{what}: {path} is missing", "the registry changed; run `llmos update`") from None
     except OSError as exc:
         raise from_os_error(exc, f"reading {path}") from exc
-    if h.hexdigest() != sha256:
+    if n != size or h.hexdigest() != sha256:
         raise IntegrityError(
             f"{what}: sha256 mismatch (index {sha256[:12]}…, file {h.hexdigest()[:12]}…)",
             "the archive or the index was tampered with or is stale; run `llmos update`",

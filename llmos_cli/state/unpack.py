@@ -128,7 +128,9 @@ def stage_archive(
         raise _bad(path, f"{missing[0]}: listed in the manifest but missing from the archive ({len(missing)} missing)")
     for p in declared_payloads(manifest.raw):  # [[payload]]: fetched by hash before staging (registry/origins.py)
         if p.path in seen or not store.has(p.sha256) or store.path_for(p.sha256).stat().st_size != p.size:
-            raise IntegrityError(f"{name} {version}: {p.path}: the payload declared by hash is not in the store", "install it again; its origins are fetched first")
+            raise IntegrityError(
+                f"{name} {version}: {p.path}: the payload declared by hash is not in the store", "install it again; its origins are fetched first"
+            )
         files.append(InstalledFile(p.path, p.sha256, p.size, 0o644))
     return Staged(manifest, files)
 
@@ -137,7 +139,7 @@ def _read_manifest(path: Path, raw: bytes, name: str, version: str) -> Manifest:
     manifest, findings = parse_manifest_text(raw, f"{path.name}!{MANIFEST_NAME}")
     raise_for(findings, f"{path.name}!{MANIFEST_NAME}")
     assert manifest is not None
-    if "files" not in manifest.raw:
+    if not manifest.has_files_table:
         raise _bad(path, f"{MANIFEST_NAME} has no [files] table")
     if (manifest.name, manifest.version) != (name, version):
         raise IntegrityError(
