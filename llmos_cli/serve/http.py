@@ -36,6 +36,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -210,6 +211,10 @@ class Server:
                 self.reporter.warn(f"internal error: {type(exc).__name__}: {exc}")
                 return self._error(500, f"internal error: {type(exc).__name__}", type_="server_error")
 
+        async def http_error(request: Any, exc: Any) -> Any:  # unknown paths and methods, in OpenAI's shape
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+            return self._error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
+
         def route(path: str, handler: Callable[[Any], Any], methods: list[str]) -> Route:
             async def endpoint(request: Any) -> Any:
                 return await guarded(request, handler)
@@ -223,7 +228,8 @@ class Server:
                 route("/v1/chat/completions", self.chat, ["POST"]),
                 route("/v1/completions", self.completions, ["POST"]),
                 route(remote.RUN_PATH, self.run, ["POST"]),
-            ]
+            ],
+            exception_handlers={HTTPException: http_error},
         )
 
     async def health(self, request: Any) -> Any:

@@ -21,6 +21,7 @@ chat template and the reply is parsed for calls in the model's native format
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from llmos_cli.errors import LlmosError, UsageError
 from llmos_cli.gbnf import call_grammar
 from llmos_cli.runtime.engine import Generation, SamplingParams
 from llmos_cli.tools.formats import detect_format, prepare_chat
+from llmos_cli.tools.loop import CALL_MIN_TOKENS
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -363,7 +365,10 @@ def client_tools_stage(tools: list[dict[str, Any]], choice: Any) -> Callable[[An
                 spec = next(t["function"] for t in tools if t["function"]["name"] == choice)
                 grammar = call_grammar(spec["name"], spec["parameters"], fmt.args_key)
             c.engine.check_fits(len(tokens))
-            gen = c.engine.generate(tokens, c.request.sampling, grammar=grammar)
+            params = c.request.sampling
+            if grammar is not None and params.max_tokens and 0 < params.max_tokens < CALL_MIN_TOKENS:
+                params = dataclasses.replace(params, max_tokens=CALL_MIN_TOKENS)  # as the tool loop gives a forced call
+            gen = c.engine.generate(tokens, params, grammar=grammar)
             reply = fmt.prefix + gen.text + fmt.suffix if (forced or choice == "required") else gen.text
             calls = [k for k in fmt.parse(reply) if k.error is None]
             c.extra["client_tool_calls"] = [{"id": f"call_{k.id}", "name": k.name, "arguments": k.arguments} for k in calls]

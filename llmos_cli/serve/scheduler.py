@@ -77,6 +77,8 @@ class Job:
     adapters: AdapterKey = ()
     grammar: str | None = None
     on_text: Callable[[str], None] | None = None
+    #: keep a copy of the logits of every sampled position (tests compare them with separate runs)
+    keep_logits: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     # --- filled by the scheduler
     generated: list[int] = field(default_factory=list)
@@ -93,6 +95,7 @@ class Job:
     steps: int = 0
     text: str = ""
     done: threading.Event = field(default_factory=threading.Event)
+    logits: list[Any] = field(default_factory=list)
     _sampler: Any = None
     _stream: Any = None
 
@@ -150,7 +153,7 @@ class Scheduler:
                 job._sampler.close()
                 raise
         with self.lock:
-            if len(self.waiting) >= self.options.max_waiting:
+            if len(self.waiting) - len(self.free_slots) >= self.options.max_waiting:  # jobs about to take a free slot do not count
                 job._sampler.close()
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting", "retry later")
             self.waiting.append(job)
@@ -272,6 +275,8 @@ class Scheduler:
                 job.n_past += len(it.tokens)
                 job.steps += 1
                 if it.seq in where:
+                    if job.keep_logits:
+                        job.logits.append(job._sampler.logits(self.batch, where[it.seq], self.engine.n_vocab))
                     sampled.append((job, job._sampler.sample(self.batch, where[it.seq])))
         now = time.perf_counter()
         for job, tok in sampled:
