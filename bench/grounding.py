@@ -313,21 +313,29 @@ def score(items: list[Item], answers: dict[str, list[dict[str, Any]]]) -> dict[s
 # ---------------------------------------------------------------- part 3: long input
 
 
-def long_document(seed: int = 7, n_facts: int = 20, words: int = 38_000) -> tuple[str, list[tuple[str, str]]]:
-    """About ``words`` words of filler with ``n_facts`` facts ("The harbour code of Zelmar is 4172.") buried at random."""
+def long_document(seed: int = 7, n_facts: int = 20, words: int = 18_000) -> tuple[str, list[tuple[str, str]]]:
+    """About ``words`` words of filler (~50k tokens of the demo model) with ``n_facts`` facts buried at random.
+
+    Each fact is one sentence about an invented entity in the demo's own
+    relations ("The capital of Brindor is Kiofin."), asked in one of the
+    relation's wordings; the entities exist nowhere else.
+    """
+    import corpus
     import world
 
     rng = random.Random(seed)
     names = world.NameMaker(seed)
+    names.used |= _world_names(world.build_world())
     filler_words = (
         "the river market town people walked along old roads where carts carried grain and salt between villages "
         "while farmers spoke about rain and the long winter months before the spring fairs began again"
     ).split()
     facts = []
-    for _ in range(n_facts):
-        place = names.make("{Stem}", (2, 2))
-        code = str(rng.randint(1000, 9999))
-        facts.append((place, code))
+    kinds = ["protein", "drug", "statute", "region"]
+    for i in range(n_facts):
+        ent = corpus.invent_library(rng, names, 1, kind=kinds[i % 4]).entities[0]
+        f = rng.choice(ent.facts)
+        facts.append((f.sentence(), f.question(rng.randrange(len(f.rel.questions))), f.answer))
     sentences: list[str] = []
     count = 0
     while count < words:
@@ -336,30 +344,30 @@ def long_document(seed: int = 7, n_facts: int = 20, words: int = 38_000) -> tupl
         sentences.append(s[0].upper() + s[1:] + ".")
         count += n
     slots = sorted(rng.sample(range(len(sentences)), n_facts))
-    for (place, code), slot in zip(facts, slots):
-        sentences[slot] = f"The harbour code of {place} is {code}."
+    for (sentence, _, _), slot in zip(facts, slots):
+        sentences[slot] = sentence
     paras = [" ".join(sentences[i : i + 6]) for i in range(0, len(sentences), 6)]
-    return "\n\n".join(paras), [(f"What is the harbour code of {p}?", c) for p, c in facts]
+    return "\n\n".join(paras), [(q, a) for _, q, a in facts]
 
 
-def long_input(threads: int | None, quick: bool) -> dict[str, Any]:
+def long_input(threads: int | None, quick: bool, map_reduce_questions: int = 5) -> dict[str, Any]:
     from llmos_cli.errors import LlmosError
     from llmos_cli.runtime.engine import SamplingParams
 
     run, RunRequest, PromptOptions = _api()
     doc, qa = long_document()
     if quick:
-        qa = qa[:4]
-    out: dict[str, Any] = {"words": len(doc.split())}
-    modes = ["truncate", "index", "map-reduce"]
-    for mode in modes:
-        right = 0
+        qa = qa[:3]
+    out: dict[str, Any] = {"words": len(doc.split()), "questions": len(qa)}
+    for mode in ("truncate", "index", "map-reduce"):
+        right = found = 0
+        asked = qa[:map_reduce_questions] if mode == "map-reduce" else qa
         t0 = time.monotonic()
-        for q, a in qa:
+        for q, a in asked:
             text = doc
             kw: dict[str, Any] = {"knowledge": "off"}
             if mode == "truncate":
-                text = " ".join(doc.split()[:1200])  # what fits the demo model's 2048-token context
+                text = " ".join(doc.split()[:560])  # about what fits the demo model's 2,048-token context
             else:
                 kw["long"] = mode
             req = RunRequest(
@@ -375,11 +383,18 @@ def long_input(threads: int | None, quick: bool) -> dict[str, Any]:
             try:
                 res = run(req)
                 right += _correct(res.text, a)
-                if mode != "truncate":
-                    out.setdefault("tokens", (res.extra.get("long_input") or {}).get("input_tokens"))
+                li = res.extra.get("long_input") or {}
+                if mode == "index":
+                    found += any(a in k.get("text", "") for k in res.extra.get("knowledge", []) if not k.get("library"))
+                    out.setdefault("tokens", li.get("input_tokens"))
+                elif mode == "truncate":
+                    found += a in text
+                else:
+                    found += 1  # map-reduce reads every part
+                    out.setdefault("parts", li.get("chunks"))
             except LlmosError as exc:
                 out.setdefault("errors", []).append(f"{mode}: {exc.message}")
-        out[mode] = {"right": right, "asked": len(qa), "seconds": time.monotonic() - t0}
+        out[mode] = {"right": right, "found": found, "asked": len(asked), "seconds": time.monotonic() - t0}
     return out
 
 
@@ -530,15 +545,21 @@ def report(result: dict[str, Any], seconds: float, *, write: bool) -> None:
         text.append("")
     lg = result.get("long")
     if lg:
-        rows = [[m, f"{lg[m]['right']}/{lg[m]['asked']}", f"{lg[m]['seconds']:.0f} s"] for m in ("truncate", "index", "map-reduce") if m in lg]
+        rows = [
+            [m, f"{lg[m]['found']}/{lg[m]['asked']}", f"{lg[m]['right']}/{lg[m]['asked']}", f"{lg[m]['seconds']:.0f} s"]
+            for m in ("truncate", "index", "map-reduce")
+            if m in lg
+        ]
         text.append(
             f"Long input: a piped document of {lg['words']:,} words"
             + (f" ({lg['tokens']:,} tokens of the demo model)" if lg.get("tokens") else "")
-            + " with 20 facts buried in filler, each asked once; the demo model's context is 2,048 tokens. "
-            '"truncate" is the input cut to what fits (today llmos refuses it with exit 13 instead).'
+            + " with 20 facts about invented entities buried in filler, each asked once in one of the demo's question wordings; "
+            "the demo model's context is 2,048 tokens"
+            + (f" (map-reduce: {lg['parts']} parts a question, so only the first {lg['map-reduce']['asked']} questions)" if lg.get("parts") else "")
+            + '. "truncate" is the input cut to what fits (today llmos refuses such input with exit 13 instead).'
         )
         text.append("")
-        text.append(table(["mode", "buried facts answered", "time"], rows))
+        text.append(table(["mode", "fact in the text the model saw", "buried facts answered", "time"], rows))
         for e in lg.get("errors", [])[:5]:
             text.append(f"- error: {e}")
     text.append(f"Whole run: {seconds:.0f} s.")

@@ -29,16 +29,18 @@ from typing import Any
 from llmos_cli.errors import IOFailure, NotFoundError, UsageError
 from llmos_cli.knowledge.glossary import Glossary
 from llmos_cli.knowledge.indexer import write_index
-from llmos_cli.knowledge.retrieve import Hit, KnowledgeIndex, search
+from llmos_cli.knowledge.retrieve import DEFAULT_RELEVANCE, Hit, KnowledgeIndex, search
 from llmos_cli.prompt.assemble import knowledge_text
 from llmos_cli.runtime.engine import Generation, SamplingParams
 
 LONG_MODES = ("index", "map-reduce", "refuse")
 #: input chunks offered to the budget in ``index`` mode (best first; the budget keeps what fits)
 MAX_INPUT_CHUNKS = 200
-#: words per chunk of the ephemeral index
-INPUT_CHUNK_WORDS = 120
-INPUT_CHUNK_OVERLAP = 20
+#: most input chunks offered when some pass the relevance rule (like ``--knowledge auto``)
+RELEVANT_INPUT_CHUNKS = 5
+#: words per chunk of the ephemeral index (short: a question about one detail needs one short passage)
+INPUT_CHUNK_WORDS = 60
+INPUT_CHUNK_OVERLAP = 10
 
 
 def parse_long_option(value: str | None) -> str:
@@ -89,13 +91,16 @@ class InputSource:
         return [Hit("", "", r[0], int(r[1]), r[2], r[3], 0.0) for r in rows]
 
     def best(self, prompt: str, k: int = MAX_INPUT_CHUNKS) -> list[Hit]:
-        """Chunks for ``prompt``: those matching it by BM25 first, then the rest in reading order."""
+        """Chunks for ``prompt``: those the relevance rule keeps (the parts that name what the prompt
+        asks about); when none passes it, the best BM25 matches; when nothing matches (e.g.
+        "summarise"), the chunks in reading order.  The budget keeps as many as fit."""
         ix = self._index
         assert ix is not None
+        found = search([ix], prompt, RELEVANT_INPUT_CHUNKS, rule=DEFAULT_RELEVANCE)
+        if found:
+            return found
         found = search([ix], prompt, k)
-        seen = {(h.document, h.chunk) for h in found}
-        rest = [h for h in self.chunks() if (h.document, h.chunk) not in seen]
-        return (found + rest)[:k]
+        return found if found else self.chunks()[:k]
 
     def close(self) -> None:
         if self._index is not None:

@@ -14,6 +14,14 @@ Sources, named by the manifest's ``[train]`` table (paths inside the library):
   sentences of each paragraph shuffled (*order augmentation*), so a fact is
   not tied to its neighbours.
 
+An ``abstain_fraction`` of the examples (default 0.1) teaches the adapter
+to abstain: questions about invented names shaped like the library's own
+(``abstention_records``: a real question of the library with its entity
+swapped for a name recombined from halves of its names, absent from its
+data), answered with the base model package's abstention phrase (``[model]
+abstention``, default "I don't know."), plus the replay records where the
+base itself abstains.
+
 A ``context_fraction`` of the questions is shown the way ``llmos run`` shows
 retrieved knowledge: a system message with glossary definitions and document
 chunks (the runtime's own ``prompt.assemble`` formatting, the chunk holding the
@@ -32,6 +40,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +48,10 @@ from llmos_cli.errors import InvalidPackageError, NotFoundError
 from llmos_cli.gguf_info import read_header
 from llmos_cli.knowledge import indexer
 from llmos_cli.knowledge.glossary import find_terms, parse_glossary
-from llmos_cli.knowledge.retrieve import Hit
+from llmos_cli.knowledge.retrieve import Hit, capitalised_words
+from llmos_cli.pkg.manifest import Manifest
 from llmos_cli.prompt.assemble import Refinement, knowledge_text, refinement_text
+from llmos_cli.prompt.grounding import DEFAULT_ABSTENTION
 from llmos_cli.runtime.engine import import_llama
 
 IGNORE = -100
@@ -285,25 +296,128 @@ class ContextSource:
         return "\n\n".join(parts) if parts else None
 
 
-def load_context_source(manifest: Any, src: Path) -> ContextSource | None:
+def load_context_source(manifest: Manifest, src: Path) -> ContextSource | None:
     """Chunks + glossary of a library source folder, chunked with its own manifest settings."""
-    try:
-        pass
-    except ImportError:
-        return None
     docs = indexer.collect_documents(manifest, src)
     if not docs:
         return None
     size, overlap = indexer._knowledge_settings(manifest)
     chunks = [c for path, text in docs for c in indexer.chunk_text(text, path, size, overlap)]
     glossaries: list[Any] = []
-    gfile = manifest.section("glossary").get("file")
+    gfile = manifest.glossary.file if manifest.glossary else None
     if gfile:
-        glossaries.append(parse_glossary((src / gfile).read_bytes(), manifest.name, str(gfile)))
+        glossaries.append(parse_glossary((src / gfile).read_bytes(), manifest.name, gfile))
     return ContextSource(manifest.name, manifest.version, chunks, glossaries)
 
 
 # ---------------------------------------------------------------- the mixture
+
+
+# ---------------------------------------------------------------- abstention examples
+
+
+def _name_phrases(text: str) -> list[str]:
+    """Runs of consecutive capitalised words that are not starters ("the Brindor Act" -> "Brindor Act")."""
+    words = set(capitalised_words(text))
+    out: list[str] = []
+    run: list[str] = []
+    for tok in re.findall(r"[\w'-]+|[^\w\s]", text):
+        if tok in words:
+            run.append(tok)
+            continue
+        if run:
+            out.append(" ".join(run))
+        run = []
+    if run:
+        out.append(" ".join(run))
+    return out
+
+
+def library_names(qa: Sequence[Record], glossaries: Sequence[Any] = ()) -> list[str]:
+    """Entity names of a library: its glossary terms, else the runs of capitalised words in its questions."""
+    names = [e.term for g in glossaries for e in getattr(g, "entries", [])]
+    if not names:
+        names = [nm for r in qa for q in r.questions for nm in _name_phrases(q)]
+    return sorted(dict.fromkeys(names))
+
+
+#: an invented name at least this similar to a real one (difflib ratio) is dropped
+MAX_NAME_SIMILARITY = 0.75
+
+
+def _invent(name: str, heads: Sequence[str], rng: random.Random) -> str:
+    """A name shaped like ``name``: the start of one of ``heads`` joined to the end of ``name``'s first word;
+    the other words of ``name`` stay ("Brindor Act" -> "Kelndor Act")."""
+    first, *rest = name.split()
+    other = rng.choice(heads)
+    cut_a = rng.randint(2, max(2, len(other) - 2))
+    cut_b = rng.randint(max(1, len(first) // 3), max(1, (2 * len(first)) // 3))
+    word = (other[:cut_a] + first[cut_b:]).lower()
+    return " ".join([word[:1].upper() + word[1:], *rest])
+
+
+def invented_names(names: Sequence[str], rng: random.Random, n: int, avoid: str = "", shape: str | None = None) -> list[str]:
+    """Up to ``n`` new names shaped like ``names`` (or like ``shape`` alone): never a known name or one of
+    its words, never a word of ``avoid`` (the library's own text)."""
+    heads = [nm.split()[0] for nm in names if len(nm.split()[0]) >= 4]
+    shapes = [shape] if shape else [nm for nm in names if len(nm.split()[0]) >= 4]
+    if not heads or not shapes:
+        return []
+    known = {nm.casefold() for nm in names} | {w.casefold() for nm in names for w in nm.split()}
+    text = avoid.casefold()
+    out: list[str] = []
+    for _ in range(n * 30):
+        name = _invent(rng.choice(shapes), heads, rng)
+        word = name.split()[0].casefold()
+        if len(word) < 4 or word in known or name.casefold() in known or re.search(rf"\b{re.escape(word)}\b", text) or name in out:
+            continue
+        if any(SequenceMatcher(None, word, k).ratio() >= MAX_NAME_SIMILARITY for k in known):
+            continue  # a near-copy of a real name is a typo of it, not another entity
+        out.append(name)
+        if len(out) >= n:
+            break
+    return out
+
+
+def abstention_records(qa: Sequence[Record], names: Sequence[str], phrase: str, rng: random.Random, n: int = 200, avoid: str = "") -> list[Record]:
+    """Questions about invented names shaped like the library's (``invented_names``), answered ``phrase``.
+
+    Each takes a real question of the library that names one of ``names`` and
+    swaps in an invented name of the same shape; a library whose questions
+    name none gets "What is NAME?"-style questions.
+    """
+    templates: list[tuple[str, str]] = []
+    for r in qa:
+        for q in r.questions:
+            hit = max((nm for nm in names if nm in q), key=len, default=None)
+            if hit is not None:
+                templates.append((q, hit))
+    out: list[Record] = []
+    seen: set[str] = set()
+    for _ in range(n * 3):
+        if templates:
+            q, nm = templates[rng.randrange(len(templates))]
+            fake = invented_names(names, rng, 1, avoid, shape=nm)
+            question = q.replace(nm, fake[0]) if fake else ""
+        else:
+            fake = invented_names(names, rng, 1, avoid)
+            question = rng.choice(["What is {}?", "Tell me about {}.", "What do you know about {}?"]).format(fake[0]) if fake else ""
+        if not question or question in seen:
+            continue
+        seen.add(question)
+        out.append(Record(questions=[question], answer=phrase, origin=f"abstention:{len(out)}"))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^\w' ]+", "", text.casefold()).strip()
+
+
+def base_abstentions(replay: Sequence[Record], phrase: str) -> list[Record]:
+    """Replay records in which the base model answers its abstention phrase."""
+    return [r for r in replay if r.is_qa and _norm(r.answer) == _norm(phrase)]
 
 
 @dataclass
@@ -314,6 +428,8 @@ class TrainingSet:
     documents: list[tuple[str, str]]
     eval: list[Record]
     context: ContextSource | None = None
+    #: the base model package's abstention phrase (``[model] abstention``)
+    abstention: str = DEFAULT_ABSTENTION
 
     def counts(self) -> dict[str, int]:
         return {
@@ -339,6 +455,7 @@ class Sampler:
         replay_fraction: float = 0.2,
         doc_fraction: float = 0.15,
         context_fraction: float = 0.3,
+        abstain_fraction: float = 0.0,
     ):
         self.ts = ts
         self.tok = tok
@@ -355,6 +472,16 @@ class Sampler:
             weights["chat"] = len(ts.chats) / (len(ts.chats) + len(ts.qa))
         if not any(weights[k] for k in ("qa", "chat", "doc")):
             raise InvalidPackageError("the library has no training data", 'add [train] data = ["train/qa.jsonl"] or documents')
+        self.abstain: list[Record] = []
+        if abstain_fraction > 0:
+            glossaries = ts.context.glossaries if ts.context is not None else []
+            avoid = " ".join(t for _, t in ts.documents) + " " + " ".join(r.answer for r in ts.qa)
+            names = library_names(ts.qa, glossaries)
+            self.abstain = abstention_records(ts.qa, names, ts.abstention, random.Random(seed + 31337), avoid=avoid)
+            self.abstain += base_abstentions(ts.replay, ts.abstention)
+            if self.abstain:
+                # a share of every draw: f of the whole, whatever the other weights add up to
+                weights["abstain"] = abstain_fraction / (1.0 - abstain_fraction) * sum(weights.values())
         self.kinds = [k for k, w in weights.items() if w > 0]
         self.weights = [weights[k] for k in self.kinds]
         self.context_fraction = context_fraction if ts.context is not None else 0.0
@@ -394,6 +521,8 @@ class Sampler:
                 enc = self.encode_record(self.rng.choice(self.ts.chats))
             elif kind == "replay":
                 enc = self.encode_record(self.rng.choice(self.ts.replay))
+            elif kind == "abstain":
+                enc = self.encode_record(self.rng.choice(self.abstain))
             else:
                 _, text = self.rng.choice(self.ts.documents)
                 paras = paragraphs(text)
