@@ -161,7 +161,7 @@ def from_os_error(exc: OSError, action: str) -> LlmosError:
         return IOFailure(f"no space left on device while {action}{where}", "free some disk space and try again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return IOFailure(
-            f"permission denied while {action}{where}",
+            f"{'read-only file system' if exc.errno == errno.EROFS else 'permission denied'} while {action}{where}",
             "check the permissions of LLMOS_HOME, or point LLMOS_HOME somewhere writable",
         )
     return IOFailure(f"{exc.strerror or exc} while {action}{where}")

@@ -29,6 +29,11 @@ class Paths:
         return self.home / "store"
 
     @property
+    def store_lock(self) -> Path:
+        """Readers (``verify``) hold it shared, garbage collection exclusive."""
+        return self.home / "store.lock"
+
+    @property
     def staging(self) -> Path:
         return self.home / "staging"
 

@@ -727,28 +727,31 @@ def verify(names: list[str] | None = None, *, reporter: Reporter | None = None, 
     """Re-hash every installed file's blob; name each changed or missing file."""
     rep = reporter or NullReporter()
     paths = _paths(paths)
-    with tx.open_state(paths, "verify", write=False, reporter=rep) as db:
-        if names:
-            names = _require_installed(db, names)
-            pkgs = [db.get(n, with_files=True) for n in names]
-        else:
-            pkgs = list(db.installed(with_files=True).values())
-    store = Store(paths)
-    result = VerifyResult(packages=len(pkgs), files=sum(len(p.files) for p in pkgs if p))
-    seen: dict[str, str | None] = {}
-    total = sum(f.size for p in pkgs if p for f in p.files)
-    with rep.task("Verifying", total=total or None, unit="bytes") as task:
-        for p in pkgs:
-            assert p is not None
-            for f in p.files:
-                if f.sha256 not in seen:
-                    seen[f.sha256] = store.hash_blob(f.sha256)
-                task.advance(f.size)
-                actual = seen[f.sha256]
-                if actual is None:
-                    result.problems.append(VerifyProblem(p.name, p.version, f.path, f.sha256, "missing"))
-                elif actual != f.sha256:
-                    result.problems.append(VerifyProblem(p.name, p.version, f.path, f.sha256, "changed", actual))
+    # One consistent snapshot of the file list, hashed under the store's reader lock:
+    # a concurrent upgrade's garbage collection waits, so no blob of it vanishes (issue 11, item 10).
+    with tx.open_state(paths, "verify", write=False, reporter=rep) as db, tx.reading_store(paths):
+        with db.snapshot():
+            if names:
+                names = _require_installed(db, names)
+                pkgs = [db.get(n, with_files=True) for n in names]
+            else:
+                pkgs = list(db.installed(with_files=True).values())
+        store = Store(paths)
+        result = VerifyResult(packages=len(pkgs), files=sum(len(p.files) for p in pkgs if p))
+        seen: dict[str, str | None] = {}
+        total = sum(f.size for p in pkgs if p for f in p.files)
+        with rep.task("Verifying", total=total or None, unit="bytes") as task:
+            for p in pkgs:
+                assert p is not None
+                for f in p.files:
+                    if f.sha256 not in seen:
+                        seen[f.sha256] = store.hash_blob(f.sha256)
+                    task.advance(f.size)
+                    actual = seen[f.sha256]
+                    if actual is None:
+                        result.problems.append(VerifyProblem(p.name, p.version, f.path, f.sha256, "missing"))
+                    elif actual != f.sha256:
+                        result.problems.append(VerifyProblem(p.name, p.version, f.path, f.sha256, "changed", actual))
     return result
 
 

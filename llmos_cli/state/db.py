@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import LockedError, StateError, from_os_error
+from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import PackageMeta
 
@@ -84,6 +84,156 @@ MIGRATIONS: dict[int, str] = {
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------- opening and creating
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_RESTORE = "restore state.db from a backup; llmos changed nothing (delete it only if nothing was ever installed in this LLMOS_HOME)"
+
+
+def apply_migrations(conn: sqlite3.Connection, current: int) -> None:
+    """Apply every migration after ``current`` on ``conn`` (inside the caller's transaction)."""
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for stmt in MIGRATIONS[version].split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(version),))
+
+
+def _inspect_db_file(db: Path) -> bool:
+    """Whether ``state.db`` exists; refuse (``StateError``) one that is empty or not SQLite."""
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        raise StateError(f"state database {db} is a directory", _RESTORE) from None
+    except OSError as exc:
+        raise IOFailure(f"cannot read the state database {db}: {exc.strerror or exc}", _PERM_HINT) from None
+    if not head:
+        raise StateError(f"state database {db} is empty (0 bytes)", _RESTORE)
+    if head != _SQLITE_MAGIC:
+        raise StateError(f"state database {db} is not an SQLite database", _RESTORE)
+    return True
+
+
+def _store_has_blobs(paths: Paths) -> bool:
+    try:
+        return paths.store.is_dir() and any(paths.store.iterdir())
+    except OSError as exc:
+        raise from_os_error(exc, "reading the store") from exc
+
+
+def _create_db(paths: Paths) -> None:
+    """Create ``state.db`` complete or not at all, safely when several processes start at once.
+
+    The schema is written into a private temp file, which is then hard-linked
+    to ``state.db`` (``link`` fails when the name exists, so the first process
+    wins and the others open its database).  Where hard links are not
+    supported, the temp file is renamed under the state lock instead.
+    """
+    import uuid
+
+    db = paths.db
+    try:
+        paths.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, "creating LLMOS_HOME") from exc
+    tmp = paths.home / f".state.db.{os.getpid()}.{uuid.uuid4().hex[:8]}.init"
+    try:
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                apply_migrations(conn, 0)
+                conn.execute("COMMIT")
+                conn.execute("PRAGMA journal_mode=WAL")  # recorded in the file header
+            finally:
+                conn.close()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except sqlite3.Error as exc:
+            raise sqlite_error(exc, tmp, paths) from exc
+        except OSError as exc:
+            raise from_os_error(exc, "creating the state database") from exc
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass  # another process created it first: use that one
+        except OSError:
+            with state_lock(paths, "creating the state database"):
+                if not db.exists():
+                    os.replace(tmp, db)
+        _fsync_dir(paths.home)
+    finally:
+        for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm"), tmp.with_name(tmp.name + "-journal")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_PERM_HINT = "check the permissions of LLMOS_HOME, or point LLMOS_HOME somewhere writable"
+
+
+def _os_reason(db: Path, paths: Paths | None) -> str | None:
+    """The operating system's reason why ``db`` (or LLMOS_HOME) cannot be written, if there is one."""
+    import uuid
+
+    try:
+        with open(db, "rb+"):
+            pass
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{db}: {exc.strerror or exc}"
+    home = paths.home if paths is not None else db.parent
+    probe = home / f".llmos-write-probe.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    try:
+        fd = os.open(str(probe), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        return f"{home}: {exc.strerror or exc}"
+    os.close(fd)
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+    return None
+
+
+def sqlite_error(exc: sqlite3.Error, db_path: Any, paths: Paths | None = None) -> LlmosError:
+    """Name what an SQLite error means for the user, with the right exit code.
+
+    locked or busy: ``LockedError`` (7); full, read-only, permission, I/O:
+    ``IOFailure`` (9) with the OS reason; anything else: ``StateError`` (8).
+    """
+    text = str(exc).lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if "locked" in text or "busy" in text or code in (getattr(sqlite3, "SQLITE_BUSY", 5), getattr(sqlite3, "SQLITE_LOCKED", 6)):
+        return LockedError(f"the state database {db_path} is locked by another process", "wait for it to finish, or raise LLMOS_LOCK_TIMEOUT")
+    if "full" in text:
+        return IOFailure(f"no space left on device while writing {db_path}", "free some disk space and try again")
+    if "readonly" in text or "read-only" in text or "unable to open" in text or "disk i/o" in text or "permission" in text:
+        reason = _os_reason(Path(db_path), paths)
+        if reason:
+            return IOFailure(f"cannot write the state database {db_path} ({reason})", _PERM_HINT)
+        return IOFailure(f"cannot use the state database {db_path} ({exc})", _PERM_HINT)
+    return StateError(f"the state database {db_path} is corrupt: {exc}", "restore state.db from a backup")
 
 
 @dataclass
@@ -176,9 +326,17 @@ class StateDB:
 
     @classmethod
     def open(cls, paths: Paths, *, create: bool = True) -> StateDB:
+        """Open ``state.db``; create it (atomically, complete) when LLMOS_HOME has none.
+
+        A file that is empty or not SQLite is refused (``StateError``, exit 8)
+        and left as it is: it is never taken for a fresh database, so nothing
+        in the store is collected because of it.  Permission and read-only
+        problems are ``IOFailure`` (exit 9) with the operating system's reason;
+        a lock held too long is ``LockedError`` (exit 7).
+        """
         db = paths.db
-        if not db.exists():
-            store_has_blobs = paths.store.is_dir() and any(paths.store.iterdir())
+        if not _inspect_db_file(db):
+            store_has_blobs = _store_has_blobs(paths)
             if store_has_blobs:
                 raise StateError(
                     f"state database {db} is missing but the store holds installed files",
@@ -186,52 +344,63 @@ class StateDB:
                 )
             if not create:
                 raise StateError(f"no state database at {db}", "install something first, or check LLMOS_HOME")
-            try:
-                paths.home.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise from_os_error(exc, "creating LLMOS_HOME") from exc
+            _create_db(paths)
+        conn = None
         try:
-            conn = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+            wait = _lock_timeout()  # SQLite waits for another process as long as the state lock does
+            conn = sqlite3.connect(str(db), timeout=wait, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            del mode
+            conn.execute(f"PRAGMA busy_timeout={max(0, int(wait * 1000))}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {db} is unreadable: {exc}", "it may be corrupt; restore it from a backup") from exc
-        self = cls(conn, db)
-        self._migrate()
+            self = cls(conn, db)
+            self._migrate()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise sqlite_error(exc, db, paths) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         return self
 
     def close(self) -> None:
         self.conn.close()
 
-    def _migrate(self) -> None:
+    def _schema_version(self) -> int:
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+            return 0
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         try:
-            has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-            current = 0
-            if has_meta:
-                row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                current = int(row[0]) if row else 0
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {self.path} is corrupt: {exc}", "restore it from a backup") from exc
+            return int(row[0]) if row else 0
+        except (TypeError, ValueError):
+            raise StateError(f"state database {self.path} has an invalid schema_version {row[0]!r}", "restore state.db from a backup") from None
+
+    def _migrate(self) -> None:
+        """Bring the schema forward.  The version is read again inside the write transaction,
+        so two processes migrating at once cannot both apply a step."""
+        current = self._schema_version()
         if current > SCHEMA_VERSION:
             raise StateError(
                 f"state database schema {current} is newer than this llmos understands ({SCHEMA_VERSION})",
                 "upgrade llmos",
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            try:
-                with self.transaction():
-                    for stmt in MIGRATIONS[version].split(";"):
-                        if stmt.strip():
-                            self.conn.execute(stmt)
-                    self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(version),))
-            except sqlite3.OperationalError as exc:
-                if "readonly" in str(exc) or "unable to open" in str(exc):
-                    raise from_os_error(PermissionError(13, "read-only database", str(self.path)), "migrating the state database") from exc
-                raise
+        if current == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            apply_migrations(self.conn, self._schema_version())
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StateDB]:
+        """Every read inside sees one consistent state (a deferred read transaction in WAL mode)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -471,3 +640,42 @@ def state_lock(paths: Paths, command: str = "llmos", timeout: float | None = Non
     finally:
         _HELD.pop(key, None)
         lock.release()
+
+
+@contextmanager
+def store_lock(paths: Paths, *, shared: bool, blocking: bool = True) -> Iterator[bool]:
+    """A reader/writer lock on the store's blobs (``flock`` on ``$LLMOS_HOME/store.lock``).
+
+    Readers (``llmos verify``) hold it shared while they read the file list
+    and hash the blobs; garbage collection takes it exclusive, without
+    waiting: while anyone reads, unreferenced blobs stay until the next
+    command.  So a reader never sees a blob of its snapshot deleted.  Yields
+    whether the lock was taken (always True when ``blocking``).  Where
+    ``fcntl`` does not exist (Windows) it yields True and locks nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield True
+        return
+    try:
+        paths.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(paths.store_lock), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if shared and not paths.home.is_dir():
+            yield True  # nothing installed, nothing to protect
+            return
+        raise from_os_error(exc, "opening the store lock") from exc
+    try:
+        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, op)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

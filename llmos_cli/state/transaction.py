@@ -20,6 +20,9 @@ leaves the new set and ``gc_needed``; the next command finishes the clean-up.
 Test hooks: ``LLMOS_TEST_CRASH_AT=<step>`` makes the process ``os._exit(137)``
 at that named step (see ``STEPS``) and ``LLMOS_TEST_STEP_DELAY=<seconds>``
 sleeps at every step, so kill tests can hit each instant of a transaction.
+``LLMOS_TEST_FILL_AT=<step>:<file>`` fills the disk at that step by writing
+``file`` until the file system is full (at most 256 MiB: meant for a small
+tmpfs), so disk-full tests hit each instant with a real ``ENOSPC``.
 """
 
 from __future__ import annotations
@@ -39,17 +42,17 @@ from llmos_cli.errors import (
     IOFailure,
     LlmosError,
     LockedError,
-    StateError,
     from_os_error,
 )
 from llmos_cli.paths import Paths
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, state_lock
+from llmos_cli.state.db import InstalledFile, InstalledPackage, StateDB, now_iso, sqlite_error, state_lock, store_lock
 from llmos_cli.state.store import Store
 from llmos_cli.state.unpack import stage_archive
 
 CRASH_ENV = "LLMOS_TEST_CRASH_AT"
 DELAY_ENV = "LLMOS_TEST_STEP_DELAY"
+FILL_ENV = "LLMOS_TEST_FILL_AT"
 
 #: Named instants of a transaction, in order ("db-written" is inside the
 #: SQLite transaction, just before COMMIT).
@@ -64,6 +67,9 @@ def checkpoint(step: str) -> None:
             time.sleep(float(delay))
         except ValueError:
             pass
+    fill = os.environ.get(FILL_ENV)
+    if fill and fill.partition(":")[0] == step:
+        _fill_disk(Path(fill.partition(":")[2]))
     if os.environ.get(CRASH_ENV) == step:
         try:
             sys.stderr.write(f"[test hook] crashing at step {step}\n")
@@ -72,23 +78,23 @@ def checkpoint(step: str) -> None:
             os._exit(137)
 
 
+def _fill_disk(path: Path, limit: int = 256 << 20) -> None:
+    """Test hook: write ``path`` until the disk is full (or ``limit`` bytes)."""
+    block = b"\0" * 4096
+    written = 0
+    try:
+        with open(path, "ab", buffering=0) as fh:
+            while written < limit:
+                written += fh.write(block)
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- opening state
 
 
-def _sqlite_error(exc: sqlite3.Error, db_path: Any) -> LlmosError:
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        return LockedError(f"the state database {db_path} is locked by another process", "wait and try again")
-    if "full" in text:
-        return IOFailure(f"no space left on device while writing {db_path}", "free some disk space and try again")
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return IOFailure(
-            f"cannot write the state database {db_path} ({exc})",
-            "check the permissions of LLMOS_HOME, or point LLMOS_HOME somewhere writable",
-        )
-    if "disk i/o" in text:
-        return IOFailure(f"disk I/O error on the state database {db_path}")
-    return StateError(f"the state database {db_path} is corrupt: {exc}", "restore state.db from a backup")
+def _sqlite_error(exc: sqlite3.Error, db_path: Any, paths: Paths | None = None) -> LlmosError:
+    return sqlite_error(exc, db_path, paths)
 
 
 @contextmanager
@@ -120,11 +126,27 @@ def open_state(paths: Paths, command: str, *, write: bool, reporter: Reporter | 
                             recover(paths, db, rep)
                     except LockedError:
                         pass  # a live transaction; its owner cleans up
+                    except (IOFailure, sqlite3.OperationalError) as exc:
+                        # a full or read-only disk must not stop a command that only reads
+                        err = exc if isinstance(exc, LlmosError) else _sqlite_error(exc, paths.db, paths)
+                        if isinstance(err, LockedError):
+                            pass
+                        elif isinstance(err, IOFailure):
+                            rep.warn(f"recovery of an interrupted transaction is unfinished ({err.message}); the next command retries it")
+                        else:
+                            raise err from exc
                 yield db
             finally:
                 db.close()
     except sqlite3.Error as exc:
-        raise _sqlite_error(exc, paths.db) from exc
+        raise _sqlite_error(exc, paths.db, paths) from exc
+
+
+@contextmanager
+def reading_store(paths: Paths) -> Iterator[None]:
+    """Hold the store's reader lock: no blob is deleted until the block ends (``llmos verify``)."""
+    with store_lock(paths, shared=True):
+        yield
 
 
 # ---------------------------------------------------------------- recovery
@@ -173,26 +195,41 @@ def recover(paths: Paths, db: StateDB, reporter: Reporter) -> list[Recovered]:
         return []
     out: list[Recovered] = []
     pending = db.pending_history()
-    if pending:
-        with db.transaction():
-            for row in pending:
-                db.finish_history(int(row["id"]), "rolled_back")
-            db.set_meta("gc_needed", "1")
+    # Space first: llmos's own staging files and orphan blobs go before anything is
+    # written, so a full disk cannot wedge every command.  Deleting them needs no
+    # database write: a pending transaction never committed, so nothing references
+    # its blobs.  A kill in between is recovered again by the next command.
+    collected = _free_space(paths, db, reporter) is not None
+    with db.transaction():
         for row in pending:
-            rec = Recovered(int(row["id"]), _command_line(row))
-            out.append(rec)
-            reporter.warn(rec.message())
-    collect_garbage(paths, db, reporter)
+            db.finish_history(int(row["id"]), "rolled_back")
+        db.set_meta("gc_needed", None if collected else "1")
+    for row in pending:
+        rec = Recovered(int(row["id"]), _command_line(row))
+        out.append(rec)
+        reporter.warn(rec.message())
     return out
 
 
-def collect_garbage(paths: Paths, db: StateDB, reporter: Reporter) -> int:
-    """Empty staging, delete unreferenced blobs, clear ``gc_needed``."""
-    store = Store(paths)
-    store.clean_staging()
-    removed = store.gc(db.referenced_blobs(), on_delete=lambda _sha: checkpoint("gc"))
+def _free_space(paths: Paths, db: StateDB, reporter: Reporter) -> int | None:
+    """Empty staging and delete unreferenced blobs: how many; None when a reader of the store (``verify``) defers it."""
+    with store_lock(paths, shared=False, blocking=False) as got:
+        if not got:
+            reporter.debug("another llmos process is reading the store: unreferenced files are left for the next command")
+            return None
+        store = Store(paths)
+        store.clean_staging()
+        removed = store.gc(db.referenced_blobs(), on_delete=lambda _sha: checkpoint("gc"))
     if removed:
         reporter.debug(f"removed {removed} unreferenced file(s) from the store")
+    return removed
+
+
+def collect_garbage(paths: Paths, db: StateDB, reporter: Reporter) -> int:
+    """Empty staging, delete unreferenced blobs, clear ``gc_needed`` (left set when a reader defers it)."""
+    removed = _free_space(paths, db, reporter)
+    if removed is None:
+        return 0
     if db.get_meta("gc_needed"):
         with db.transaction():
             db.set_meta("gc_needed", None)
@@ -321,24 +358,38 @@ def execute(
             raise _sqlite_error(exc, paths.db) from exc
         raise
     checkpoint("committed")
-    # 4. clean up: blobs of the old set that nothing references any more
+    # 4. clean up: blobs of the old set that nothing references any more.  The
+    # transaction is done: whatever fails from here on is a warning, never a failure.
     try:
         result.removed_blobs = collect_garbage(paths, db, reporter)
-    except LlmosError as exc:  # committed already: the next command retries
-        reporter.warn(f"clean-up after transaction {txid} failed ({exc.message}); it will be retried")
+    except (LlmosError, OSError, sqlite3.Error) as exc:  # the next command retries
+        msg = exc.message if isinstance(exc, LlmosError) else str(exc)
+        reporter.warn(f"transaction {txid} is done, but its clean-up failed ({msg}); the next command retries it")
     checkpoint("done")
     return result
 
 
 def _abort(paths: Paths, db: StateDB, txid: int, reporter: Reporter) -> None:
-    """Roll back in-process after a failure before the commit (best effort)."""
+    """Roll back in-process after a failure before the commit (best effort).
+
+    The staged blobs are deleted first (no database write needed: nothing
+    references them), then the journal row is closed; on a full disk the
+    first step is what makes room for the second.
+    """
     try:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        reporter.debug(f"rollback of transaction {txid}: {exc}")
+    collected = False
+    try:
+        collected = _free_space(paths, db, reporter) is not None
+    except (sqlite3.Error, OSError, LlmosError) as exc:
+        reporter.debug(f"clean-up after transaction {txid} incomplete: {exc}")
+    try:
         with db.transaction():
             db.finish_history(txid, "rolled_back")
-            db.set_meta("gc_needed", "1")
-        collect_garbage(paths, db, reporter)
+            db.set_meta("gc_needed", None if collected else "1")
     except (sqlite3.Error, OSError, LlmosError) as exc:  # the next command recovers
         reporter.debug(f"in-process rollback of transaction {txid} incomplete: {exc}")
 
