@@ -14,20 +14,21 @@ import io
 import os
 import tarfile
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from llmos_cli.app.check import check_source_files
 from llmos_cli.errors import InvalidPackageError, NotFoundError, from_os_error
-from llmos_cli.fileio import atomic_output, sha256_file
+from llmos_cli.fileio import atomic_output
 from llmos_cli.gguf_info import read_header
 from llmos_cli.knowledge import indexer
 from llmos_cli.pkg.archive import (
     ARCHIVE_SUFFIX,
     GENERATED_DIR,
     GZIP_LEVEL,
-    _HashingReader,
     archive_filename,
 )
 from llmos_cli.pkg.external import ExternalPayload, declared_payloads
@@ -64,7 +65,7 @@ def choose_compression(manifest: Manifest, payload: list[SourceFile], sizes: dic
     ``auto``: ``none`` when incompressible files (GGUF, already-compressed data) make up
     more than half of the payload's bytes -- gzip would spend minutes on a few percent.
     """
-    asked = manifest.section("archive").get("compression", "auto")
+    asked = manifest.archive.compression
     if asked not in COMPRESSIONS:
         raise InvalidPackageError(f"archive.compression must be one of {', '.join(COMPRESSIONS)}, not {asked!r}")
     if asked != "auto":
@@ -124,10 +125,47 @@ class BuildResult:
         }
 
 
+class _ThreadedHash:
+    """sha256 in a worker thread: ``hashlib`` releases the GIL, so hashing overlaps the caller's reads and writes."""
+
+    DEPTH = 8
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="llmos-hash")
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        self._pending.append(self._pool.submit(self.h.update, data))
+        if len(self._pending) > self.DEPTH:
+            self._pending.popleft().result()
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        self._pool.shutdown()
+        return self.h.hexdigest()
+
+
+def _sha256_file(path: Path, progress: Any = None) -> tuple[str, int]:
+    """sha256 and size of ``path``, reading in 4 MiB chunks while the previous ones are hashed."""
+    th = _ThreadedHash()
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(COPY_BUFSIZE):
+            th.update(chunk)
+            n += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return th.hexdigest(), n
+
+
 class _HashingWriter(io.RawIOBase):
+    """Writes to ``fh`` and hashes what it wrote (in a worker thread: ``_ThreadedHash``)."""
+
     def __init__(self, fh: BinaryIO):
         self.fh = fh
-        self.h = hashlib.sha256()
+        self.h = _ThreadedHash()
         self.n = 0
 
     def writable(self) -> bool:
@@ -137,11 +175,11 @@ class _HashingWriter(io.RawIOBase):
         return self.n
 
     def write(self, b: Any) -> int:  # type: ignore[override]
-        mv = memoryview(b)
-        self.h.update(mv)
-        self.fh.write(mv)
-        self.n += len(mv)
-        return len(mv)
+        data = b if isinstance(b, bytes) else bytes(b)  # the worker must see bytes nobody reuses
+        self.h.update(data)
+        self.fh.write(data)
+        self.n += len(data)
+        return len(data)
 
 
 def _model_fields(manifest: Manifest, src: Path, elsewhere: dict[str, Path] | None = None) -> dict[str, Any]:
@@ -229,7 +267,7 @@ def _split_external(
     local = [(f, external[f.rel]) for f in payload if f.rel in external]
     have = {f.rel for f, _x in local}
     local += [(SourceFile(rel, Path(p)), external[rel]) for rel, p in sorted((elsewhere or {}).items()) if rel in external and rel not in have]
-    model_rel = manifest.section("model").get("file")
+    model_rel = manifest.model.file if manifest.model else None
     if manifest.kind == "model" and model_rel in external and model_rel not in {f.rel for f, _ in local}:
         raise InvalidPackageError(
             f"model.file {model_rel} is declared by hash ([[payload]]) but is not in the folder",
@@ -238,18 +276,28 @@ def _split_external(
     return [f for f in payload if f.rel not in external], local
 
 
-def _hash_all(payload: list[SourceFile], task: Any) -> None:
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _hash_all(payload: list[SourceFile], task: Any, stamps: dict[str, tuple[int, int, int]]) -> None:
+    """Hash every file once; ``stamps`` keeps (size, mtime, inode) so pass 2 can tell a file changed without hashing it again."""
     for f in payload:
         if f.data is not None:
             f.record = FileRecord(hashlib.sha256(f.data).hexdigest(), len(f.data))
-        else:
-            assert f.path is not None
-            try:
-                digest, size = sha256_file(f.path)
-            except OSError as exc:
-                raise from_os_error(exc, f"reading {f.path}") from exc
-            f.record = FileRecord(digest, size)
-        task.advance(f.record.size)
+            task.advance(f.record.size)
+            continue
+        assert f.path is not None
+        try:
+            before = _stamp(f.path)
+            digest, size = _sha256_file(f.path, task.advance)
+            stamps[f.rel] = _stamp(f.path)
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {f.path}") from exc
+        if stamps[f.rel] != before:
+            raise InvalidPackageError(f"{f.rel} changed while it was being hashed", "build again")
+        f.record = FileRecord(digest, size)
 
 
 def build_package(
@@ -284,15 +332,16 @@ def build_package(
         raise InvalidPackageError("duplicate payload paths in the build (a generated artifact shadows a source file)")
 
     # pass 1: hash every payload file (the manifest goes first in the archive)
+    stamps: dict[str, tuple[int, int, int]] = {}
     sizes = {f.rel: (f.path.stat().st_size if f.path else len(f.data or b"")) for f in payload}
     total = sum(sizes.values())
     with reporter.task(f"hashing {manifest.name}", total=total + sum(x.size for _f, x in external), unit="bytes") as task:
-        _hash_all(payload, task)
+        _hash_all(payload, task, stamps)
         if hashed:  # the caller has just hashed them (import-model): trust the declared records
             for f, x in external:
                 f.record = FileRecord(x.sha256, x.size)
         else:
-            _hash_all([f for f, _x in external], task)
+            _hash_all([f for f, _x in external], task, {})
     for f, x in external:
         assert f.record is not None
         if (f.record.sha256, f.record.size) != (x.sha256, x.size):
@@ -313,14 +362,14 @@ def build_package(
     target = out if is_file else out / archive_filename(manifest.name, manifest.version)
     mtime = _source_date_epoch()
 
-    # pass 2: write the archive (re-hashing each file: it must not change under us)
+    # pass 2: write the archive; a file must not change under us (size, mtime and inode as in pass 1)
     with atomic_output(target) as raw, reporter.task(f"packing {target.name}", total=total, unit="bytes") as task:
         hw = _HashingWriter(raw)
         if compression == "gzip":
             with gzip.GzipFile(filename="", mode="wb", fileobj=hw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
-                _write_tar(gz, manifest_bytes, payload, mtime, task)
+                _write_tar(gz, manifest_bytes, payload, mtime, task, stamps)
         else:
-            _write_tar(hw, manifest_bytes, payload, mtime, task)  # member data moves in COPY_BUFSIZE chunks
+            _write_tar(hw, manifest_bytes, payload, mtime, task, stamps)  # member data moves in COPY_BUFSIZE chunks
         size, digest = hw.n, hw.h.hexdigest()
     return BuildResult(
         path=target,
@@ -336,7 +385,7 @@ def build_package(
     )
 
 
-def _write_tar(fileobj: Any, manifest_bytes: bytes, payload: list[SourceFile], mtime: int, task: Any) -> None:
+def _write_tar(fileobj: Any, manifest_bytes: bytes, payload: list[SourceFile], mtime: int, task: Any, stamps: dict[str, tuple[int, int, int]]) -> None:
     with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.copybufsize = COPY_BUFSIZE
         tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False, mtime), io.BytesIO(manifest_bytes))
@@ -349,13 +398,13 @@ def _write_tar(fileobj: Any, manifest_bytes: bytes, payload: list[SourceFile], m
             else:
                 assert f.path is not None
                 with open(f.path, "rb") as fh:
-                    hr = _HashingReader(fh, limit=rec.size)
                     try:
-                        tar.addfile(ti, hr)  # type: ignore[arg-type]
+                        tar.addfile(ti, fh)
                     except OSError as exc:
                         if "unexpected end of data" in str(exc):
                             raise InvalidPackageError(f"{f.rel} changed while it was being packed") from None
                         raise
-                    if hr.h.hexdigest() != rec.sha256 or fh.read(1):
+                    st = os.fstat(fh.fileno())
+                    if (st.st_size, st.st_mtime_ns, st.st_ino) != stamps.get(f.rel) or fh.read(1):
                         raise InvalidPackageError(f"{f.rel} changed while it was being packed", "build again")
             task.advance(rec.size)
