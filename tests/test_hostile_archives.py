@@ -270,3 +270,36 @@ def test_local_archive_swapped_after_open_is_refused(tmp_path, cli, llmos_home, 
     assert r.exit_code == 6, r
     after = snapshot(llmos_home)
     assert after["store"] == before["store"] and after["db"]["packages"] == before["db"]["packages"]
+
+
+# ---------------------------------------------------------------- from an index
+
+
+@pytest.mark.parametrize(
+    "name", ["pax_bomb", "gzip_bomb_lying", "gzip_bomb_padding", "sparse_gnu_bad_map", "sparse_terabyte", "gzip_bad_crc", "gzip_no_trailer"]
+)
+def test_hostile_archive_listed_in_an_index_is_refused(name, tmp_path, cli, llmos_home):
+    """The index is honest about the hostile file's size and sha256 (a hostile publisher): staging still refuses it."""
+    import hashlib
+    import json
+
+    reg = build_registry(tmp_path, [{"name": "evil", "files": {"a.txt": "x\n"}}])
+    archive = reg / "pool" / "evil_1.0.0.llmos"
+    gen, _cls = hostile.CORPUS[name]
+    gen(archive)
+    idx = json.loads((reg / "index.json").read_text())
+    for e in idx["packages"]:
+        if e["name"] == "evil":
+            e["size"] = archive.stat().st_size
+            e["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    (reg / "index.json").write_text(json.dumps(idx))
+    cli("source", "remove", "embedded")
+    assert cli("source", "add", "evil", str(reg), "--allow-unsigned").exit_code == 0
+    assert cli("update").exit_code == 0
+    before = snapshot(llmos_home)
+    code, _out, err, rss, _secs = run_measured(["install", "-y", "evil"])
+    assert_clean_error(code, err, {5, 6})
+    assert rss < RSS_LIMIT_MB, f"peak RSS {rss:.0f} MB"
+    after = snapshot(llmos_home)
+    assert after["store"] == before["store"]
+    assert after["db"]["packages"] == before["db"]["packages"] and after["db"]["files"] == before["db"]["files"]

@@ -123,12 +123,16 @@ class Store:
         expected,
         *,
         progress: Callable[[int], None] | None = None,
+        durable: bool = True,
     ) -> str:
         """Copy ``fileobj`` into the store, verifying it against ``expected``.
 
         ``expected`` is a ``FileRecord`` (``sha256``, ``size``).  Raises
         ``IntegrityError`` (and leaves nothing behind) when the bytes differ,
         ``IOFailure`` on no space / no permission.  Returns the digest.
+        ``durable=False`` leaves the fsyncs to the caller, who must make the
+        blob durable before anything refers to it (``state/unpack.py`` does,
+        once per archive).
         """
         sha = _check_sha(expected.sha256)
         size = int(expected.size)
@@ -162,7 +166,8 @@ class Store:
                         if progress:
                             progress(len(chunk))
                     out.flush()
-                    os.fsync(out.fileno())
+                    if durable:
+                        os.fsync(out.fileno())
                 got = h.hexdigest()
                 if n != size or got != sha:
                     raise IntegrityError(
@@ -172,7 +177,8 @@ class Store:
                 os.chmod(tmp, 0o444)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
-                fsync_dir(final.parent)
+                if durable:
+                    fsync_dir(final.parent)
             except OSError as exc:
                 raise from_os_error(exc, "writing into the store") from exc
         except BaseException:
