@@ -110,8 +110,8 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: BaseInfo | None, lo
 
     out: list[Finding] = []
     if manifest.kind == "model":
-        rel = manifest.section("model").get("file")
-        p = locate(rel) if isinstance(rel, str) else None
+        rel = manifest.model.file if manifest.model else None
+        p = locate(rel) if rel is not None else None
         if p is None:
             return out
         try:
@@ -123,7 +123,7 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: BaseInfo | None, lo
             out.append(Finding("gguf-type", "error", "this GGUF is a LoRA adapter, not a base model", field="model.file", path=rel))
         if not hdr.architecture:
             out.append(Finding("gguf-architecture", "error", "GGUF has no general.architecture", field="model.file", path=rel))
-        declared = manifest.section("model").get("architecture")
+        declared = manifest.model.architecture if manifest.model else None
         if declared and hdr.architecture and declared != hdr.architecture:
             out.append(
                 Finding(
@@ -132,9 +132,8 @@ def _gguf_findings(manifest: Manifest, locate, *, base_arch: BaseInfo | None, lo
             )
         return out
 
-    adapter = manifest.section("adapter")
-    rel = adapter.get("file")
-    if not isinstance(rel, str):
+    rel = manifest.adapter.file if manifest.adapter else None
+    if rel is None:
         return out
     p = locate(rel)
     if p is None:
@@ -220,7 +219,7 @@ def base_from_path(path: Path) -> BaseInfo:
         m = load_manifest(path)
         if m.kind != "model":
             raise InvalidPackageError(f"--base {path}: {m.name} is a {m.kind}, not a model")
-        hdr = read_header(path / m.section("model").get("file", ""), with_vocab=False)
+        hdr = read_header(path / ((m.model.file if m.model else None) or ""), with_vocab=False)
         return BaseInfo(f"{m.name} {m.version}", hdr.architecture or "", m.name, m.version, set(hdr.tensors))
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -234,7 +233,7 @@ def base_from_path(path: Path) -> BaseInfo:
     m = arch.manifest
     if m.kind != "model":
         raise InvalidPackageError(f"--base {path}: {m.name} is a {m.kind}, not a model")
-    rel = m.section("model").get("file")
+    rel = m.model.file if m.model else None
     with tempfile.TemporaryDirectory(prefix="llmos-check-") as td:
         p = arch.extract_member(rel, Path(td) / "model.gguf")
         hdr = read_header(p, with_vocab=False)
@@ -252,7 +251,8 @@ def lookup_base(base: Req, paths: Any = None) -> tuple[BaseInfo | None, str]:
             try:
                 for pkg in db.installed().values():
                     if pkg.kind == "model" and (pkg.name == base.name or base.name in pkg.meta.provides) and base.matches(pkg.version):
-                        arch = (pkg.manifest.get("model") or {}).get("architecture")
+                        model = pkg.typed_manifest.model
+                        arch = model.architecture if model else None
                         if arch:
                             return BaseInfo(f"{pkg.name} {pkg.version} (installed)", arch, pkg.name, pkg.version), ""
             finally:
@@ -294,7 +294,7 @@ def check_source_files(
     out: list[Finding] = []
     out += _file_findings(manifest, payload)
     out += _train_findings(manifest)
-    if "files" in manifest.raw:
+    if manifest.has_files_table:
         out.append(Finding("source-files-table", "warning", "a source manifest's [files] is ignored; llmos build writes it", field="files"))
     if any(f.severity == "error" for f in out):
         return out
@@ -303,7 +303,7 @@ def check_source_files(
         return src / rel if rel in payload else None
 
     base_info, note = base, None
-    if manifest.kind == "library" and manifest.section("adapter") and base_info is None:
+    if manifest.kind == "library" and manifest.adapter and base_info is None:
         if find_base and manifest.meta.base is not None:
             base_info, note = lookup_base(manifest.meta.base, paths)
         elif not find_base:
@@ -314,7 +314,7 @@ def check_source_files(
 
 def _train_findings(manifest: Manifest) -> list[Finding]:
     """``[train]`` only matters to whoever retrains the adapter: problems there are warnings."""
-    table = manifest.section("train")
+    table = manifest.train.options
     if not table:
         return []
     from dataclasses import fields
@@ -392,7 +392,7 @@ def _check_archive(path: Path, base: BaseInfo | None, paths: Any) -> tuple[list[
 
         note = None
         m = arch.manifest
-        if m.kind == "library" and m.section("adapter") and base is None and m.meta.base is not None:
+        if m.kind == "library" and m.adapter and base is None and m.meta.base is not None:
             base, note = lookup_base(m.meta.base, paths)
         findings += _gguf_findings(m, locate, base_arch=base, lookup_note=note)
     return findings, m

@@ -218,12 +218,12 @@ class ShowResult:
         inst = None
         if self.installed is not None:
             p = self.installed
-            m = p.manifest.get("package", {}) if isinstance(p.manifest, dict) else {}
+            m = p.typed_manifest
             inst = {
                 **p.to_json(),
-                "license": m.get("license"),
-                "maintainer": m.get("maintainer"),
-                "description": m.get("description", ""),
+                "license": m.license,
+                "maintainer": m.maintainer,
+                "description": m.description,
                 "archive_sha256": p.archive_sha256,
                 "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in p.files],
                 "payloads": [x.to_json() for x in declared_payloads(p.manifest)],
@@ -716,8 +716,7 @@ def search(text: str, *, reporter: Reporter | None = None, paths: Paths | None =
     for name, p in installed.items():  # installed from a local archive, gone from every index
         if name in best:
             continue
-        desc = str((p.manifest.get("package") or {}).get("description", ""))
-        if needle in haystack(p.meta, desc):
+        if needle in haystack(p.meta, p.typed_manifest.description):
             hits.append(SearchHit(name, p.version, p.kind, p.meta.summary, list(p.meta.provides), p.source, p.version))
     hits.sort(key=lambda h: h.name)
     return SearchResult(text, hits)

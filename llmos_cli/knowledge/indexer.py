@@ -249,10 +249,10 @@ def write_index(
 
 
 def _knowledge_settings(manifest: Manifest) -> tuple[int, int]:
-    kn = manifest.section("knowledge")
-    size = kn.get("chunk_size", DEFAULT_CHUNK_SIZE)
-    overlap = kn.get("chunk_overlap", min(DEFAULT_CHUNK_OVERLAP, size // 5) if isinstance(size, int) else 0)
-    if not isinstance(size, int) or size < 1:
+    kn = manifest.knowledge
+    size = kn.chunk_size if kn.chunk_size is not None else DEFAULT_CHUNK_SIZE
+    overlap = kn.chunk_overlap if kn.chunk_overlap is not None else min(DEFAULT_CHUNK_OVERLAP, size // 5)
+    if size < 1:
         raise InvalidPackageError(f"knowledge.chunk_size: must be a positive integer, not {size!r}")
     if not isinstance(overlap, int) or not 0 <= overlap < size:
         raise InvalidPackageError(f"knowledge.chunk_overlap: must be at least 0 and smaller than chunk_size ({size}), not {overlap!r}")
@@ -322,8 +322,8 @@ def build_artifacts(manifest: Manifest, src: Path) -> dict[str, bytes]:
             target = Path(tmp) / "knowledge.sqlite"
             write_index(docs, target, chunk_size=size, chunk_overlap=overlap)
             out[INDEX_PATH] = target.read_bytes()
-    gfile = manifest.section("glossary").get("file")
-    if isinstance(gfile, str):
+    gfile = manifest.glossary.file if manifest.glossary else None
+    if gfile is not None:
         p = src / gfile
         try:
             text = p.read_bytes()

@@ -17,6 +17,7 @@ from llmos_cli.knowledge.glossary import Glossary
 from llmos_cli.knowledge.indexer import GLOSSARY_PATH, INDEX_PATH
 from llmos_cli.knowledge.retrieve import KnowledgeIndex
 from llmos_cli.paths import get_paths
+from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, McpDecl, ToolDecl
 from llmos_cli.state.db import StateDB
 from llmos_cli.state.store import Store
 
@@ -25,7 +26,7 @@ from llmos_cli.state.store import Store
 class LibraryView:
     name: str
     version: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     #: package path -> file on disk
     files: dict[str, Path] = field(default_factory=dict)
     scale: float = 1.0
@@ -40,30 +41,27 @@ class LibraryView:
 
         store = Store(paths)
         files = {f.path: store.path_for(f.sha256) for f in pkg.files}
-        return cls(pkg.name, pkg.version, pkg.manifest, files, pkg.effective_scale())
+        return cls(pkg.name, pkg.version, pkg.typed_manifest, files, pkg.effective_scale())
 
     @classmethod
-    def from_folder(cls, folder: Path, manifest: dict[str, Any] | None = None) -> LibraryView:
-        """From an unpacked package or a source folder with its ``.llmos/`` artifacts."""
-        import tomllib
+    def from_folder(cls, folder: Path, manifest: Manifest | None = None) -> LibraryView:
+        """From an unpacked package or a source folder with its ``.llmos/`` artifacts.
 
+        The folder's manifest is read as it is (``Manifest.read_folder``), not judged:
+        tests and benchmarks give folders whose tools are meant to misbehave.
+        """
         folder = Path(folder)
         if manifest is None:
-            manifest = tomllib.loads((folder / "llmos.toml").read_text(encoding="utf-8"))
-        pkg = manifest.get("package", {})
+            manifest = Manifest.read_folder(folder)
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
-        files.pop("llmos.toml", None)
-        return cls(str(pkg.get("name")), str(pkg.get("version")), manifest, files)
+        files.pop(MANIFEST_NAME, None)
+        return cls(manifest.name, manifest.version, manifest, files)
 
     # ------------------------------------------------------------ parts
 
-    def section(self, name: str) -> dict[str, Any]:
-        v = self.manifest.get(name)
-        return v if isinstance(v, dict) else {}
-
     @property
     def has_knowledge(self) -> bool:
-        return INDEX_PATH in self.files or bool(self.section("knowledge").get("documents"))
+        return INDEX_PATH in self.files or bool(self.manifest.knowledge.documents)
 
     def index(self):
         """The opened ``KnowledgeIndex``, or None when the library has no documents."""
@@ -71,7 +69,7 @@ class LibraryView:
         if self._index is None:
             path = self.files.get(INDEX_PATH)
             if path is None:
-                if self.section("knowledge").get("documents"):
+                if self.manifest.knowledge.documents:
                     raise IntegrityError(
                         f"library {self.name}: declares documents but ships no knowledge index ({INDEX_PATH})",
                         f"rebuild the package with this llmos, or reinstall {self.name}",
@@ -86,7 +84,7 @@ class LibraryView:
         if self._glossary is None:
             path = self.files.get(GLOSSARY_PATH)
             if path is None:
-                if self.section("glossary").get("file"):
+                if self.manifest.glossary and self.manifest.glossary.file:
                     raise IntegrityError(
                         f"library {self.name}: declares a glossary but ships no {GLOSSARY_PATH}",
                         f"rebuild the package with this llmos, or reinstall {self.name}",
@@ -101,8 +99,8 @@ class LibraryView:
         return self._glossary
 
     def system_fragment(self) -> str:
-        rel = self.section("prompt").get("system")
-        if not isinstance(rel, str):
+        rel = self.manifest.prompt.system if self.manifest.prompt else None
+        if rel is None:
             return ""
         path = self.files.get(rel)
         if path is None:
@@ -114,13 +112,11 @@ class LibraryView:
         except UnicodeDecodeError:
             raise InvalidPackageError(f"library {self.name}: system prompt {rel} is not UTF-8 text") from None
 
-    def tool_decls(self) -> list[dict[str, Any]]:
-        v = self.manifest.get("tools")
-        return [t for t in v if isinstance(t, dict)] if isinstance(v, list) else []
+    def tool_decls(self) -> list[ToolDecl]:
+        return self.manifest.tools
 
-    def mcp_decls(self) -> list[dict[str, Any]]:
-        v = self.manifest.get("mcp")
-        return [t for t in v if isinstance(t, dict)] if isinstance(v, list) else []
+    def mcp_decls(self) -> list[McpDecl]:
+        return self.manifest.mcp
 
     def close(self) -> None:
         if self._index is not None:

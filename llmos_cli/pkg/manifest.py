@@ -3,7 +3,7 @@
 The manifest is parsed once into one typed object, ``Manifest``, with a
 dataclass per table (``ModelTable``, ``AdapterTable``, ``KnowledgeTable``,
 ``GlossaryTable``, ``PromptTable``, ``ToolDecl``, ``McpDecl``, ``TrainTable``,
-``MergedFrom``, ``FileRecord``).  Code reads those fields, never the TOML
+``MergedFrom``, ``ArchiveTable``, ``FileRecord``).  Code reads those fields, never the TOML
 tables themselves.
 
 * ``validate_manifest(data)`` returns a ``Manifest`` (or ``None`` when there is
@@ -58,7 +58,9 @@ _PACKAGE_KEYS = {
     "base",
     "tags",
 }
-_TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "prompt", "tools", "mcp", "train", "merged_from", "files"}
+_TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "prompt", "tools", "mcp", "train", "merged_from", "files", "archive"}
+#: ``[archive] compression``: ``auto`` stores mostly-incompressible payloads (GGUF...) in a plain tar
+COMPRESSIONS = ("auto", "gzip", "none")
 _MCP_KEYS = {"name", "command", "tools", "timeout", "description"}
 _TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _LIBRARY_ONLY = ("adapter", "knowledge", "glossary", "tools", "mcp")
@@ -192,6 +194,13 @@ class MergedFrom:
     sources: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True)
+class ArchiveTable:
+    """``[archive]``: how ``llmos build`` writes the archive (``compression``: one of ``COMPRESSIONS``)."""
+
+    compression: str = "auto"
+
+
 @dataclass
 class Manifest(MetaView):
     """The typed view of one ``llmos.toml``."""
@@ -212,6 +221,7 @@ class Manifest(MetaView):
     mcp: list[McpDecl] = field(default_factory=list)
     train: TrainTable = field(default_factory=TrainTable)
     merged_from: MergedFrom | None = None
+    archive: ArchiveTable = field(default_factory=ArchiveTable)
     #: payload path -> record; filled in archives by ``llmos build``
     files: dict[str, FileRecord] = field(default_factory=dict)
     #: the source table, kept only to write it out again (``llmos build``, the state database)
@@ -222,16 +232,20 @@ class Manifest(MetaView):
         """Whether the manifest has a ``[files]`` table (an archive's manifest must)."""
         return "files" in self.raw
 
+    def named_files(self) -> list[tuple[str, str]]:
+        """``(field, path)`` of each single payload file the manifest names (not globs)."""
+        named = (
+            ("model.file", self.model.file if self.model else None),
+            ("model.chat_template", self.model.chat_template if self.model else None),
+            ("adapter.file", self.adapter.file if self.adapter else None),
+            ("glossary.file", self.glossary.file if self.glossary else None),
+            ("prompt.system", self.prompt.system if self.prompt else None),
+        )
+        return [(f, v) for f, v in named if v is not None]
+
     def declared_files(self) -> list[str]:
         """Single payload files named by the manifest (not globs)."""
-        named = (
-            self.model.file if self.model else None,
-            self.model.chat_template if self.model else None,
-            self.adapter.file if self.adapter else None,
-            self.glossary.file if self.glossary else None,
-            self.prompt.system if self.prompt else None,
-        )
-        return [v for v in named if v is not None]
+        return [v for _, v in self.named_files()]
 
     def section(self, name: str) -> dict[str, Any]:
         """Transitional: the raw table (removed once every reader uses the typed fields)."""
@@ -255,6 +269,21 @@ class Manifest(MetaView):
         """The typed view of ``data`` without judging it (see the module docstring)."""
         parser = _Parser(data if isinstance(data, dict) else {}, [])
         return parser.manifest(_lenient_meta(parser.pkg), parser._files())
+
+    @classmethod
+    def read_folder(cls, folder: Path) -> Manifest:
+        """``from_table`` of a folder's ``llmos.toml``: read as it is, not judged.
+
+        A missing, non-UTF-8 or non-TOML file still raises ``InvalidPackageError``.
+        """
+        p = Path(folder) / MANIFEST_NAME
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidPackageError(f"no {MANIFEST_NAME} in {folder}", "a package source folder needs a llmos.toml manifest") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidPackageError(f"{p} is not valid TOML: {exc}", "run `llmos check` on the folder") from None
+        return cls.from_table(data)
 
 
 def safe_relpath(p: str) -> str | None:
@@ -344,6 +373,7 @@ class _Parser:
         elif meta.kind == "library":
             self._library_sections(meta)
         files = self._files()
+        self._archive()
         if any(f.severity == "error" for f in self.findings):
             return None
         return self.manifest(meta, files)
@@ -624,6 +654,16 @@ class _Parser:
             files[p] = FileRecord(rec["sha256"], rec["size"])
         return files
 
+    def _archive(self) -> None:
+        t = self.data.get("archive")
+        if t is None:
+            return
+        if not isinstance(t, dict):
+            self.err("field-type", "archive", "must be a table")
+            return
+        if "compression" in t and t["compression"] not in COMPRESSIONS:
+            self.err("field-type", "archive.compression", f"must be one of {', '.join(COMPRESSIONS)}, not {t['compression']!r}")
+
     # ------------------------------------------------------------ the typed view
 
     def manifest(self, meta: PackageMeta, files: dict[str, FileRecord]) -> Manifest:
@@ -645,6 +685,7 @@ class _Parser:
             mcp=_mcp_decls(data),
             train=_train_table(data),
             merged_from=_merged_from(data),
+            archive=_archive_table(data),
             files=files,
             raw=data,
         )
@@ -752,6 +793,11 @@ def _mcp_decls(data: dict[str, Any]) -> list[McpDecl]:
 def _train_table(data: dict[str, Any]) -> TrainTable:
     t = _table(data, "train") or {}
     return TrainTable(data=_strs(t.get("data")), eval=_strs(t.get("eval")), replay=_strs(t.get("replay")), options=t)
+
+
+def _archive_table(data: dict[str, Any]) -> ArchiveTable:
+    c = (_table(data, "archive") or {}).get("compression")
+    return ArchiveTable(c) if isinstance(c, str) else ArchiveTable()
 
 
 def _merged_from(data: dict[str, Any]) -> MergedFrom | None:

@@ -28,7 +28,7 @@ from llmos_cli.fileio import write_atomic
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.archive import ARCHIVE_SUFFIX, PackageArchive
 from llmos_cli.pkg.manifest import safe_relpath
-from llmos_cli.pkg.meta import PackageMeta, RelationError
+from llmos_cli.pkg.meta import MetaView, PackageMeta, RelationError
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import signing
 
@@ -51,21 +51,13 @@ def parse_iso(text: str) -> datetime:
 
 
 @dataclass
-class IndexEntry:
+class IndexEntry(MetaView):
     meta: PackageMeta
     filename: str
     size: int
     sha256: str
     #: license, maintainer, description, and for models architecture, fingerprint, context_length
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def version(self) -> str:
-        return self.meta.version
 
     def to_json(self) -> dict:
         return {**self.meta.to_json(), **self.extra, "filename": self.filename, "size": self.size, "sha256": self.sha256}
@@ -169,14 +161,12 @@ def entry_from_archive(archive: Any, filename: str) -> IndexEntry:
     extra: dict[str, Any] = {"license": m.license, "maintainer": m.maintainer, "description": m.description}
     if m.homepage:
         extra["homepage"] = m.homepage
-    if m.kind == "model":
-        model = m.section("model")
-        for k in ("architecture", "fingerprint", "context_length"):
-            if model.get(k) is not None:
-                extra[k] = model[k]
-    tags = m.raw.get("package", {}).get("tags")
-    if isinstance(tags, list):
-        extra["tags"] = [t for t in tags if isinstance(t, str)]
+    if m.kind == "model" and m.model is not None:
+        for k, v in (("architecture", m.model.architecture), ("fingerprint", m.model.fingerprint), ("context_length", m.model.context_length)):
+            if v is not None:
+                extra[k] = v
+    if m.tags is not None:
+        extra["tags"] = list(m.tags)
     return IndexEntry(m.meta, filename, archive.size, archive.sha256, extra)
 
 

@@ -60,9 +60,8 @@ class ModelInfo:
     @property
     def parameters(self) -> dict[str, Any]:
         """The package's default sampling parameters (``[model.parameters]`` in its manifest)."""
-        manifest = getattr(self.package, "manifest", None) or {}
-        params = (manifest.get("model") or {}).get("parameters") or {}
-        return params if isinstance(params, dict) else {}
+        model = self.package.typed_manifest.model if self.package is not None else None
+        return model.parameters if model is not None else {}
 
     def ensure_fingerprint(self) -> str:
         if not self.fingerprint:
@@ -98,18 +97,17 @@ def package_file(paths: Paths, pkg: Any, rel: str) -> Path:
 
 
 def model_from_package(paths: Paths, pkg: Any) -> ModelInfo:
-    section = pkg.manifest.get("model") or {}
-    rel = section.get("file")
-    if not isinstance(rel, str):
+    model = pkg.typed_manifest.model
+    rel = model.file if model is not None else None
+    if model is None or rel is None:
         raise InvalidPackageError(f"model package {pkg.name} names no GGUF file ([model] file)")
-    ctx = section.get("context_length")
     return ModelInfo(
         name=pkg.name,
         version=pkg.version,
         path=package_file(paths, pkg, rel),
-        architecture=section.get("architecture"),
-        context_length=int(ctx) if isinstance(ctx, int) else None,
-        fingerprint=section.get("fingerprint"),
+        architecture=model.architecture,
+        context_length=model.context_length,
+        fingerprint=model.fingerprint,
         origin="installed",
         provides=tuple(pkg.meta.provides),
         package=pkg,

@@ -142,8 +142,8 @@ def _base_name(base_text: str | None) -> str:
 
 
 def _library(paths: Paths, pkg: Any, scale: float | None) -> StackLibrary:
-    adapter_rel = (pkg.manifest.get("adapter") or {}).get("file")
-    adapter = package_file(paths, pkg, adapter_rel) if isinstance(adapter_rel, str) else None
+    table = pkg.typed_manifest.adapter
+    adapter = package_file(paths, pkg, table.file) if table is not None and table.file is not None else None
     return StackLibrary(
         name=pkg.name,
         version=pkg.version,

@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
-from llmos_cli.pkg.meta import PackageMeta
+from llmos_cli.pkg.manifest import Manifest
+from llmos_cli.pkg.meta import MetaView, PackageMeta
 
 SCHEMA_VERSION = 1
 
@@ -245,8 +247,9 @@ class InstalledFile:
 
 
 @dataclass
-class InstalledPackage:
+class InstalledPackage(MetaView):
     meta: PackageMeta
+    #: the manifest as stored (JSON of the archive's llmos.toml); read it through ``typed_manifest``
     manifest: dict[str, Any]
     auto: bool
     held: bool
@@ -257,23 +260,16 @@ class InstalledPackage:
     installed_at: str
     files: list[InstalledFile] = field(default_factory=list)
 
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-    @property
-    def kind(self) -> str:
-        return self.meta.kind
+    @cached_property
+    def typed_manifest(self) -> Manifest:
+        """The stored manifest's typed view (it was validated when the package was installed)."""
+        return Manifest.from_table(self.manifest)
 
     def effective_scale(self) -> float:
         if self.scale is not None:
             return float(self.scale)
-        adapter = self.manifest.get("adapter") or {}
-        return float(adapter.get("scale", 1.0))
+        adapter = self.typed_manifest.adapter
+        return adapter.scale if adapter else 1.0
 
     def to_json(self) -> dict:
         return {

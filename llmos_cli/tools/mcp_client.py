@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import ToolError
+from llmos_cli.pkg.manifest import McpDecl
 from llmos_cli.tools.command import materialize, resolve_argv, scrubbed_env
 from llmos_cli.tools.spec import DEFAULT_TIMEOUT, ToolResult
 
@@ -49,11 +50,11 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 class McpServer:
-    def __init__(self, library: Any, decl: dict[str, Any]):
+    def __init__(self, library: Any, decl: McpDecl):
         self.library = library
         self.decl = decl
-        self.name = str(decl.get("name"))
-        self.timeout = float(decl.get("timeout", DEFAULT_TIMEOUT))
+        self.name = decl.name
+        self.timeout = decl.timeout if decl.timeout is not None else DEFAULT_TIMEOUT
         self.tools: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -119,7 +120,7 @@ class McpServer:
         from mcp.client.stdio import stdio_client
 
         assert self._workdir is not None
-        argv = resolve_argv([str(c) for c in self.decl.get("command", [])], self._workdir)
+        argv = resolve_argv(list(self.decl.command), self._workdir)
         params = StdioServerParameters(command=argv[0], args=argv[1:], env=scrubbed_env(self._workdir, self.name), cwd=str(self._workdir))
         self._stop = asyncio.Event()
         async with stdio_client(params, errlog=self._errlog) as streams:
@@ -127,7 +128,7 @@ class McpServer:
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 listed = await session.list_tools()
-                wanted = [str(t) for t in self.decl.get("tools", [])]
+                wanted = list(self.decl.tools)
                 offered = {t.name: t for t in listed.tools}
                 missing = [w for w in wanted if w not in offered]
                 if missing:

@@ -39,28 +39,28 @@ def library_tool_specs(lib: Any) -> list[ToolSpec]:
     for t in lib.tool_decls():
         specs.append(
             ToolSpec(
-                name=str(t.get("name")),
-                description=str(t.get("description", "")),
-                parameters=t.get("parameters") if isinstance(t.get("parameters"), dict) else dict(EMPTY_PARAMS),
+                name=t.name,
+                description=t.description,
+                parameters=t.parameters if t.parameters is not None else dict(EMPTY_PARAMS),
                 source=lib.name,
                 kind="command",
-                command=[str(c) for c in t.get("command", [])],
-                timeout=_timeout(t.get("timeout")),
-                max_output=int(t.get("max_output", DEFAULT_MAX_OUTPUT)) if isinstance(t.get("max_output"), int) else DEFAULT_MAX_OUTPUT,
+                command=list(t.command),
+                timeout=_timeout(t.timeout),
+                max_output=t.max_output if t.max_output is not None else DEFAULT_MAX_OUTPUT,
                 library=lib,
             )
         )
     for m in lib.mcp_decls():
-        for name in m.get("tools", []) or []:
+        for name in m.tools:
             specs.append(
                 ToolSpec(
-                    name=str(name),
-                    description=f"(served by MCP server {m.get('name')})",
+                    name=name,
+                    description=f"(served by MCP server {m.name})",
                     parameters=dict(EMPTY_PARAMS),
                     source=lib.name,
                     kind="mcp",
-                    server=str(m.get("name")),
-                    timeout=_timeout(m.get("timeout")),
+                    server=m.name,
+                    timeout=_timeout(m.timeout),
                     library=lib,
                 )
             )
@@ -111,7 +111,7 @@ class ToolSet:
                 continue
             key = (spec.source, spec.server or "")
             if key not in self.servers:
-                decl = next(m for m in spec.library.mcp_decls() if str(m.get("name")) == spec.server)
+                decl = next(m for m in spec.library.mcp_decls() if m.name == spec.server)
                 server = McpServer(spec.library, decl)
                 self.servers[key] = server
                 server.start()

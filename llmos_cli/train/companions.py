@@ -110,10 +110,10 @@ def load_companions(paths: list[str], src: Path, hp: Any) -> list[CompanionSourc
         qa: list[Any] = []
         if path.is_dir():
             m = load_manifest(path)
-            adapter = path / (m.section("adapter").get("file") or "adapter.gguf")
+            adapter = path / ((m.adapter.file if m.adapter else None) or "adapter.gguf")
             if not adapter.is_file():
                 raise NotFoundError(f"companion library {p} has no adapter ({adapter.name})", "train that library first")
-            data = [path / d for d in (m.section("train").get("data") or [])]
+            data = [path / d for d in m.train.data]
             missing = [d for d in data if not d.is_file()]
             if missing:
                 raise NotFoundError(f"companion library {p}: training data {missing[0].name} not found")

@@ -102,7 +102,7 @@ def plan_family(srcs: list[str | Path]) -> list[Member]:
                     if hit not in deps:
                         deps.append(hit)
                     break
-        members[m.name] = Member(m.name, src, src / (m.section("adapter").get("file") or "adapter.gguf"), deps)
+        members[m.name] = Member(m.name, src, src / ((m.adapter.file if m.adapter else None) or "adapter.gguf"), deps)
 
     order: list[str] = []
     visiting: list[str] = []

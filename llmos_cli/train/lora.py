@@ -30,8 +30,9 @@ from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
 from llmos_cli.gguf_info import read_header
 from llmos_cli.knowledge.indexer import collect_documents
 from llmos_cli.paths import get_paths
-from llmos_cli.pkg.manifest import load_manifest, safe_relpath
+from llmos_cli.pkg.manifest import Manifest, load_manifest, safe_relpath
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.prompt.grounding import DEFAULT_ABSTENTION, model_abstention
 from llmos_cli.runtime.abi import check_adapter
 from llmos_cli.state.db import StateDB
 from llmos_cli.state.store import Store
@@ -60,6 +61,8 @@ class TrainOptions:
     replay_fraction: float = 0.2
     doc_fraction: float = 0.15
     context_fraction: float = 0.3
+    #: share of the examples that teach abstaining (invented names shaped like the library's, base abstentions)
+    abstain_fraction: float = 0.1
     data: list[str] = field(default_factory=list)
     eval: list[str] = field(default_factory=list)
     replay: list[str] = field(default_factory=list)
@@ -133,6 +136,8 @@ class TrainOptions:
             raise UsageError(f"learning rate must be in (0, 1), not {self.lr}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+        if not 0 <= self.abstain_fraction < 1:
+            raise UsageError(f"abstain_fraction must be in [0, 1), not {self.abstain_fraction}")
         if not 0 <= self.companion_data_fraction < 1:
             raise UsageError(f"companion_data_fraction must be in [0, 1), not {self.companion_data_fraction}")
         if self.companion_sampling not in ("independent", "subsets"):
@@ -167,6 +172,8 @@ class BaseModel:
     hf_dir: Path | None = None
     name: str | None = None
     version: str | None = None
+    #: what the base answers when it does not know (its package's ``[model] abstention``)
+    abstention: str = DEFAULT_ABSTENTION
 
     def load_torch(self) -> Any:
 
@@ -244,11 +251,14 @@ def resolve_base(base: str, workdir: Path, paths: Any = None) -> BaseModel:
         db.close()
     if pkg is None or pkg.kind != "model":
         raise NotFoundError(f"no model package {base!r} is installed", f"install it first (llmos install {base}) or pass a checkpoint folder or .gguf")
-    fname = (pkg.manifest.get("model") or {}).get("file")
+    model = pkg.typed_manifest.model
+    fname = model.file if model else None
     rec = next((f for f in pkg.files if f.path == fname), None)
     if rec is None:
         raise NotFoundError(f"model package {base} has no GGUF file recorded", f"reinstall it: llmos install --reinstall {base}")
-    return BaseModel(f"{pkg.name} {pkg.version}", Store(paths).path_for(rec.sha256), name=pkg.name, version=pkg.version)
+    return BaseModel(
+        f"{pkg.name} {pkg.version}", Store(paths).path_for(rec.sha256), name=pkg.name, version=pkg.version, abstention=model_abstention(pkg.typed_manifest)
+    )
 
 
 # ---------------------------------------------------------------- helpers
@@ -336,34 +346,24 @@ def train_library(
     reporter: Reporter | None = None,
     paths: Any = None,
 ) -> TrainResult:
-    """Train the LoRA adapter of the library source folder ``src`` on ``base``."""
+    """Train the LoRA adapter of the library source folder ``src`` on ``base``.
+
+    The phases, in order (the order of random draws is part of the result):
+    read the library (``_read_library``), pick the device, find the base,
+    gather the training set, make the peft model (``_peft_model``), attach
+    companions (``_attach_companions``), train (``_fit``), evaluate
+    (``_exact_match``) and export (``_export``).
+    """
 
     require_train_extra("llmos train")
     import tempfile
 
     import torch
-    from peft import LoraConfig, get_peft_model
 
     rep = reporter or NullReporter()
     src = Path(src)
-    manifest = load_manifest(src)
-    if manifest.kind != "library":
-        raise InvalidPackageError(f"{manifest.name} is a {manifest.kind} package; only libraries carry adapters")
-    opts = TrainOptions.from_manifest(manifest.section("train"), overrides)
-    adapter_rel = manifest.section("adapter").get("file") or "adapter.gguf"
-    adapter_path = Path(out) if out else src / adapter_rel
-    warnings: list[str] = []
-    if not manifest.section("adapter"):
-        warnings.append(f'llmos.toml has no [adapter] table; add: [adapter] file = "{adapter_rel}"')
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "gpu":
-        device = "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device gpu asked for, but torch sees no CUDA device", "use --device cpu, or install a CUDA build of torch")
-    if threads:
-        torch.set_num_threads(int(threads))
+    manifest, opts, adapter_path, warnings = _read_library(src, overrides, out)
+    device = _choose_device(device, threads)
     torch.manual_seed(opts.seed)
 
     files = _apply_training_dir(src, opts)
@@ -373,154 +373,21 @@ def train_library(
             warnings.append(f"the library declares base {manifest.meta.base}, but is trained on {bm.label}")
         rep.info(f"training {manifest.name} {manifest.version} on {bm.label} ({device})")
         tok = D.GGUFTokenizer(bm.gguf)
-        ts = D.TrainingSet(
-            qa=[],
-            chats=[],
-            replay=D.iter_records(files["replay"]),
-            documents=[],
-            eval=D.iter_records(files["eval"]),
-        )
-        for r in D.iter_records(files["data"]):
-            (ts.qa if r.is_qa else ts.chats).append(r)
-        if opts.documents and manifest.document_globs():
-            ts.documents = collect_documents(manifest, src)
-        if opts.context_fraction > 0:
-            ts.context = D.load_context_source(manifest, src)
-        sampler = D.Sampler(
-            ts,
-            tok,
-            seed=opts.seed,
-            max_len=opts.max_len,
-            replay_fraction=opts.replay_fraction,
-            doc_fraction=opts.doc_fraction,
-            context_fraction=opts.context_fraction,
-        )
-        model = bm.load_torch()
-        hp = LlamaHParams.from_hf(model.config.to_dict())
-        if tok.n_vocab != hp.vocab_size:
-            raise InvalidPackageError(f"the base's tokenizer has {tok.n_vocab} tokens but its embedding {hp.vocab_size}")
-        cfg = LoraConfig(
-            r=opts.rank,
-            lora_alpha=opts.alpha,
-            target_modules=list(opts.target_modules),
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        pm = get_peft_model(model, cfg)
-        pm.to(device)
+        ts = _training_set(manifest, src, opts, files)
+        ts.abstention = bm.abstention
+        sampler = _sampler(ts, tok, opts, opts.seed)
+        pm, hp = _peft_model(bm, tok, opts, device)
         if opts.init:
             n_init = _load_init(pm, opts, src, hp)
             rep.info(f"starting from {opts.init} ({n_init} adapted weights)")
-        companions = None
-        comp_samplers: list[Any] = []
-        if opts.companions:
-            specs = opts.companion_specs()
-            comp_src = load_companions([p for p, _ in specs], src, hp)
-            companions = Companions(pm, [(c.name, c.pairs) for c in comp_src], device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
-            comp_samplers = [
-                D.Sampler(
-                    D.TrainingSet(qa=c.qa, chats=[], replay=[], documents=[], eval=[]),
-                    tok,
-                    seed=opts.seed + 31 * (i + 1),
-                    max_len=opts.max_len,
-                    replay_fraction=0.0,
-                    doc_fraction=0.0,
-                    context_fraction=0.0,
-                )
-                if c.qa
-                else None
-                for i, c in enumerate(comp_src)
-            ]
-            rep.info(
-                f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})"
-            )
-        import random as _random
-
-        comp_rng = _random.Random(opts.seed + 104729)
-        penalty_terms = _delta_terms(pm) if opts.delta_penalty > 0 else []
-        silence = _Silence(pm) if opts.silence_penalty > 0 else None
-
-        def to_dev(b: dict[str, Any]) -> dict[str, Any]:
-            return {k: v.to(device) for k, v in b.items()}
-
-        probe_sampler = D.Sampler(
-            ts,
-            tok,
-            seed=opts.seed + 7919,
-            max_len=opts.max_len,
-            replay_fraction=opts.replay_fraction,
-            doc_fraction=opts.doc_fraction,
-            context_fraction=opts.context_fraction,
-        )
-        probe = [to_dev(D.collate(probe_sampler.batch(min(16, opts.batch_size)))) for _ in range(2)]
-        pm.eval()
-        loss_start = _mean_loss(pm, probe)
-        params = [p for p in pm.parameters() if p.requires_grad]
-        optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-        losses: list[float] = []
-        t0 = time.monotonic()
-        pm.train()
-        with rep.task(f"training {manifest.name}  loss {loss_start:.3f}", total=opts.steps) as task:
-            for step in range(opts.steps):
-                for g in optim.param_groups:
-                    g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
-                n_comp, active_data = 0, []
-                if companions is not None:
-                    companions.sample(comp_rng)
-                    active_data = [cs for cs, on in zip(comp_samplers, companions.active) if on and cs is not None]
-                    if active_data:
-                        n_comp = min(opts.batch_size - 1, round(opts.batch_size * opts.companion_data_fraction))
-                examples = sampler.batch(opts.batch_size - n_comp) + [comp_rng.choice(active_data).draw() for _ in range(n_comp)]
-                batch = to_dev(D.collate(examples))
-                off = batch.pop("offdomain")
-                if silence is not None:
-                    silence.start(off, batch["attention_mask"])
-                loss = pm(**batch).loss
-                if silence is not None and bool(off.any()):
-                    loss = loss + opts.silence_penalty * silence.penalty()
-                if penalty_terms:
-                    loss = loss + opts.delta_penalty * _delta_penalty(penalty_terms)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optim.step()
-                optim.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                task.advance()
-                if step % 5 == 4 or step == opts.steps - 1:
-                    recent = sum(losses[-10:]) / len(losses[-10:])
-                    task.update(description=f"training {manifest.name}  loss {recent:.3f}")
-        seconds = time.monotonic() - t0
-        if companions is not None:
-            companions.remove()
-        if silence is not None:
-            silence.remove()
-        pm.eval()
-        loss_end = _mean_loss(pm, probe)
+        companions, comp_samplers = _attach_companions(pm, opts, src, hp, tok, device, rep)
+        fit = _fit(pm, ts, tok, sampler, companions, comp_samplers, opts, device, manifest.name, rep)
         if sampler.too_long:
             warnings.append(f"{sampler.too_long} examples longer than max_len={opts.max_len} tokens were skipped")
-
-        em = None
-        if evaluate and ts.eval:
-            qa = [r for r in ts.eval if r.is_qa]
-            questions = [q for r in qa for q in r.questions]
-            answers = [r.answer for r in qa for _ in r.questions]
-            if questions:
-                got = greedy_answers(pm, tok, questions)
-                em = sum(normalize_answer(g) == normalize_answer(a) for g, a in zip(got, answers)) / len(questions)
-
-        pm.to("cpu")
-        pairs = peft_model_pairs(pm)
-        export = write_lora_gguf(
-            pairs,
-            hp,
-            adapter_path,
-            name=manifest.name,
-            metadata={"llmos.library": manifest.name, "llmos.library_version": manifest.version, "llmos.base": bm.label if bm.name else Path(bm.label).name},
-        )
-        abi_ok = _abi_check(export.path, bm.gguf if bm.hf_dir is None else None, warnings)
+        em = _exact_match(pm, tok, ts) if evaluate else None
+        export, abi_ok = _export(pm, hp, adapter_path, manifest, bm, warnings)
     rep.info(
-        f"{manifest.name}: loss {loss_start:.3f} -> {loss_end:.3f} in {opts.steps} steps ({seconds:.0f}s)"
+        f"{manifest.name}: loss {fit.loss_start:.3f} -> {fit.loss_end:.3f} in {opts.steps} steps ({fit.seconds:.0f}s)"
         + (f", held-out exact match {em:.0%}" if em is not None else "")
         + f"; wrote {export.path}"
     )
@@ -532,10 +399,10 @@ def train_library(
         adapter=export.path,
         base=bm.label,
         steps=opts.steps,
-        seconds=seconds,
-        loss_start=loss_start,
-        loss_end=loss_end,
-        losses=losses,
+        seconds=fit.seconds,
+        loss_start=fit.loss_start,
+        loss_end=fit.loss_end,
+        losses=fit.losses,
         options=opts.to_json(),
         data=ts.counts(),
         eval_exact_match=em,
@@ -543,6 +410,219 @@ def train_library(
         abi_ok=abi_ok,
         warnings=warnings,
     )
+
+
+def _read_library(src: Path, overrides: dict[str, Any] | None, out: str | Path | None) -> tuple[Manifest, TrainOptions, Path, list[str]]:
+    """The library's manifest, its ``[train]`` options (with ``overrides``) and where the adapter goes."""
+    manifest = load_manifest(src)
+    if manifest.kind != "library":
+        raise InvalidPackageError(f"{manifest.name} is a {manifest.kind} package; only libraries carry adapters")
+    opts = TrainOptions.from_manifest(manifest.train.options, overrides)
+    adapter_rel = (manifest.adapter.file if manifest.adapter else None) or "adapter.gguf"
+    adapter_path = Path(out) if out else src / adapter_rel
+    warnings: list[str] = []
+    if manifest.adapter is None:
+        warnings.append(f'llmos.toml has no [adapter] table; add: [adapter] file = "{adapter_rel}"')
+    return manifest, opts, adapter_path, warnings
+
+
+def _choose_device(device: str, threads: int | None) -> str:
+    """``auto`` | ``gpu`` | ``cuda`` | ``cpu`` -> the torch device; sets torch's thread count."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "gpu":
+        device = "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device gpu asked for, but torch sees no CUDA device", "use --device cpu, or install a CUDA build of torch")
+    if threads:
+        torch.set_num_threads(int(threads))
+    return device
+
+
+def _training_set(manifest: Manifest, src: Path, opts: TrainOptions, files: dict[str, list[Path]]) -> D.TrainingSet:
+    """Questions, chats, replay, eval records, documents and retrieval contexts of the library."""
+    ts = D.TrainingSet(
+        qa=[],
+        chats=[],
+        replay=D.iter_records(files["replay"]),
+        documents=[],
+        eval=D.iter_records(files["eval"]),
+    )
+    for r in D.iter_records(files["data"]):
+        (ts.qa if r.is_qa else ts.chats).append(r)
+    if opts.documents and manifest.document_globs():
+        ts.documents = collect_documents(manifest, src)
+    if opts.context_fraction > 0:
+        ts.context = D.load_context_source(manifest, src)
+    return ts
+
+
+def _sampler(ts: D.TrainingSet, tok: Any, opts: TrainOptions, seed: int) -> D.Sampler:
+    return D.Sampler(
+        ts,
+        tok,
+        seed=seed,
+        max_len=opts.max_len,
+        replay_fraction=opts.replay_fraction,
+        doc_fraction=opts.doc_fraction,
+        context_fraction=opts.context_fraction,
+        abstain_fraction=opts.abstain_fraction,
+    )
+
+
+def _peft_model(bm: BaseModel, tok: Any, opts: TrainOptions, device: str) -> tuple[Any, LlamaHParams]:
+    """The base as a transformers model with a fresh peft LoRA on ``device``."""
+    from peft import LoraConfig, get_peft_model
+
+    model = bm.load_torch()
+    hp = LlamaHParams.from_hf(model.config.to_dict())
+    if tok.n_vocab != hp.vocab_size:
+        raise InvalidPackageError(f"the base's tokenizer has {tok.n_vocab} tokens but its embedding {hp.vocab_size}")
+    cfg = LoraConfig(
+        r=opts.rank,
+        lora_alpha=opts.alpha,
+        target_modules=list(opts.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    pm = get_peft_model(model, cfg)
+    pm.to(device)
+    return pm, hp
+
+
+def _attach_companions(pm: Any, opts: TrainOptions, src: Path, hp: Any, tok: Any, device: str, rep: Reporter) -> tuple[Companions | None, list[Any]]:
+    """``[train] companions``: frozen adapters switched on at random, and samplers of their questions."""
+    if not opts.companions:
+        return None, []
+    specs = opts.companion_specs()
+    comp_src = load_companions([p for p, _ in specs], src, hp)
+    companions = Companions(pm, [(c.name, c.pairs) for c in comp_src], device, probs=[q for _, q in specs], sampling=opts.companion_sampling)
+    comp_samplers = [
+        D.Sampler(
+            D.TrainingSet(qa=c.qa, chats=[], replay=[], documents=[], eval=[]),
+            tok,
+            seed=opts.seed + 31 * (i + 1),
+            max_len=opts.max_len,
+            replay_fraction=0.0,
+            doc_fraction=0.0,
+            context_fraction=0.0,
+        )
+        if c.qa
+        else None
+        for i, c in enumerate(comp_src)
+    ]
+    rep.info(f"with {len(companions.names)} companion adapter(s), on with probability {', '.join(f'{q:g}' for _, q in specs)} ({opts.companion_sampling})")
+    return companions, comp_samplers
+
+
+@dataclass
+class _Fit:
+    loss_start: float
+    loss_end: float
+    losses: list[float]
+    seconds: float
+
+
+def _fit(
+    pm: Any,
+    ts: D.TrainingSet,
+    tok: Any,
+    sampler: D.Sampler,
+    companions: Companions | None,
+    comp_samplers: list[Any],
+    opts: TrainOptions,
+    device: str,
+    name: str,
+    rep: Reporter,
+) -> _Fit:
+    """The training loop: AdamW with warm-up and cosine decay, companions and penalties; loss on a fixed probe before and after."""
+    import random as _random
+
+    import torch
+
+    comp_rng = _random.Random(opts.seed + 104729)
+    penalty_terms = _delta_terms(pm) if opts.delta_penalty > 0 else []
+    silence = _Silence(pm) if opts.silence_penalty > 0 else None
+
+    def to_dev(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(device) for k, v in b.items()}
+
+    probe_sampler = _sampler(ts, tok, opts, opts.seed + 7919)
+    probe = [to_dev(D.collate(probe_sampler.batch(min(16, opts.batch_size)))) for _ in range(2)]
+    pm.eval()
+    loss_start = _mean_loss(pm, probe)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    losses: list[float] = []
+    t0 = time.monotonic()
+    pm.train()
+    with rep.task(f"training {name}  loss {loss_start:.3f}", total=opts.steps) as task:
+        for step in range(opts.steps):
+            for g in optim.param_groups:
+                g["lr"] = _lr_at(step, opts.steps, opts.lr, opts.warmup)
+            n_comp, active_data = 0, []
+            if companions is not None:
+                companions.sample(comp_rng)
+                active_data = [cs for cs, on in zip(comp_samplers, companions.active) if on and cs is not None]
+                if active_data:
+                    n_comp = min(opts.batch_size - 1, round(opts.batch_size * opts.companion_data_fraction))
+            examples = sampler.batch(opts.batch_size - n_comp) + [comp_rng.choice(active_data).draw() for _ in range(n_comp)]
+            batch = to_dev(D.collate(examples))
+            off = batch.pop("offdomain")
+            if silence is not None:
+                silence.start(off, batch["attention_mask"])
+            loss = pm(**batch).loss
+            if silence is not None and bool(off.any()):
+                loss = loss + opts.silence_penalty * silence.penalty()
+            if penalty_terms:
+                loss = loss + opts.delta_penalty * _delta_penalty(penalty_terms)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            task.advance()
+            if step % 5 == 4 or step == opts.steps - 1:
+                recent = sum(losses[-10:]) / len(losses[-10:])
+                task.update(description=f"training {name}  loss {recent:.3f}")
+    seconds = time.monotonic() - t0
+    if companions is not None:
+        companions.remove()
+    if silence is not None:
+        silence.remove()
+    pm.eval()
+    return _Fit(loss_start, _mean_loss(pm, probe), losses, seconds)
+
+
+def _exact_match(pm: Any, tok: Any, ts: D.TrainingSet) -> float | None:
+    """Held-out exact match over the eval questions (``None`` without any)."""
+    if not ts.eval:
+        return None
+    qa = [r for r in ts.eval if r.is_qa]
+    questions = [q for r in qa for q in r.questions]
+    answers = [r.answer for r in qa for _ in r.questions]
+    if not questions:
+        return None
+    got = greedy_answers(pm, tok, questions)
+    return sum(normalize_answer(g) == normalize_answer(a) for g, a in zip(got, answers)) / len(questions)
+
+
+def _export(pm: Any, hp: Any, adapter_path: Path, manifest: Manifest, bm: BaseModel, warnings: list[str]) -> tuple[Any, bool | None]:
+    """Write the adapter as GGUF and check it against the base's ABI."""
+    pm.to("cpu")
+    pairs = peft_model_pairs(pm)
+    export = write_lora_gguf(
+        pairs,
+        hp,
+        adapter_path,
+        name=manifest.name,
+        metadata={"llmos.library": manifest.name, "llmos.library_version": manifest.version, "llmos.base": bm.label if bm.name else Path(bm.label).name},
+    )
+    abi_ok = _abi_check(export.path, bm.gguf if bm.hf_dir is None else None, warnings)
+    return export, abi_ok
 
 
 def _load_init(pm: Any, opts: TrainOptions, src: Path, hp: Any) -> int:

@@ -36,8 +36,8 @@ from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
 from llmos_cli.knowledge.glossary import parse_glossary
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.archive import PackageArchive
-from llmos_cli.pkg.manifest import load_manifest
-from llmos_cli.pkg.meta import Req, check_name
+from llmos_cli.pkg.manifest import Manifest, load_manifest
+from llmos_cli.pkg.meta import check_name
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.state.db import StateDB
 from llmos_cli.state.store import Store
@@ -51,18 +51,22 @@ METHODS = {"cat": "cat", "linear": "linear", "ties": "ties_svd", "dare_ties": "d
 
 @dataclass
 class SourceLib:
-    name: str
-    version: str
-    manifest: dict[str, Any]
+    """One library to merge: its typed manifest and its payload files."""
+
+    manifest: Manifest
     files: dict[str, Path]  # package path -> file on disk
 
-    def section(self, key: str) -> dict[str, Any]:
-        v = self.manifest.get(key)
-        return v if isinstance(v, dict) else {}
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def adapter(self) -> Path | None:
-        rel = self.section("adapter").get("file")
+        rel = self.manifest.adapter.file if self.manifest.adapter else None
         return self.files.get(rel) if rel else None
 
 
@@ -101,8 +105,6 @@ class MergeResult:
 
 def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
     """A library from a source folder, a ``.llmos`` archive or an installed package name."""
-    import tomllib
-
     p = Path(spec).expanduser()
     if p.is_dir():
         mf = p / "llmos.toml"
@@ -112,19 +114,19 @@ def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
         m = load_manifest(p)
         files = {q.relative_to(p).as_posix(): q for q in sorted(p.rglob("*")) if q.is_file() and q.name != "llmos.toml"}
         files = {k: v for k, v in files.items() if not k.startswith((".git/", ".llmos/")) and "__pycache__" not in k}
-        return SourceLib(m.name, m.version, tomllib.loads(mf.read_text(encoding="utf-8")), files)
+        return SourceLib(m, files)
     if p.is_file():
         arc = PackageArchive.open(p)
         arc.verify()
         dest = tmp / f"{arc.manifest.name}-{arc.manifest.version}"
-        files: dict[str, Path] = {}
+        extracted: dict[str, Path] = {}
         for rel, stream, _rec in arc.iter_payload():
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as fh:
                 shutil.copyfileobj(stream, fh)
-            files[rel] = target
-        return SourceLib(arc.manifest.name, arc.manifest.version, dict(arc.manifest.raw), files)
+            extracted[rel] = target
+        return SourceLib(arc.manifest, extracted)
 
     paths = paths or get_paths()
     pkg = None
@@ -139,7 +141,7 @@ def open_source(spec: str, tmp: Path, paths: Any = None) -> SourceLib:
             f"no library {spec!r}: not a folder, not an archive, not installed", "pass a library source folder, a .llmos archive or an installed library name"
         )
     store = Store(paths)
-    return SourceLib(pkg.name, pkg.version, pkg.manifest, {f.path: store.path_for(f.sha256) for f in pkg.files})
+    return SourceLib(pkg.typed_manifest, {f.path: store.path_for(f.sha256) for f in pkg.files})
 
 
 # ---------------------------------------------------------------- adapters
@@ -251,7 +253,7 @@ def _base_gguf(base: str | None, sources: list[SourceLib], paths: Any) -> Path:
 
         return resolve_base(base, Path(tempfile.gettempdir()), paths).gguf
 
-    names = {Req.parse(s.manifest["package"]["base"]).name for s in sources if s.adapter and s.manifest.get("package", {}).get("base")}
+    names = {s.manifest.meta.base.name for s in sources if s.adapter and s.manifest.meta.base}
     if len(names) != 1:
         raise UsageError("cannot tell which base model to merge on", "pass --base MODEL (an installed model name or a .gguf file)")
 
@@ -271,8 +273,7 @@ class UnsatisfiableBase(InvalidPackageError):
 
 
 def _combined_base(sources: list[SourceLib]) -> str | None:
-
-    reqs = [Req.parse(s.manifest["package"]["base"]) for s in sources if s.manifest.get("package", {}).get("base")]
+    reqs = [s.manifest.meta.base for s in sources if s.manifest.meta.base]
     if not reqs:
         return None
     names = {r.name for r in reqs}
@@ -299,18 +300,18 @@ def merge_libraries(
     reporter: Reporter | None = None,
     paths: Any = None,
 ) -> MergeResult:
-    """Merge library sources into one library source folder ``out_dir``."""
+    """Merge library sources into one library source folder ``out_dir``.
+
+    Phases: check the arguments, open and check the sources, weigh them, then
+    (unless ``simulate``) write in a staging folder the ``[package]`` table
+    (``_package_table``), the adapter (``_merge_adapter``), ``[merged_from]``,
+    the documents, glossary, prompt, tools and eval data (``_payload_tables``),
+    check the result is a valid library and move it to ``out_dir``.
+    """
     import tomli_w
 
     rep = reporter or NullReporter()
-    if len(libs) < 2:
-        raise UsageError("merge needs at least two libraries")
-    if method not in METHODS:
-        raise UsageError(f"unknown merge method {method!r}", f"choose one of {', '.join(METHODS)}")
-    if weights is not None and len(weights) != len(libs):
-        raise UsageError(f"{len(weights)} weights for {len(libs)} libraries", "give one --weight per library, in order")
-    if not 0 < density <= 1:
-        raise UsageError(f"density must be in (0, 1], not {density}")
+    _check_arguments(libs, method, weights, density)
     out = Path(out_dir)
     name = check_name(name or out.name)
     if out.exists() and any(out.iterdir()) and not force and not simulate:
@@ -319,132 +320,34 @@ def merge_libraries(
     with tempfile.TemporaryDirectory(prefix="llmos-merge-") as tmpd:
         tmp = Path(tmpd)
         sources = [open_source(s, tmp, paths) for s in libs]
-        seen: set[str] = set()
-        for s in sources:
-            if s.name in seen:
-                raise UsageError(f"{s.name} is given twice")
-            seen.add(s.name)
-            if s.manifest.get("package", {}).get("kind") != "library":
-                raise InvalidPackageError(f"{s.name} is not a library")
+        _check_sources(sources)
         base_req = _combined_base(sources)
-        scales = [float(s.section("adapter").get("scale", 1.0)) for s in sources]
+        scales = [s.manifest.adapter.scale if s.manifest.adapter else 1.0 for s in sources]
         w = [float(x) * sc for x, sc in zip(weights or [1.0] * len(sources), scales)]
         src_info = [{"name": s.name, "version": s.version, **({"adapter_sha256": _sha256(s.adapter)} if s.adapter else {})} for s in sources]
         for s in sources:
-            if s.section("adapter") and s.adapter is None:
-                raise NotFoundError(f"{s.name}: its adapter file {s.section('adapter').get('file')!r} is missing")
+            if s.manifest.adapter and s.adapter is None:
+                raise NotFoundError(f"{s.name}: its adapter file {s.manifest.adapter.file!r} is missing")
         with_adapter = [(s, wt) for s, wt in zip(sources, w) if s.adapter is not None]
         if simulate:
             return MergeResult(out, name, version, method, src_info, None, None, 0, 0, 0, ["simulated: nothing written"])
 
         stage = tmp / "out"
         stage.mkdir()
-        manifest: dict[str, Any] = {"schema": 1}
-        names_in = {s.name for s in sources}
-        depends: list[str] = []
-        for s in sources:
-            for d in s.manifest.get("package", {}).get("depends", []) or []:
-                alts = [a.strip() for a in d.split("|")]
-                if any(_req_name(a) in names_in for a in alts):
-                    continue
-                if d not in depends:
-                    depends.append(d)
-        provides: list[str] = []
-        for s in sources:
-            for p in [s.name, *(s.manifest.get("package", {}).get("provides", []) or [])]:
-                if p not in provides and p != name:
-                    provides.append(p)
-        conflicts = []
-        for s in sources:
-            for c in s.manifest.get("package", {}).get("conflicts", []) or []:
-                if _req_name(c) not in names_in and c not in conflicts:
-                    conflicts.append(c)
-        licenses = []
-        for s in sources:
-            lic = s.manifest.get("package", {}).get("license", "")
-            if lic and lic not in licenses:
-                licenses.append(lic)
-        first = sources[0].manifest.get("package", {})
-        pkg: dict[str, Any] = {
-            "name": name,
-            "version": version,
-            "kind": "library",
-            "summary": f"{', '.join(s.name for s in sources)} merged ({method})",
-            "license": " AND ".join(licenses) or "NOASSERTION",
-            "maintainer": first.get("maintainer", "unknown"),
-            "description": "Merged by `llmos merge` from: " + "; ".join(f"{s.name} {s.version}" for s in sources),
-        }
-        if base_req:
-            pkg["base"] = base_req
-        if depends:
-            pkg["depends"] = depends
-        if conflicts:
-            pkg["conflicts"] = conflicts
-        if provides:
-            pkg["provides"] = provides
-        manifest["package"] = pkg
-
-        # adapter
-        merged_rank = None
-        adapter_out = None
-        if len(with_adapter) == 1:
-            s, wt = with_adapter[0]
-            shutil.copyfile(s.adapter, stage / "adapter.gguf")
-            manifest["adapter"] = {"file": "adapter.gguf", "scale": wt}
-            adapter_out = stage / "adapter.gguf"
-        elif with_adapter:
-            require_train_extra("llmos merge")
-            from gguf import GGUFReader
-
-            base_path = _base_gguf(base, sources, paths)
-            hp = hparams_from_gguf(GGUFReader(str(base_path), "r"))
-            rep.info(f"merging {len(with_adapter)} adapters ({method})")
-            adapter_out, merged_rank = merge_adapters(
-                [(s.name, s.adapter) for s, _ in with_adapter],
-                hp,
-                stage / "adapter.gguf",
-                method=method,
-                weights=[wt for _, wt in with_adapter],
-                density=density,
-                rank=rank,
-                seed=seed,
-                name=name,
-            )
-            manifest["adapter"] = {"file": "adapter.gguf"}
+        manifest: dict[str, Any] = {"schema": 1, "package": _package_table(sources, name, version, method, base_req)}
+        adapter_table, adapter_out, merged_rank = _merge_adapter(
+            with_adapter, stage, base=base, sources=sources, method=method, density=density, rank=rank, seed=seed, name=name, rep=rep, paths=paths
+        )
+        if adapter_table is not None:
+            manifest["adapter"] = adapter_table
         manifest["merged_from"] = {
             "method": method,
             "weights": w,
             **({"density": density} if method in ("ties", "dare_ties") else {}),
             "sources": src_info,
         }
-
-        # documents, glossary, prompt fragments, tools, other payload files
-        n_docs, doc_globs, chunk_sizes = _merge_documents(sources, stage)
-        if doc_globs:
-            kn: dict[str, Any] = {"documents": doc_globs}
-            if chunk_sizes:
-                size, overlap = chunk_sizes[0]
-                if len(set(chunk_sizes)) > 1:
-                    warnings.append(f"the libraries chunk their documents differently; using chunk_size={size}")
-                if size is not None:
-                    kn["chunk_size"] = size
-                if overlap is not None:
-                    kn["chunk_overlap"] = overlap
-            manifest["knowledge"] = kn
-        n_terms = _merge_glossaries(sources, stage, warnings)
-        if n_terms:
-            manifest["glossary"] = {"file": "glossary.toml"}
-        prompt = _merge_prompts(sources, stage)
-        if prompt:
-            manifest["prompt"] = {"system": prompt}
-        tools, mcp = _merge_tools(sources, warnings)
-        if tools:
-            manifest["tools"] = tools
-        if mcp:
-            manifest["mcp"] = mcp
-        evals = _merge_eval(sources, stage)
-        if evals:
-            manifest["train"] = {"eval": evals}
+        tables, n_docs, n_terms, n_tools = _payload_tables(sources, stage, warnings)
+        manifest.update(tables)
         _copy_other_files(sources, stage)
         (stage / "llmos.toml").write_text(tomli_w.dumps(manifest), encoding="utf-8")
 
@@ -466,16 +369,159 @@ def merge_libraries(
         out / "adapter.gguf" if adapter_out else None,
         n_docs,
         n_terms,
-        len(tools),
+        n_tools,
         warnings,
     )
 
 
-def _req_name(text: str) -> str:
-    import re
+def _check_arguments(libs: list[str], method: str, weights: list[float] | None, density: float) -> None:
+    if len(libs) < 2:
+        raise UsageError("merge needs at least two libraries")
+    if method not in METHODS:
+        raise UsageError(f"unknown merge method {method!r}", f"choose one of {', '.join(METHODS)}")
+    if weights is not None and len(weights) != len(libs):
+        raise UsageError(f"{len(weights)} weights for {len(libs)} libraries", "give one --weight per library, in order")
+    if not 0 < density <= 1:
+        raise UsageError(f"density must be in (0, 1], not {density}")
 
-    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", text)
-    return m.group(1) if m else text.strip()
+
+def _check_sources(sources: list[SourceLib]) -> None:
+    seen: set[str] = set()
+    for s in sources:
+        if s.name in seen:
+            raise UsageError(f"{s.name} is given twice")
+        seen.add(s.name)
+        if s.manifest.kind != "library":
+            raise InvalidPackageError(f"{s.name} is not a library")
+
+
+def _package_table(sources: list[SourceLib], name: str, version: str, method: str, base_req: str | None) -> dict[str, Any]:
+    """``[package]`` of the merged library.
+
+    Relations between the sources are dropped; the others are united (as
+    ``PackageMeta`` writes them), and ``provides`` keeps every source's name.
+    """
+    names_in = {s.name for s in sources}
+    depends: list[str] = []
+    provides: list[str] = []
+    conflicts: list[str] = []
+    licenses: list[str] = []
+    for s in sources:
+        meta = s.manifest.meta
+        texts = meta.relations_json()
+        for dep, text in zip(meta.depends, texts["depends"]):
+            if any(alt.name in names_in for alt in dep.alternatives):
+                continue
+            if text not in depends:
+                depends.append(text)
+        for p in [s.name, *texts["provides"]]:
+            if p not in provides and p != name:
+                provides.append(p)
+        for c, text in zip(meta.conflicts, texts["conflicts"]):
+            if c.name not in names_in and text not in conflicts:
+                conflicts.append(text)
+        lic = s.manifest.license
+        if lic and lic not in licenses:
+            licenses.append(lic)
+    pkg: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "kind": "library",
+        "summary": f"{', '.join(s.name for s in sources)} merged ({method})",
+        "license": " AND ".join(licenses) or "NOASSERTION",
+        "maintainer": sources[0].manifest.maintainer or "unknown",
+        "description": "Merged by `llmos merge` from: " + "; ".join(f"{s.name} {s.version}" for s in sources),
+    }
+    if base_req:
+        pkg["base"] = base_req
+    if depends:
+        pkg["depends"] = depends
+    if conflicts:
+        pkg["conflicts"] = conflicts
+    if provides:
+        pkg["provides"] = provides
+    return pkg
+
+
+def _merge_adapter(
+    with_adapter: list[tuple[SourceLib, float]],
+    stage: Path,
+    *,
+    base: str | None,
+    sources: list[SourceLib],
+    method: str,
+    density: float,
+    rank: int | None,
+    seed: int,
+    name: str,
+    rep: Reporter,
+    paths: Any,
+) -> tuple[dict[str, Any] | None, Path | None, int | None]:
+    """The merged adapter in ``stage``: ``([adapter] table, its path, its rank)``.
+
+    One adapter is copied with its weight as scale; several are combined by ``merge_adapters``.
+    """
+    if len(with_adapter) == 1:
+        s, wt = with_adapter[0]
+        assert s.adapter is not None
+        shutil.copyfile(s.adapter, stage / "adapter.gguf")
+        return {"file": "adapter.gguf", "scale": wt}, stage / "adapter.gguf", None
+    if not with_adapter:
+        return None, None, None
+    require_train_extra("llmos merge")
+    from gguf import GGUFReader
+
+    base_path = _base_gguf(base, sources, paths)
+    hp = hparams_from_gguf(GGUFReader(str(base_path), "r"))
+    rep.info(f"merging {len(with_adapter)} adapters ({method})")
+    adapter_out, merged_rank = merge_adapters(
+        [(s.name, s.adapter) for s, _ in with_adapter if s.adapter is not None],
+        hp,
+        stage / "adapter.gguf",
+        method=method,
+        weights=[wt for _, wt in with_adapter],
+        density=density,
+        rank=rank,
+        seed=seed,
+        name=name,
+    )
+    return {"file": "adapter.gguf"}, adapter_out, merged_rank
+
+
+def _payload_tables(sources: list[SourceLib], stage: Path, warnings: list[str]) -> tuple[dict[str, Any], int, int, int]:
+    """Documents, glossary, prompt fragments, tools and eval data, united in ``stage``.
+
+    Returns the manifest tables (in the order they are written), and the number of
+    documents, glossary terms and tools.
+    """
+    tables: dict[str, Any] = {}
+    n_docs, doc_globs, chunk_sizes = _merge_documents(sources, stage)
+    if doc_globs:
+        kn: dict[str, Any] = {"documents": doc_globs}
+        if chunk_sizes:
+            size, overlap = chunk_sizes[0]
+            if len(set(chunk_sizes)) > 1:
+                warnings.append(f"the libraries chunk their documents differently; using chunk_size={size}")
+            if size is not None:
+                kn["chunk_size"] = size
+            if overlap is not None:
+                kn["chunk_overlap"] = overlap
+        tables["knowledge"] = kn
+    n_terms = _merge_glossaries(sources, stage, warnings)
+    if n_terms:
+        tables["glossary"] = {"file": "glossary.toml"}
+    prompt = _merge_prompts(sources, stage)
+    if prompt:
+        tables["prompt"] = {"system": prompt}
+    tools, mcp = _merge_tools(sources, warnings)
+    if tools:
+        tables["tools"] = tools
+    if mcp:
+        tables["mcp"] = mcp
+    evals = _merge_eval(sources, stage)
+    if evals:
+        tables["train"] = {"eval": evals}
+    return tables, n_docs, n_terms, len(tools)
 
 
 _OWN = {"llmos.toml"}
@@ -485,17 +531,11 @@ def _special_files(s: SourceLib) -> set[str]:
     """Payload paths the merge handles itself (adapter, documents, glossary, prompt, eval data)."""
     import fnmatch
 
+    m = s.manifest
     out = set(_OWN)
-    for sec, key in (("adapter", "file"), ("glossary", "file"), ("prompt", "system")):
-        v = s.section(sec).get(key)
-        if isinstance(v, str):
-            out.add(v)
-    globs = s.section("knowledge").get("documents", [])
-    globs = [globs] if isinstance(globs, str) else list(globs)
-    train = s.section("train")
-    for key in ("data", "eval", "replay"):
-        v = train.get(key, [])
-        out.update([v] if isinstance(v, str) else v)
+    out.update(m.declared_files())
+    globs = m.knowledge.documents
+    out.update(m.train.data + m.train.eval + m.train.replay)
     for rel in s.files:
         if any(fnmatch.fnmatch(rel, g) or Path(rel).match(g) for g in globs):
             out.add(rel)
@@ -507,8 +547,7 @@ def _special_files(s: SourceLib) -> set[str]:
 def _doc_files(s: SourceLib) -> list[str]:
     import fnmatch
 
-    globs = s.section("knowledge").get("documents", [])
-    globs = [globs] if isinstance(globs, str) else list(globs)
+    globs = s.manifest.knowledge.documents
     return sorted(rel for rel in s.files if any(fnmatch.fnmatch(rel, g) or Path(rel).match(g) for g in globs) and not rel.startswith(".llmos/"))
 
 
@@ -526,8 +565,8 @@ def _merge_documents(sources: list[SourceLib], stage: Path) -> tuple[int, list[s
             shutil.copyfile(s.files[rel], target)
             n += 1
         globs.append(f"knowledge/{s.name}/**/*")
-        kn = s.section("knowledge")
-        sizes.append((kn.get("chunk_size"), kn.get("chunk_overlap")))
+        kn = s.manifest.knowledge
+        sizes.append((kn.chunk_size, kn.chunk_overlap))
     return n, globs, sizes
 
 
@@ -536,7 +575,7 @@ def _merge_glossaries(sources: list[SourceLib], stage: Path, warnings: list[str]
 
     terms: dict[str, dict[str, Any]] = {}
     for s in sources:
-        rel = s.section("glossary").get("file")
+        rel = s.manifest.glossary.file if s.manifest.glossary else None
         if not rel or rel not in s.files:
             continue
         g = parse_glossary(s.files[rel].read_bytes(), s.name, rel)
@@ -562,7 +601,7 @@ def _merge_glossaries(sources: list[SourceLib], stage: Path, warnings: list[str]
 def _merge_prompts(sources: list[SourceLib], stage: Path) -> str | None:
     parts = []
     for s in sources:
-        rel = s.section("prompt").get("system")
+        rel = s.manifest.prompt.system if s.manifest.prompt else None
         if rel and rel in s.files:
             text = s.files[rel].read_text(encoding="utf-8").strip()
             if text:
@@ -578,21 +617,20 @@ def _merge_tools(sources: list[SourceLib], warnings: list[str]) -> tuple[list[di
     mcp: list[dict[str, Any]] = []
     names: dict[str, str] = {}
     for s in sources:
-        for t in s.manifest.get("tools", []) or []:
-            if t.get("name") in names:
-                raise InvalidPackageError(f"tool {t.get('name')!r} is declared by both {names[t['name']]} and {s.name}", "rename one before merging")
-            names[t.get("name")] = s.name
-            tools.append(dict(t))
-        for m in s.manifest.get("mcp", []) or []:
-            mcp.append(dict(m))
+        for t in s.manifest.tools:
+            if t.name in names:
+                raise InvalidPackageError(f"tool {t.name!r} is declared by both {names[t.name]} and {s.name}", "rename one before merging")
+            names[t.name] = s.name
+            tools.append(dict(t.table))
+        for m in s.manifest.mcp:
+            mcp.append(dict(m.table))
     return tools, mcp
 
 
 def _merge_eval(sources: list[SourceLib], stage: Path) -> list[str]:
     out = []
     for s in sources:
-        ev = s.section("train").get("eval", [])
-        for rel in [ev] if isinstance(ev, str) else ev:
+        for rel in s.manifest.train.eval:
             if rel in s.files:
                 target = stage / "train" / s.name / Path(rel).name
                 target.parent.mkdir(parents=True, exist_ok=True)
