@@ -95,7 +95,7 @@ class Bench:
         self.views = {n: LibraryView.from_folder(pkgs[n]) for n in LIBS}
         self.questions = {n: read_questions(pkgs[n] / "train" / "heldout.jsonl") for n in LIBS}
         self.general = read_questions(pkgs["demo-chat"] / "eval" / "general-heldout.jsonl")
-        self.adapters = {n: (pkgs[n] / "adapter.gguf", float(self.views[n].section("adapter").get("scale", 1.0))) for n in LIBS}
+        self.adapters = {n: (pkgs[n] / "adapter.gguf", v.manifest.adapter.scale if (v := self.views[n]).manifest.adapter else 1.0) for n in LIBS}
 
     def score(self, items: list[tuple[str, str]], answer: Callable[[str], str]) -> float:
         return sum(self.exact(answer(q), a) for q, a in items) / len(items)
