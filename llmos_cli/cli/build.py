@@ -24,17 +24,7 @@ def build(
         from llmos_cli.app import build as archive
 
         if simulate:
-            manifest, payload, notes = archive.plan_build(src, rep)
-            for f in notes:
-                rep.warn(str(f))
-            return {
-                "simulated": True,
-                "name": manifest.name,
-                "version": manifest.version,
-                "kind": manifest.kind,
-                "filename": archive.archive_filename(manifest.name, manifest.version),
-                "files": [f.rel for f in payload],
-            }
+            return archive.simulate_build(src, rep)
         return archive.build_package(src, output, rep)
 
     def human(res: Any) -> None:

@@ -141,10 +141,9 @@ def cache_list(json: JsonOpt = False) -> Any:
     """List downloaded archives and partial downloads."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.paths import get_paths
-        from llmos_cli.registry.download import list_cache
+        from llmos_cli.app import sources
 
-        return list_cache(get_paths().cache)
+        return sources.list_cache()
 
     def human(res: Any) -> None:
         for e in res.entries:
@@ -165,15 +164,9 @@ def cache_clean(
     """Delete the download cache (installed packages are not affected)."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.paths import get_paths
-        from llmos_cli.registry.download import clean_cache
-        from llmos_cli.state.db import state_lock
+        from llmos_cli.app import sources
 
-        paths = get_paths()
-        if simulate:
-            return clean_cache(paths.cache, incomplete_only=incomplete, simulate=True)
-        with state_lock(paths, "cache clean"):
-            return clean_cache(paths.cache, incomplete_only=incomplete)
+        return sources.clean_cache(incomplete_only=incomplete, simulate=simulate)
 
     def human(res: Any) -> None:
         verb = "would free" if res.simulate else "freed"

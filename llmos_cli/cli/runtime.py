@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import typer
 
 from llmos_cli.cli._common import STATE, JsonOpt, RichReporter, SimulateOpt, YesOpt, confirm, run_command
+from llmos_cli.cli._render import kv, simulated, table
 from llmos_cli.cli._render import line as _print
 from llmos_cli.cli._render import note as _note
-from llmos_cli.cli._render import simulated, table
 
 
 def _fmt_scale(v: float) -> str:
@@ -95,13 +95,16 @@ def _render_doctor(report: Any) -> None:
     else:
         _print(f"llama-cpp-python: NOT usable ({lc.get('error')})")
     t = report.threads
-    _print(f"threads: {t['usable']} usable of {t['cpu_count']} cores; llama.cpp default {t['default_threads']}")
-    for key, d in report.paths.items():
-        state = "ok" if d["exists"] and d["writable"] else ("missing" if not d["exists"] else "read-only")
-        _print(f"{key}: {d['path']} ({state})")
     db = report.database
-    _print(f"database: {db['path']} ({db.get('integrity')})")
-    _print(f"default model: {report.default_model or '-'}")
+
+    def state(d: dict[str, Any]) -> str:
+        return "ok" if d["exists"] and d["writable"] else ("missing" if not d["exists"] else "read-only")
+
+    kv(
+        [("threads", f"{t['usable']} usable of {t['cpu_count']} cores; llama.cpp default {t['default_threads']}")]
+        + [(key, f"{d['path']} ({state(d)})") for key, d in report.paths.items()]
+        + [("database", f"{db['path']} ({db.get('integrity')})"), ("default model", report.default_model or "-")]
+    )
     for c in report.checks:
         (_print if c.ok else _note)(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.message}")
 
@@ -304,18 +307,9 @@ def import_model(
             confirm("Do you want to continue?", yes)
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.app.models import import_model as do_import
+        from llmos_cli.app import models
 
-        if from_hf:
-            import tempfile
-            from pathlib import Path as _P
-
-            from llmos_cli.train.convert import convert_hf_to_gguf
-
-            with tempfile.TemporaryDirectory(prefix="llmos-from-hf-") as tmp:
-                stem = name or _P(file).expanduser().resolve().name
-                gguf = convert_hf_to_gguf(_P(file).expanduser(), _P(tmp) / f"{stem}.gguf", name=stem, reporter=rep)
-                return do_import(str(gguf), name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
+        do_import = models.import_hf_model if from_hf else models.import_model
         return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
 
     return run_command("import-model", json, work, _render_import)

@@ -1,4 +1,4 @@
-"""``llmos source list|add|remove`` and ``llmos update``."""
+"""``llmos source list|add|remove`` and ``llmos update``; the work is ``llmos_cli.app.sources``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ import typer
 
 from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, run_command
 from llmos_cli.cli._render import line, note, table
-
-
-def _with_db(fn, *, lock: str | None):
-    """Open the state DB and call ``fn(paths, db)``; with ``lock`` (the command), under the state lock
-    and after recovering any interrupted transaction, like every changing command."""
-    from llmos_cli.paths import get_paths
-    from llmos_cli.state.transaction import open_state
-
-    paths = get_paths()
-    with open_state(paths, lock or "source", write=lock is not None) as db:
-        return fn(paths, db)
 
 
 def _trust_label(d: dict) -> str:
@@ -36,9 +25,9 @@ def source_list(json: JsonOpt = False) -> Any:
     """List sources with their trust (pinned key or unsigned-allowed)."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.registry.lists import list_sources
+        from llmos_cli.app import sources
 
-        return _with_db(list_sources, lock=None)
+        return sources.list_sources()
 
     def human(rows: Any) -> None:
         table(
@@ -74,12 +63,9 @@ def source_add(
     """Add a source.  Run `llmos update` afterwards to fetch its index."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.registry.lists import add_source
+        from llmos_cli.app import sources
 
-        return _with_db(
-            lambda p, db: add_source(p, db, name, url, key=key, allow_unsigned=allow_unsigned, priority=priority, simulate=simulate),
-            lock="source add",
-        )
+        return sources.add_source(name, url, key=key, allow_unsigned=allow_unsigned, priority=priority, simulate=simulate)
 
     def human(res: Any) -> None:
         d = res.to_json()["source"]
@@ -101,9 +87,9 @@ def source_remove(
     """Remove a source and its local index copy (installed packages stay)."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.registry.lists import remove_source
+        from llmos_cli.app import sources
 
-        return _with_db(lambda p, db: remove_source(p, db, name, simulate=simulate), lock="source remove")
+        return sources.remove_source(name, simulate=simulate)
 
     def human(res: Any) -> None:
         verb = "would remove" if res.simulated else "removed"
@@ -121,9 +107,9 @@ def update(
     """Refresh the local copy of every source's index."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.registry import lists
+        from llmos_cli.app import sources
 
-        return _with_db(lambda p, db: lists.update(p, db, rep, names or None, simulate=simulate), lock="update")
+        return sources.update(names or None, simulate=simulate, reporter=rep)
 
     def human(res: Any) -> None:
         for s in res.sources:

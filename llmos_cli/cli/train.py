@@ -63,50 +63,21 @@ def train(
     }
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.errors import UsageError
+        from llmos_cli.app.train import train as do_train
 
-        if device not in ("auto", "cpu", "gpu", "cuda"):
-            raise UsageError(f"--device must be auto, cpu or gpu, not {device!r}")
-        if len(srcs) > 1:
-            return family(rep)
-        if rounds is not None or skip_first:
-            raise UsageError("--rounds and --skip-first co-train several libraries", "name all the libraries of the family")
-        src = srcs[0]
-        if simulate:
-            from llmos_cli.pkg.manifest import load_manifest
-            from llmos_cli.train.lora import TrainOptions
-
-            m = load_manifest(src)
-            opts = TrainOptions.from_manifest(m.section("train"), overrides)
-            target_file = output or (src / (m.section("adapter").get("file") or "adapter.gguf"))
-            return {"simulated": True, "library": m.name, "version": m.version, "base": base, "adapter": str(target_file), "options": opts.to_json()}
-        from llmos_cli.train.lora import train_library
-
-        return train_library(src, base, overrides=overrides, device=device, threads=threads, out=output, evaluate=not no_eval, reporter=rep)
-
-    def family(rep: RichReporter) -> Any:
-        from llmos_cli.errors import UsageError
-        from llmos_cli.train.family import CotrainOptions, plan_family, train_family
-
-        if output or init:
-            raise UsageError("--output and --init take one library", "co-training writes each library's own adapter")
-        opts = CotrainOptions()
-        if rounds is not None:
-            opts.rounds = rounds
-        if cotrain_steps is not None:
-            opts.steps = cotrain_steps
-        opts.validate()
-        if simulate:
-            members = plan_family(list(srcs))
-            return {
-                "simulated": True,
-                "order": [m.name for m in members],
-                "depends": {m.name: m.deps for m in members},
-                "first": not skip_first,
-                "rounds": opts.rounds,
-            }
-        return train_family(
-            list(srcs), base, cotrain=opts, skip_first=skip_first, overrides=overrides, device=device, threads=threads, evaluate=not no_eval, reporter=rep
+        return do_train(
+            list(srcs),
+            base,
+            overrides=overrides,
+            device=device,
+            threads=threads,
+            output=output,
+            evaluate=not no_eval,
+            rounds=rounds,
+            cotrain_steps=cotrain_steps,
+            skip_first=skip_first,
+            simulate=simulate,
+            reporter=rep,
         )
 
     def human(res: Any) -> None:
