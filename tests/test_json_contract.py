@@ -28,7 +28,7 @@ INSTALLED_PKG = {
     "installed_at",
 }
 ACTION = {"op", "name", "old_version", "new_version", "auto", "reason", "source"}
-TX = {"command", "simulated", "txid", "plan", "stats"}
+TX = {"command", "simulated", "txid", "plan", "stats", "payloads"}  # payloads: [[payload]] files fetched by hash (added in issue 13)
 PLAN = {"actions", "unneeded"}
 STATS = {"staged_files", "staged_bytes", "removed_blobs"}
 
@@ -96,7 +96,7 @@ def test_show_shape(reg, cli):
     assert cli("install", "jb", "-y").exit_code == 0
     d = ok_data(cli("show", "jb", "--json"), "show")
     assert set(d) == {"name", "installed", "available", "provided_by", "required_by"}
-    assert set(d["installed"]) == INSTALLED_PKG | {"license", "maintainer", "description", "archive_sha256", "files"}
+    assert set(d["installed"]) == INSTALLED_PKG | {"license", "maintainer", "description", "archive_sha256", "files", "payloads"}
     assert set(d["installed"]["files"][0]) == {"path", "sha256", "size"}
     assert set(d["available"][0]) == {
         "name",
@@ -112,6 +112,7 @@ def test_show_shape(reg, cli):
         "size",
         "sha256",
         "installed",
+        "payloads",
     }
 
 
