@@ -27,6 +27,7 @@ from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
 from llmos_cli.fileio import write_atomic
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.archive import ARCHIVE_SUFFIX, PackageArchive
+from llmos_cli.pkg.external import declared_payloads
 from llmos_cli.pkg.manifest import safe_relpath
 from llmos_cli.pkg.meta import MetaView, PackageMeta, RelationError
 from llmos_cli.progress import NullReporter, Reporter
@@ -177,6 +178,9 @@ class IndexResult:
     created: str
     expires: str | None
     packages: int
+    payloads = declared_payloads(m.raw)  # [[payload]] by hash: for show, install -s and mirror
+    if payloads:
+        extra["payloads"] = [p.to_json() for p in payloads]
     signed: bool
     entries: list[IndexEntry] = field(default_factory=list)
 
