@@ -37,7 +37,19 @@ from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.pkg.external import declared_payloads, payloads_from_json
 from llmos_cli.registry import lists, origins
 from llmos_cli.registry.kinds import make_source
-from llmos_cli.resolve import Action, Candidate, InstalledInfo, Plan, Request, autoremovable, resolve, reverse_dependents
+from llmos_cli.resolve import (
+    Action,
+    Candidate,
+    CandidateSource,
+    ChainSource,
+    InstalledInfo,
+    MemorySource,
+    Plan,
+    Request,
+    autoremovable,
+    resolve,
+    reverse_dependents,
+)
 from llmos_cli.runtime.abi import validate_staged
 from llmos_cli.state import transaction as tx
 from llmos_cli.state.db import InstalledPackage, StateDB
@@ -345,8 +357,21 @@ def _universe(paths: Paths, db: StateDB, reporter: Reporter) -> list[Any]:
     lists.ensure_default_sources(db)
     out = []
     for entry, row in lists.load_universe(paths, db, reporter):
-        out.append(Candidate(meta=entry.meta, origin=IndexOrigin(entry, row), priority=int(row.priority or 0)))
+        out.append(_index_candidate(entry, row))
     return out
+
+
+def _index_candidate(entry: Any, row: Any) -> Candidate:
+    return Candidate(meta=entry.meta, origin=IndexOrigin(entry, row), priority=int(row.priority or 0))
+
+
+def _resolver_universe(paths: Paths, db: StateDB, reporter: Reporter, local: Iterable[Any] = ()) -> CandidateSource:
+    """What the resolver sees: every source's list, read lazily through its cache, plus local archives first."""
+
+    lists.ensure_default_sources(db)
+    listed = lists.candidate_source(paths, db, _index_candidate, reporter)
+    named = MemorySource(Candidate(meta=a.manifest.meta, origin=LocalOrigin(a), priority=LOCAL_PRIORITY) for a in local)
+    return ChainSource([named, listed])
 
 
 def looks_like_archive(spec: str) -> bool:
@@ -502,9 +527,7 @@ def install(
         raise UsageError("nothing to install", "name at least one package, e.g. `llmos install med-lib`")
     reqs, local_archives = parse_specs(specs)
     with tx.open_state(paths, "install", write=True, reporter=rep) as db:
-        universe = _universe(paths, db, rep)
-        for a in local_archives:
-            universe.append(Candidate(meta=a.manifest.meta, origin=LocalOrigin(a), priority=LOCAL_PRIORITY))
+        universe = _resolver_universe(paths, db, rep, local_archives)
         plan = resolve(universe, _installed_infos(db), Request(install=reqs))
         requested = {r.name for r in reqs}
         return _run_plan(paths, db, "install", list(specs), plan, requested, simulate=simulate, reporter=rep, confirm=confirm, link_local=link_local)
@@ -603,7 +626,7 @@ def upgrade(
         else:
             request = Request(upgrade_all=True)
             requested = set(db.installed())
-        plan = resolve(_universe(paths, db, rep), _installed_infos(db), request)
+        plan = resolve(_resolver_universe(paths, db, rep), _installed_infos(db), request)
         return _run_plan(paths, db, "upgrade", names, plan, requested, simulate=simulate, reporter=rep, confirm=confirm)
 
 

@@ -37,6 +37,9 @@ INDEX_NAME = "index.json"
 SIG_SUFFIX = ".sig"
 INDEX_SCHEMA = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# a plain relative path ("pool/g++_1.0.llmos"): segments of safe characters, none "." or "..";
+# such a path is its own safe_relpath, so the (slower) pathlib check is skipped for it
+_PLAIN_PATH = re.compile(r"^(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+)*$")
 _META_KEYS = {"name", "version", "kind", "summary", "depends", "conflicts", "provides", "base", "breaks"}
 _ENTRY_KEYS = {"filename", "size", "sha256"}
 
@@ -72,7 +75,7 @@ class IndexEntry(MetaView):
         except (RelationError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidPackageError(f"{origin}: bad package entry {d.get('name')!r}: {exc}") from None
         filename = d.get("filename")
-        if not isinstance(filename, str) or safe_relpath(filename) != filename:
+        if not isinstance(filename, str) or (not _PLAIN_PATH.match(filename) and safe_relpath(filename) != filename):
             raise InvalidPackageError(f"{origin}: {meta.id}: unsafe or missing filename {filename!r}")
         size = d.get("size")
         sha = d.get("sha256")
@@ -115,6 +118,11 @@ class Index:
     @classmethod
     def from_bytes(cls, raw: bytes, origin: str) -> Index:
         """Parse and validate; ``InvalidPackageError`` on junk, a newer schema or duplicates."""
+        return cls.parse(raw, origin)[0]
+
+    @classmethod
+    def parse(cls, raw: bytes, origin: str) -> tuple[Index, list[dict]]:
+        """``from_bytes``, plus each entry's record as the index holds it (for the list cache)."""
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -153,7 +161,7 @@ class Index:
             if key in seen:
                 raise InvalidPackageError(f"{origin}: {e.meta.id} is listed twice")
             seen.add(key)
-        return cls(schema, created, version, expires, entries)
+        return cls(schema, created, version, expires, entries), pkgs
 
 
 def entry_from_archive(archive: Any, filename: str) -> IndexEntry:

@@ -5,7 +5,9 @@ hook (``llmos_cli.registry.signing.check_index_trust``, when present) and
 stores the raw bytes atomically as ``lists/<source>.json`` (+ ``.sig``); the
 database then records the accepted index version.  ``load_universe`` reads
 the stored copies (updating a never-updated source on first use) and returns
-every available package with the source it comes from.
+every available package with the source it comes from; ``candidate_source``
+gives the resolver the same packages lazily, through each list's cache
+``lists/<source>.cache`` (``llmos_cli.registry.pkgcache``, apt's pkgcache.bin).
 
 These functions take no lock; the CLI holds ``state_lock`` around them.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from llmos_cli.fileio import write_atomic
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import NAME_RE
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.registry import pkgcache
 from llmos_cli.registry.index import INDEX_NAME, SIG_SUFFIX, Index, IndexEntry
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.registry.signing import check_index_trust
@@ -34,6 +39,7 @@ from llmos_cli.registry.sources import (
     kind_for_url,
     normalise_url,
 )
+from llmos_cli.resolve import Candidate, CandidateSource, ChainSource, MemorySource
 from llmos_cli.state.db import SourceRow, StateDB, now_iso
 
 _EMBEDDED_REMOVED = "sources.embedded.removed"
@@ -45,6 +51,10 @@ def list_path(paths: Paths, name: str) -> Path:
 
 def sig_path(paths: Paths, name: str) -> Path:
     return paths.lists / f"{name}.json{SIG_SUFFIX}"
+
+
+def cache_path(paths: Paths, name: str) -> Path:
+    return paths.lists / f"{name}{pkgcache.CACHE_SUFFIX}"
 
 
 # ---------------------------------------------------------------- sources table
@@ -147,7 +157,7 @@ def remove_source(paths: Paths, db: StateDB, name: str, *, simulate: bool = Fals
             db.remove_source(name)
             if name == EMBEDDED_NAME:
                 db.set_setting(_EMBEDDED_REMOVED, "1")
-        for p in (list_path(paths, name), sig_path(paths, name)):
+        for p in (list_path(paths, name), sig_path(paths, name), cache_path(paths, name)):
             p.unlink(missing_ok=True)
     return SourceChange("remove", row, simulate)
 
@@ -211,7 +221,8 @@ def update_one(paths: Paths, db: StateDB, row: SourceRow, reporter: Reporter = N
             reporter.warn(f"the embedded registry ({folder}) has no {INDEX_NAME}; it offers no packages")
             return SourceUpdate(row.name, True, None, row.index_version, 0, False, False)
     raw, sig = src.fetch_index(reporter)
-    index = Index.from_bytes(raw, f"source {row.name}")
+    parsed = Index.parse(raw, f"source {row.name}")
+    index = parsed[0]
     # fails closed: every index is trust-checked (signature against a pinned key, rollback, expiry)
     check_index_trust(row, index, raw, sig, row.index_version, reporter)
     lp = list_path(paths, row.name)
@@ -231,6 +242,11 @@ def update_one(paths: Paths, db: StateDB, row: SourceRow, reporter: Reporter = N
         write_atomic(sp, sig)
     with db.transaction():
         db.mark_source_updated(row.name, index.version, index.created)
+    if old != raw or not cache_path(paths, row.name).is_file():
+        # the next install reads the cache; a failure here only means it is built then
+        cache, _error = pkgcache.load(cache_path(paths, row.name), raw, f"list of source {row.name}", parsed=parsed)
+        if cache is not None:
+            cache.close()
     return res
 
 
@@ -278,14 +294,9 @@ def update(paths: Paths, db: StateDB, reporter: Reporter = NullReporter(), names
 # ---------------------------------------------------------------- universe
 
 
-def load_universe(paths: Paths, db: StateDB, reporter: Reporter = NullReporter()) -> list[tuple[IndexEntry, SourceRow]]:
-    """Every package version offered by the enabled sources, from the local lists.
-
-    A source never updated is updated now (so ``install`` works on a fresh
-    machine); if that fails, it is skipped with a warning.
-    """
+def _stored_lists(paths: Paths, db: StateDB, reporter: Reporter) -> Iterator[tuple[SourceRow, bytes]]:
+    """(source, list bytes) of each enabled source, updating a never-updated source first."""
     ensure_default_sources(db)
-    out: list[tuple[IndexEntry, SourceRow]] = []
     for row in db.sources():
         if not row.enabled:
             continue
@@ -300,14 +311,71 @@ def load_universe(paths: Paths, db: StateDB, reporter: Reporter = NullReporter()
             if not lp.is_file():  # e.g. an empty embedded registry
                 continue
         try:
-            index = Index.from_bytes(lp.read_bytes(), f"list of source {row.name}")
-        except LlmosError as exc:
-            reporter.warn(f"source {row.name} skipped: {exc.message} (run `llmos update`)")
-            continue
+            raw = lp.read_bytes()
         except OSError as exc:
             reporter.warn(f"source {row.name} skipped: {exc}")
             continue
-        if index.is_expired():
-            reporter.warn(f"source {row.name}: index expired on {index.expires}; run `llmos update`")
+        yield row, raw
+
+
+def _warn_expired(row: SourceRow, index: Index, reporter: Reporter) -> None:
+    if index.is_expired():
+        reporter.warn(f"source {row.name}: index expired on {index.expires}; run `llmos update`")
+
+
+def load_universe(paths: Paths, db: StateDB, reporter: Reporter = NullReporter()) -> list[tuple[IndexEntry, SourceRow]]:
+    """Every package version offered by the enabled sources, from the local lists.
+
+    A source never updated is updated now (so ``install`` works on a fresh
+    machine); if that fails, it is skipped with a warning.
+    """
+    out: list[tuple[IndexEntry, SourceRow]] = []
+    for row, raw in _stored_lists(paths, db, reporter):
+        try:
+            index = Index.from_bytes(raw, f"list of source {row.name}")
+        except LlmosError as exc:
+            reporter.warn(f"source {row.name} skipped: {exc.message} (run `llmos update`)")
+            continue
+        _warn_expired(row, index, reporter)
         out.extend((e, row) for e in index.entries)
     return out
+
+
+def candidate_source(
+    paths: Paths,
+    db: StateDB,
+    make: Callable[[IndexEntry, SourceRow], Candidate],
+    reporter: Reporter = NullReporter(),
+) -> CandidateSource:
+    """What ``load_universe`` offers, as the resolver's lazy ``CandidateSource``.
+
+    Each list is read through its cache (built now if missing or stale), so
+    only the records of the names the resolver touches are parsed;
+    ``make(entry, source)`` builds each candidate.  Where no cache can be
+    written the list is parsed in memory.  Same warnings and skips as
+    ``load_universe``.
+    """
+    sources: list[CandidateSource] = []
+    for row, raw in _stored_lists(paths, db, reporter):
+        origin = f"list of source {row.name}"
+        cache, error = pkgcache.load(cache_path(paths, row.name), raw, origin)
+        if error is not None:
+            reporter.warn(f"source {row.name} skipped: {error.message} (run `llmos update`)")
+            continue
+        if cache is not None:
+            _warn_expired(row, cache.info.as_index(), reporter)
+            cache.make = partial(_make_for, make, row)
+            sources.append(cache)
+            continue
+        try:
+            index = Index.from_bytes(raw, origin)
+        except LlmosError as exc:
+            reporter.warn(f"source {row.name} skipped: {exc.message} (run `llmos update`)")
+            continue
+        _warn_expired(row, index, reporter)
+        sources.append(MemorySource(make(e, row) for e in index.entries))
+    return ChainSource(sources)
+
+
+def _make_for(make: Callable[[IndexEntry, SourceRow], Candidate], row: SourceRow, entry: IndexEntry) -> Candidate:
+    return make(entry, row)

@@ -22,8 +22,8 @@ together):
 4. preferred satisfiers: for ``a | b`` the first alternative that can be
    satisfied, and for a name that is both a real package and a virtual one
    the real package (apt's choices) -- unless an installed package already
-   satisfies the relation, or (found by re-solving) a package the plan
-   installs anyway does: apt keeps an alternative that is already there;
+   satisfies the relation (a package the plan installs anyway is handled
+   after solving: ``graph.drop_unneeded``);
 5. newer versions (penalty = rank from newest);
 6. as few new packages as possible.
 
@@ -55,7 +55,6 @@ from .model import Candidate, Request
 from .pool import Pool
 
 EAGER_AFTER = 8  # rounds of preferred growth before the scope takes everything behind a missing name
-MAX_ROUNDS = 64  # after this many rounds an answer is taken without further exemptions (never reached in practice)
 SAT_SOLVER = "g3"  # glucose 3: fast on small structured instances, supports assumptions and cores
 
 
@@ -128,10 +127,8 @@ class Encoding:
         removing: set[str],
         upgrading: set[str],
         scope: set[str],
-        exempt: frozenset = frozenset(),
     ):
         self.pool = pool
-        self.exempt = exempt  # preference keys a planned package already satisfies
         self.installed = installed
         self.request = request
         self.removing = removing
@@ -231,9 +228,7 @@ class Encoding:
                     rank[(-self.lit(cand),)] = i
                 if name not in self.installed:
                     fresh[(-self.lit(cand),)] = 1
-        for key, cand, tiers in self.preferences():
-            if key in self.exempt:
-                continue  # a package the plan installs anyway satisfies it
+        for _key, cand, tiers in self.preferences():
             if any(self.pool.installed_candidate(c.meta.name) is c for tier in tiers for c in tier):
                 continue  # an installed package satisfies it: apt keeps that one
             head = [-self.lit(cand)] if cand is not None else []
@@ -290,23 +285,6 @@ class Encoding:
         if not outside:
             return lits, None
         return lits, self._outside(tuple(sorted({c.meta.name for c in outside})), outside[0])
-
-    def satisfied_by_planned(self, model: list[int]) -> set[tuple[int, int]]:
-        """Preferences the optimum meets with its preferred satisfier while a later one is chosen too.
-
-        The later one is in the plan for another reason, so (like apt, which
-        keeps an alternative that is already satisfied) the relation needs
-        nothing more: these keys are exempted and the problem solved again.
-        """
-        true = {lit for lit in model if lit > 0}
-        out = set()
-        for key, cand, tiers in self.preferences():
-            if key in self.exempt or (cand is not None and self.lit(cand) not in true):
-                continue
-            hit = [i for i, tier in enumerate(tiers) if any(self.var.get(id(c)) in true for c in tier)]
-            if len(hit) > 1:
-                out.add(key)
-        return out
 
     def optimize(self) -> list[int] | None:
         """The lexicographic optimum (a model), or None when the hard part is unsatisfiable."""
@@ -367,8 +345,6 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
     Returns (chosen name -> candidate, final encoding) or (None, encoding) when
     there is no solution (the encoding then explains it).  ``eager`` starts
     from everything reachable instead (the reference the tests compare with).
-    A real answer whose preferred satisfiers are doubled by planned packages
-    (``satisfied_by_planned``) is solved again without those preferences.
     """
     scope = Scope(pool, installed)
     first: list[Candidate] = []
@@ -384,19 +360,14 @@ def solve(pool: Pool, installed: dict, request: Request, removing: set[str], upg
     else:
         scope.grow(list(installed) + sorted(upgrading), first)
     tried: set[tuple[str, ...]] = set()
-    exempt: frozenset = frozenset()
     growth = 0
     for _round in itertools.count(1):
-        enc = Encoding(pool, installed, request, removing, upgrading, scope.names, exempt)
+        enc = Encoding(pool, installed, request, removing, upgrading, scope.names)
         model = enc.optimize()
         if model is None:
             return None, enc
         missing = enc.needs_outside(model)
         if not missing:
-            planned = enc.satisfied_by_planned(model)
-            if planned and _round <= MAX_ROUNDS:
-                exempt = exempt | planned
-                continue
             return enc.chosen(model), enc
         growth += 1
         if growth >= EAGER_AFTER:  # a long chase: take everything reachable behind what is missing

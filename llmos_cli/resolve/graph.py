@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from llmos_cli.pkg.meta import PackageMeta, Provide, Req
 
@@ -86,6 +86,50 @@ def autoremovable(installed: Mapping[str, InstalledInfo]) -> list[str]:
                 needed.add(dep)
                 stack.append(dep)
     return sorted(n for n in installed if n not in needed)
+
+
+def drop_unneeded(chosen: Mapping[str, PackageMeta], keep: Iterable[str], requests: Sequence[Req]) -> set[str]:
+    """New packages of ``chosen`` that nothing needs, because a planned package already satisfies it.
+
+    The optimum prefers the first alternative of ``a | b`` (and a real package
+    over providers of its name) relation by relation, so it may add ``a`` to
+    a plan that has ``b`` anyway.  apt keeps an or-group that is already
+    satisfied; so a package is dropped when every relation it satisfies (of
+    the packages that stay, and every request) is also satisfied by another
+    package that stays.  ``keep`` (the installed packages) is never dropped.
+    Dropping only removes packages, so no conflict can appear; deterministic
+    (names in sorted order, repeated until nothing changes).
+    """
+    iset = InstalledSet(chosen)
+    rels: list[tuple[str | None, list[str]]] = []  # (owner, satisfiers)
+    for name in sorted(iset.metas):
+        for _base, sats, _text in iset.needs(name):
+            rels.append((name, sats))
+    rels += [(None, iset.satisfiers(req)) for req in requests]
+    used_by: dict[str, list[int]] = {}
+    for i, (_owner, sats) in enumerate(rels):
+        for s in sats:
+            used_by.setdefault(s, []).append(i)
+    fixed = set(keep)
+    dropped: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name in sorted(iset.metas):
+            if name in fixed or name in dropped:
+                continue
+            needed = False
+            for i in used_by.get(name, ()):
+                owner, sats = rels[i]
+                if owner == name or owner in dropped:
+                    continue
+                if not any(s != name and s not in dropped for s in sats):
+                    needed = True
+                    break
+            if not needed:
+                dropped.add(name)
+                changed = True
+    return dropped
 
 
 def deps_first(names: Iterable[str], edges: Callable[[str], Iterable[str]]) -> list[str]:

@@ -19,7 +19,7 @@ from llmos_cli.errors import DependentsError, NotFoundError, UnsatisfiableError
 from . import encode
 from .encode import SAT_SOLVER
 from .explain import minimal_core, render
-from .graph import InstalledSet, autoremovable, deps_first
+from .graph import InstalledSet, autoremovable, deps_first, drop_unneeded
 from .model import Action, Candidate, InstalledInfo, Op, Plan, Request
 from .pool import Pool
 from .universe import CandidateSource
@@ -40,6 +40,8 @@ def resolve(universe: Iterable[Candidate] | CandidateSource, installed: Mapping[
     chosen, enc = encode.solve(pool, installed, request, removing, upgrading)
     if chosen is None:
         raise _explain(enc, request)
+    for name in drop_unneeded({n: c.meta for n, c in chosen.items()}, installed, request.install):
+        del chosen[name]  # an alternative a planned package already satisfies (apt keeps it)
     plan = _build_plan(pool, installed, request, removing, upgrading, chosen)
     plan.notes = notes + plan.notes
     return plan
