@@ -21,7 +21,8 @@ from llmos_cli.errors import LlmosError, UsageError
 from llmos_cli.paths import Paths
 from llmos_cli.runtime.engine import SamplingParams
 from llmos_cli.serve.http import Server, ServerOptions, check_bind
-from llmos_cli.serve.remote import run_remote
+from llmos_cli.serve.remote import request_json, run_remote
+from llmos_cli.serve.wire import request_to_json
 from llmos_cli.state import logs
 from tests.helpers.servekit import demo_home, running
 
@@ -76,7 +77,9 @@ def test_served_answer_equals_in_process_run(live, home, monkeypatch):
     local = run_in_process(req, paths=Paths(home))
     pieces: list[str] = []
     remote = run_remote(
-        live.url, RunRequest(prompt=QUESTION, sampling=SamplingParams(temperature=0.0), explicit_sampling={"temperature"}), on_text=pieces.append
+        live.url,
+        request_to_json(RunRequest(prompt=QUESTION, sampling=SamplingParams(temperature=0.0), explicit_sampling={"temperature"})),
+        on_text=pieces.append,
     )
     a, b = local.to_json(), remote.to_json()
     for key in ("text", "finish_reason", "model", "libraries", "usage", "seed", "sampling"):
@@ -357,5 +360,5 @@ def test_served_requests_are_logged(live, home):
 
 def test_remote_errors_keep_their_exit_codes(live):
     with pytest.raises(LlmosError) as ei:
-        run_remote(live.url, RunRequest(prompt="x", model="no-such-model"))
+        run_remote(live.url, request_json(prompt="x", model="no-such-model"))
     assert ei.value.exit_code == 3 and "no-such-model" in ei.value.message

@@ -35,7 +35,7 @@ def entry_for(req: Any, result: Any) -> logs.LogEntry:
         model=result.model.get("name"),
         libraries=[{"name": lib["name"], "version": lib.get("version"), "scale": lib.get("scale")} for lib in result.libraries],
         finish_reason=result.finish_reason,
-        citations=[k.get("citation") for k in extra.get("knowledge", []) if isinstance(k, dict) and k.get("citation")],
+        citations=[str(k["citation"]) for k in extra.get("knowledge", []) if isinstance(k, dict) and k.get("citation")],
         tool_calls=list(extra.get("tool_calls", [])) + list(extra.get("client_tool_calls", [])),
         usage=dict(result.usage),
         timings=dict(result.timings),

@@ -48,7 +48,7 @@ from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.runtime.models import installed_models
 from llmos_cli.runtime.stack import build_stack
 from llmos_cli.serve import openai as oa
-from llmos_cli.serve import remote
+from llmos_cli.serve import remote, wire
 from llmos_cli.serve.pool import Pool, PoolOptions
 from llmos_cli.serve.scheduler import Job
 from llmos_cli.state import logs
@@ -373,7 +373,7 @@ class Server:
         body = await self._body(request)
         if not isinstance(body, dict):
             raise _HttpError(400, "the request body must be a JSON object")
-        req = remote.request_from_json(body.get("request"))
+        req = wire.request_from_json(body.get("request"))
         if not self._admit():
             return self._error(429, "the queue is full", type_="rate_limit_error", code="queue_full", headers={"Retry-After": str(self._retry_after())})
         loop = asyncio.get_running_loop()
