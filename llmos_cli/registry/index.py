@@ -176,6 +176,9 @@ def entry_from_archive(archive: Any, filename: str) -> IndexEntry:
                 extra[k] = v
     if m.tags is not None:
         extra["tags"] = list(m.tags)
+    payloads = declared_payloads(m.raw)  # [[payload]] by hash: for show, install -s and mirror
+    if payloads:
+        extra["payloads"] = [p.to_json() for p in payloads]
     return IndexEntry(m.meta, filename, archive.size, archive.sha256, extra)
 
 
@@ -186,9 +189,6 @@ class IndexResult:
     created: str
     expires: str | None
     packages: int
-    payloads = declared_payloads(m.raw)  # [[payload]] by hash: for show, install -s and mirror
-    if payloads:
-        extra["payloads"] = [p.to_json() for p in payloads]
     signed: bool
     entries: list[IndexEntry] = field(default_factory=list)
 
