@@ -223,7 +223,7 @@ def test_each_companion_has_its_own_probability(base, tmp_path, cli):
     assert r.exit_code == 2 and "probability" in r.stderr
 
     m = load_manifest(lib)
-    table = dict(m.section("train"))
+    table = dict(m.train.options)
     table["companions"] = [{"file": "../comp.gguf", "prob": 0.25}, "../comp.gguf", {"file": "x.gguf"}]
     table["companion_prob"] = 0.5
     opts = TrainOptions.from_manifest(table)

@@ -247,11 +247,6 @@ class Manifest(MetaView):
         """Single payload files named by the manifest (not globs)."""
         return [v for _, v in self.named_files()]
 
-    def section(self, name: str) -> dict[str, Any]:
-        """Transitional: the raw table (removed once every reader uses the typed fields)."""
-        v = self.raw.get(name)
-        return v if isinstance(v, dict) else {}
-
     def document_globs(self) -> list[str]:
         return list(self.knowledge.documents)
 
@@ -694,7 +689,8 @@ class _Parser:
 def _lenient_meta(pkg: dict[str, Any]) -> PackageMeta:
     def relations(key: str, parse: Any) -> tuple[Any, ...]:
         out = []
-        for x in pkg.get(key) or []:
+        items = pkg.get(key)
+        for x in items if isinstance(items, list) else []:
             try:
                 out.append(parse(x))
             except RelationError:

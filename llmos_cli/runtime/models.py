@@ -1,6 +1,6 @@
 """Base models as packages: finding installed models, the default model, ``import-model``.
 
-A ``model`` package carries one GGUF, named by ``manifest["model"]["file"]``;
+A ``model`` package carries one GGUF, named by ``[model] file`` (``Manifest.model.file``);
 ``llmos build`` adds ``architecture``, ``context_length`` and ``fingerprint``
 to that table.  Installed payloads live in the content-addressed store, so a
 model's file on disk is ``Store(paths).path_for(<sha256 of that file>)``.
