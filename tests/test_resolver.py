@@ -292,6 +292,12 @@ def test_real_package_is_preferred_over_providers_of_its_name():
     assert ops(resolve(u, installed(mawk), install("script"))) == [("install", "script", None, "1.0", False)]
 
 
+def test_a_requested_real_package_is_installed_even_when_a_provider_is_planned():
+    u = [pkg("awk=1.0"), pkg("mawk=1.0", provides=["awk"]), pkg("tool=1.0", depends=["mawk"])]
+    plan = resolve(u, {}, install("awk", "tool"))
+    assert sorted(a.name for a in plan.actions) == ["awk", "mawk", "tool"]
+
+
 def test_names_with_plus_and_dot_as_apt_allows():
     u = [pkg("g++=12.0", depends=["libdb5.3++", "gcc-12-base"]), pkg("libdb5.3++=5.3"), pkg("gcc-12-base=12.0"), pkg("memtest86+=6.0")]
     plan = resolve(u, {}, install("g++>=12", "memtest86+"))

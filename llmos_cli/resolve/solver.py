@@ -40,7 +40,8 @@ def resolve(universe: Iterable[Candidate] | CandidateSource, installed: Mapping[
     chosen, enc = encode.solve(pool, installed, request, removing, upgrading)
     if chosen is None:
         raise _explain(enc, request)
-    for name in drop_unneeded({n: c.meta for n, c in chosen.items()}, installed, request.install):
+    keep = set(installed) | {r.name for r in request.install if r.name in chosen}  # asked for by name: stays
+    for name in drop_unneeded({n: c.meta for n, c in chosen.items()}, keep, request.install):
         del chosen[name]  # an alternative a planned package already satisfies (apt keeps it)
     plan = _build_plan(pool, installed, request, removing, upgrading, chosen)
     plan.notes = notes + plan.notes
