@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmos_cli.app.inventory import ListResult, list_installed  # noqa: F401  (re-exported: `llmos list` lives in app/inventory.py)
 from llmos_cli.errors import (
     ExitCode,
     InvalidPackageError,
@@ -32,7 +33,7 @@ from llmos_cli.errors import (
 )
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.archive import PackageArchive
-from llmos_cli.pkg.meta import KINDS, PackageMeta, RelationError, Req
+from llmos_cli.pkg.meta import PackageMeta, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.pkg.external import declared_payloads, payloads_from_json
 from llmos_cli.registry import lists, origins
@@ -202,19 +203,6 @@ class HoldResult:
             "unchanged": self.unchanged,
             "simulated": self.simulated,
             "txid": self.txid,
-        }
-
-
-@dataclass
-class ListResult:
-    packages: list[InstalledPackage]
-    kind: str | None = None
-    file_counts: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "kind": self.kind,
-            "packages": [{**p.to_json(), "files": self.file_counts.get(p.name, 0)} for p in self.packages],
         }
 
 
@@ -673,16 +661,6 @@ def unhold(names: list[str], *, simulate: bool = False, reporter: Reporter | Non
 
 
 # ---------------------------------------------------------------- reporting operations
-
-
-def list_installed(kind: str | None = None, *, reporter: Reporter | None = None, paths: Paths | None = None) -> ListResult:
-    if kind is not None and kind not in KINDS:
-        raise UsageError(f"unknown kind {kind!r}", f"use one of: {', '.join(KINDS)}")
-    paths = _paths(paths)
-    with tx.open_state(paths, "list", write=False, reporter=reporter) as db:
-        pkgs = [p for p in db.installed().values() if kind is None or p.kind == kind]
-        counts = {r[0]: int(r[1]) for r in db.conn.execute("SELECT package, COUNT(*) FROM files GROUP BY package")}
-    return ListResult(pkgs, kind, counts)
 
 
 def show(name: str, *, reporter: Reporter | None = None, paths: Paths | None = None) -> ShowResult:

@@ -202,9 +202,9 @@ def list_(
     """List installed packages."""
 
     def work(rep: RichReporter) -> Any:
-        from llmos_cli.app import install as ops
+        from llmos_cli.app.inventory import list_installed  # not app.install: no resolver nor registry code for a listing
 
-        return ops.list_installed(kind, reporter=rep)
+        return list_installed(kind, reporter=rep)
 
     return run_command("list", json, work, _render_list)
 
