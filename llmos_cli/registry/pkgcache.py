@@ -84,9 +84,10 @@ def build(cache: Path, raw: bytes, origin: str, parsed: tuple[Index, list[dict]]
                 """
             )
             conn.execute("BEGIN")
+            dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
             conn.executemany(
                 "INSERT INTO pkg (id, name, record) VALUES (?, ?, ?)",
-                ((i, e.name, json.dumps(rec, ensure_ascii=False, separators=(",", ":"))) for i, (e, rec) in enumerate(zip(index.entries, records))),
+                ((i, e.name, dumps(rec)) for i, (e, rec) in enumerate(zip(index.entries, records))),
             )
             conn.executemany(
                 "INSERT INTO prov (virtual, pkg) VALUES (?, ?)",
