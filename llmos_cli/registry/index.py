@@ -127,6 +127,8 @@ class Index:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidPackageError(f"{origin}: index is not valid JSON ({exc})", "the index is damaged; run `llmos index` on the registry") from None
+        except RecursionError:  # a hostile index nesting thousands of arrays (issue 11)
+            raise InvalidPackageError(f"{origin}: index nests JSON too deeply", "the index is damaged; run `llmos index` on the registry") from None
         if not isinstance(data, dict):
             raise InvalidPackageError(f"{origin}: index is not a JSON object")
         schema = data.get("schema")
