@@ -126,8 +126,8 @@ def ensure_payload(
     cached = _cache_file(cache_dir, p)
     if cached.is_file():
         try:
-            store.add_file(cached, _record(p), link=True)  # hashed before it is linked
-            return Fetched(p, "cache")
+            how = store.add_file(cached, _record(p), link=True)  # hashed before it is linked
+            return Fetched(p, "cache", how=how)
         except IntegrityError as exc:
             reporter.warn(f"the cached copy of {p.path} is damaged ({exc.message}); fetching it again")
             cached.unlink(missing_ok=True)
