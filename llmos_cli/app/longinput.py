@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmos_cli.app.options import LONG_MODES
 from llmos_cli.errors import IOFailure, NotFoundError, UsageError
 from llmos_cli.knowledge.glossary import Glossary
 from llmos_cli.knowledge.indexer import write_index
@@ -33,7 +34,6 @@ from llmos_cli.knowledge.retrieve import DEFAULT_RELEVANCE, Hit, KnowledgeIndex,
 from llmos_cli.prompt.assemble import knowledge_text
 from llmos_cli.runtime.engine import Generation, SamplingParams
 
-LONG_MODES = ("index", "map-reduce", "refuse")
 #: input chunks offered to the budget in ``index`` mode (best first; the budget keeps what fits)
 MAX_INPUT_CHUNKS = 200
 #: most input chunks offered when some pass the relevance rule (like ``--knowledge auto``)

@@ -10,6 +10,9 @@ from llmos_cli.errors import UsageError
 from llmos_cli.prompt.assemble import parse_knowledge_option
 from llmos_cli.tools.loop import DEFAULT_CHAIN_LIMIT
 
+#: what ``--long`` accepts (``app.longinput``)
+LONG_MODES = ("index", "map-reduce", "refuse")
+
 
 @dataclass
 class PromptOptions:
@@ -49,15 +52,24 @@ def prompt_options(
     chain_limit: int = DEFAULT_CHAIN_LIMIT,
     tools_debug: bool = False,
     no_refine: bool = False,
+    grounded: bool = False,
+    long: str | None = None,
+    input_label: str = "stdin",
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ask: Callable[[Any], bool] | None = None,
 ) -> PromptOptions:
     """``PromptOptions`` from the flags of ``llmos run``, checked (a bad value is a ``UsageError``)."""
     if chain_limit < 0:
         raise UsageError(f"--chain-limit must be 0 or more, not {chain_limit}")
+    long_mode = (long or "index").strip().lower()
+    if long_mode not in LONG_MODES:
+        raise UsageError(f"--long takes index, map-reduce or refuse, not {long!r}", "e.g. --long map-reduce")
     return PromptOptions(
         knowledge=parse_knowledge_option(knowledge),
         refine=not no_refine,
+        grounded=grounded,
+        long=long_mode,
+        input_label=input_label,
         explain=explain,
         tool_choice=tool_choice,
         allow_tool=list(allow_tool or []),
