@@ -797,12 +797,12 @@ def scenarios(draw):
                 st.sampled_from(["", "", ">=", "<", "=="]),
                 st.integers(1, 3),
             ),
-            st.sampled_from(VIRTUALS),
+            st.sampled_from(VIRTUALS + ["v1>=1.0", "v2<3.0"]),  # versioned: only versioned provides count
         )
         for major in range(1, draw(st.integers(1, 3)) + 1):
             depends = draw(st.lists(st.lists(rel, min_size=1, max_size=2).map(" | ".join), max_size=2))
             conflicts = draw(st.lists(rel, max_size=1)) if draw(st.integers(0, 3)) == 0 else []
-            provides = draw(st.lists(st.sampled_from(VIRTUALS), max_size=1, unique=True))
+            provides = draw(st.lists(st.sampled_from(VIRTUALS + ["v1 (= 1.0)", "v2 (= 2.0)", "v2 (= 3.0)", "a", "b (= 2.0)"]), max_size=1, unique=True))
             # mostly a real model, sometimes a library named as base (which cannot satisfy it)
             base = None
             if kinds[name] == "library" and draw(st.booleans()):
@@ -815,7 +815,7 @@ def scenarios(draw):
     for name in draw(st.lists(st.sampled_from(NAMES), max_size=3, unique=True)):
         cand = draw(st.sampled_from(by_name[name]))
         inst[name] = InstalledInfo(cand.meta, auto=draw(st.booleans()), held=draw(st.booleans()) and draw(st.booleans()))
-    reqs = draw(st.lists(st.sampled_from(NAMES + ["a>=2.0", "b<2", "c==1.0", "v1"]), min_size=1, max_size=2))
+    reqs = draw(st.lists(st.sampled_from(NAMES + ["a>=2.0", "b<2", "c==1.0", "v1", "v2>=2.0"]), min_size=1, max_size=2))
     remove = draw(st.lists(st.sampled_from(sorted(inst) or ["a"]), max_size=1))
     mode = draw(st.sampled_from(["plain", "upgrade-all", "upgrade-some"]))
     upgrade = []
@@ -934,7 +934,7 @@ def _random_registry(rng, n: int) -> list[Candidate]:
     out = []
     for i, name in enumerate(names):
         below = names[i + 1 :]
-        provides = [rng.choice(virtuals)] if rng.random() < 0.15 else []
+        provides = [rng.choice(virtuals) + rng.choice(["", " (= 1.0)", " (= 2.0)"])] if rng.random() < 0.15 else []
         for k in range(1, rng.randint(1, 4) + 1):
             depends = []
             for _ in range(rng.choice([0, 1, 1, 2, 3])) if below else ():
@@ -944,7 +944,7 @@ def _random_registry(rng, n: int) -> list[Candidate]:
                     text += " | " + rng.choice(below + virtuals)
                 depends.append(text)
             if rng.random() < 0.1:
-                depends.append(rng.choice(virtuals))
+                depends.append(rng.choice(virtuals) + rng.choice(["", "", ">=2.0"]))
             conflicts = [rng.choice(names)] if rng.random() < 0.1 else []
             out.append(pkg(f"{name}={k}.0", depends=depends, conflicts=[c for c in conflicts if c != name], provides=provides))
     return out
