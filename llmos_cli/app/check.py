@@ -233,7 +233,9 @@ def base_from_path(path: Path) -> BaseInfo:
     m = arch.manifest
     if m.kind != "model":
         raise InvalidPackageError(f"--base {path}: {m.name} is a {m.kind}, not a model")
-    rel = m.model.file if m.model else None
+    if m.model is None or m.model.file is None:  # a valid model manifest always names it
+        raise InvalidPackageError(f"--base {path}: {m.name} names no GGUF file ([model] file)")
+    rel = m.model.file
     with tempfile.TemporaryDirectory(prefix="llmos-check-") as td:
         p = arch.extract_member(rel, Path(td) / "model.gguf")
         hdr = read_header(p, with_vocab=False)

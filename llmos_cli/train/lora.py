@@ -482,7 +482,7 @@ def _peft_model(bm: BaseModel, tok: Any, opts: TrainOptions, device: str) -> tup
         raise InvalidPackageError(f"the base's tokenizer has {tok.n_vocab} tokens but its embedding {hp.vocab_size}")
     cfg = LoraConfig(
         r=opts.rank,
-        lora_alpha=opts.alpha,
+        lora_alpha=opts.alpha,  # type: ignore[arg-type]  # peft takes a float alpha; its hint says int
         target_modules=list(opts.target_modules),
         lora_dropout=0.0,
         bias="none",

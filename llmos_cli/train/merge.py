@@ -217,7 +217,7 @@ def merge_adapters(
     if kind.endswith("_svd"):
         kw["svd_rank"] = rank or max_rank * len(loaded)
         kw["density"] = density
-    pm.base_model.add_weighted_adapter(names, list(weights), "merged", combination_type=kind, **kw)
+    pm.base_model.add_weighted_adapter(names, list(weights), "merged", combination_type=kind, **kw)  # type: ignore[operator]  # peft types base_model loosely
     pairs = peft_model_pairs(pm, "merged")
     # drop all-zero modules (a module no source adapted)
     pairs = {k: v for k, v in pairs.items() if k in {m for _, ps in loaded for m in ps}}
