@@ -91,10 +91,18 @@ def _names(cands: list[Candidate]) -> str:
     return ", ".join(f"{n} {'/'.join(vs)}" for n, vs in seen.items())
 
 
-def _available(pool: Pool, name: str) -> str:
+def _available(pool: Pool, name: str, versioned: bool = False) -> str:
     vs = [c.meta.version for c in pool.versions(name)]
     if not vs:
-        return f"no package named {name} exists" if not pool.providers(name) else f"{name} is only a virtual name"
+        provs = pool.providers(name)
+        if not provs:
+            return f"no package named {name} exists"
+        if not versioned:
+            return f"{name} is only a virtual name"
+        given = sorted({p.parsed_version for c in provs for p in c.meta.provides if p == name and getattr(p, "parsed_version", None)})
+        if not given:
+            return f"{name} is only a virtual name, and no provider gives it a version"
+        return f"{name} is a virtual name; its providers give {', '.join(str(v) for v in given[:8])}"
     return f"available: {', '.join(vs[:8])}{' ...' if len(vs) > 8 else ''}"
 
 
@@ -128,7 +136,7 @@ def render(core: list[Group], pool: Pool) -> list[str]:
             if targets:
                 text = f"you asked for {g.text}"
             else:
-                text = f"you asked for {g.text}, but no version matches ({_available(pool, _req_name(g.text))})"
+                text = f"you asked for {g.text}, but no version matches ({_available(pool, _req_name(g.text), _versioned(g.text))})"
             lines.append(_Line("", mentions, text))
         elif g.kind == "remove":
             lines.append(_Line("", [g.name], f"you asked to remove {g.name}"))
@@ -191,10 +199,17 @@ def _req_name(text: str) -> str:
         return text
 
 
+def _versioned(text: str) -> bool:
+    try:
+        return bool(len(Req.parse(text).spec))
+    except ValueError:
+        return False
+
+
 def _alts_available(pool: Pool, text: str) -> str:
 
     dep = Dependency.parse(text)
-    return "; ".join(_available(pool, alt.name) for alt in dep.alternatives)
+    return "; ".join(_available(pool, alt.name, bool(len(alt.spec))) for alt in dep.alternatives)
 
 
 def _base_available(pool: Pool, text: str) -> str:
