@@ -198,9 +198,15 @@ def sparse_gnu_bad_numblocks(p: Path) -> Path:
 
 
 def sparse_negative_size(p: Path) -> Path:
-    """GNU sparse 0.1 map with a negative length (tarfile: read length must be non-negative)."""
-    recs = {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.name": "a.txt", "GNU.sparse.realsize": "6", "GNU.sparse.map": "0,-5"}
+    """GNU sparse 0.1 with a negative size (tarfile: ValueError read length must be non-negative)."""
+    recs = {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.name": "a.txt", "GNU.sparse.size": "-5", "GNU.sparse.map": "0,6"}
     return gz(p, [_head(), pax(recs), member("a.txt", b"hello\n"), END])
+
+
+def sparse_negative_realsize(p: Path) -> Path:
+    """GNU sparse 1.0 with a negative realsize (the same ValueError)."""
+    recs = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "a.txt", "GNU.sparse.realsize": "-5"}
+    return gz(p, [_head(), pax(recs), member("a.txt", pad(b"1\n0\n6\n") + b"hello\n"), END])
 
 
 def sparse_old_gnu_type_s(p: Path) -> Path:
@@ -418,6 +424,7 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "sparse_gnu_bad_map": (sparse_gnu_bad_map, "malformed sparse header"),
     "sparse_gnu_bad_numblocks": (sparse_gnu_bad_numblocks, "malformed sparse header"),
     "sparse_negative_size": (sparse_negative_size, "malformed sparse header"),
+    "sparse_negative_realsize": (sparse_negative_realsize, "malformed sparse header"),
     "sparse_old_gnu_type_s": (sparse_old_gnu_type_s, "malformed sparse header"),
     "sparse_terabyte": (sparse_terabyte, "time bomb"),
     "sparse_terabyte_type_s": (sparse_terabyte_type_s, "time bomb"),
