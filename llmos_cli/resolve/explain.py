@@ -99,7 +99,7 @@ def _available(pool: Pool, name: str, versioned: bool = False) -> str:
             return f"no package named {name} exists"
         if not versioned:
             return f"{name} is only a virtual name"
-        given = sorted({p.parsed_version for c in provs for p in c.meta.provides if p == name and getattr(p, "parsed_version", None)})
+        given = sorted({v for c in provs for p in c.meta.provides if p == name and (v := getattr(p, "parsed_version", None)) is not None})
         if not given:
             return f"{name} is only a virtual name, and no provider gives it a version"
         return f"{name} is a virtual name; its providers give {', '.join(str(v) for v in given[:8])}"
