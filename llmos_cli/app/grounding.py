@@ -39,7 +39,7 @@ def grounded_generation(ap: Any, abstention: str, on_done: Callable[[], None] | 
 
     def finish(ctx: Any, g: Grounding, gen: Generation, on_text: Callable[[str], None] | None) -> Generation:
         ctx.extra["grounding"] = g.to_json()
-        ctx.extra["citations"] = list(g.citations) if g.supported else []
+        ctx.extra["citations"] = [f"[{c}]" for c in g.citations] if g.supported else []
         text = g.answer if g.supported else ABSTENTION
         if not g.supported:
             ctx.exit_code = int(ExitCode.NOT_GROUNDED)
