@@ -8,6 +8,12 @@ Order of the parts in the final chat:
 2. the tools, handed to the model's chat template;
 3. the user's message.
 
+Retrieval keeps only chunks that pass the relevance rule
+(``knowledge.retrieve.Relevance``; glossary terms found in the question count
+as entity names), in ``auto`` and ``N`` modes alike, so it may keep none.
+Chunks of a long piped input (``input_hits``, from ``app.longinput``) come
+after the retrieved ones.
+
 Budget: every count comes from the model's own tokenizer (``engine.tokenize``
 on the rendered template).  ``available = n_ctx - reserve`` where the reserve
 is the answer's ``max_tokens``.  When the parts do not fit, the lowest-ranked
