@@ -13,21 +13,48 @@ NO_COLOR is honoured by rich.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
+from typing import TextIO
 
-from llmos_cli.cli._common import err, out
+from llmos_cli.cli._common import _consoles, err, out
 from llmos_cli.cli._common import warn as warn
 
 SIMULATED = "Simulation only: nothing was changed."
 
 
+def _plain(text: str, wraps: bool) -> bool:
+    """True when rich would print ``text`` exactly as it is, so it can be written without loading rich.
+
+    Printable ASCII with no ``:`` (rich's emoji codes) and no trailing blanks, and, on a console
+    that folds long lines, shorter than both 80 (rich's width off a terminal) and the terminal.
+    """
+    if not (text.isascii() and text.isprintable()) or ":" in text or text != text.rstrip():
+        return False
+    if wraps:
+        return len(text) < min(80, shutil.get_terminal_size((80, 24)).columns)
+    return True
+
+
+def _write(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def line(text: str, *, soft_wrap: bool | None = None) -> None:
     """One line of data on stdout (``soft_wrap``: never fold it at the terminal width)."""
+    if "out" not in _consoles and _plain(text, wraps=soft_wrap is False):
+        _write(sys.stdout, text)  # start-up: a plain line needs no rich
+        return
     out().print(text, markup=False, highlight=False, soft_wrap=soft_wrap)
 
 
 def note(text: str, *, soft_wrap: bool | None = None) -> None:
     """One line of message on stderr (``soft_wrap``: never fold it at the terminal width)."""
+    if "err" not in _consoles and _plain(text, wraps=soft_wrap is not True):
+        _write(sys.stderr, text)  # start-up: a plain line needs no rich
+        return
     err().print(text, markup=False, highlight=False, soft_wrap=soft_wrap)
 
 
