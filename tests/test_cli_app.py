@@ -121,3 +121,53 @@ def test_help_imports_no_command_module_and_a_command_only_its_own():
     mods = _imported_modules(["list"])
     assert "llmos_cli.cli.packages" in mods
     assert [m for m in COMMAND_MODULES if m in mods] == ["llmos_cli.cli.packages"]
+
+
+def _rich_table(columns, rows, heads, fold) -> str:
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmos_cli.cli._render import _rich_width
+
+    console = Console(file=io.StringIO(), highlight=False, soft_wrap=True, width=_rich_width())
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False) if heads else Table(box=None, pad_edge=False, show_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold" if fold else "ellipsis")
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
+    return console.file.getvalue()
+
+
+def test_plain_tables_are_the_bytes_rich_draws(monkeypatch):
+    """`table()` skips rich for simple tables in a pipe; the text must be exactly rich's."""
+    import random
+    import string
+
+    from llmos_cli.cli import _render
+
+    monkeypatch.setattr(_render, "_consoles", {})
+    monkeypatch.setattr(_render.sys, "stdout", type("NotATerminal", (), {"isatty": staticmethod(lambda: False)})())
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + " -_.,()'/=<>"
+    plain = fallback = 0
+    for _ in range(400):
+        ncol = rng.randint(1, 6)
+        cols = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(ncol)]
+        rows = [["".join(rng.choice(alphabet) for _ in range(rng.randint(0, rng.choice((5, 14, 30))))) for _ in range(ncol)] for _ in range(rng.randint(0, 5))]
+        heads, fold = rng.random() < 0.5, rng.random() < 0.5
+        text = _render._plain_table(cols, rows, heads)
+        if text is None:
+            fallback += 1  # too wide: rich folds or cuts it
+            continue
+        plain += 1
+        assert text == _rich_table(cols, rows, heads, fold), (cols, rows, heads)
+    assert plain > 100 and fallback > 10  # both paths were exercised
+    for heads, cols in ((False, ["a" * 38, "b" * 40]), (True, ["a" * 38, "b" * 39])):  # exactly 80 wide
+        text = _render._plain_table(cols, [["x", "y"]], heads)
+        assert text is not None and text == _rich_table(cols, [["x", "y"]], heads, True)
+    assert _render._plain_table(["a"], [["[bold]x"]], False) is None  # rich markup: rich decides
+    assert _render._plain_table(["a"], [["é"]], False) is None

@@ -13,6 +13,7 @@ NO_COLOR is honoured by rich.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -62,8 +63,48 @@ def simulated() -> None:
     note(SIMULATED)
 
 
+def _rich_width() -> int:
+    """The width rich gives a console that is not a terminal."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 80
+
+
+def _plain_table(columns: Sequence[str], rows: list[Sequence[str]], heads: bool) -> str | None:
+    """The table exactly as rich draws it, when that is simple to know: stdout is not a terminal (no
+    bold heads), every cell is printable ASCII without rich markup or emoji codes, and the table fits
+    the width (nothing to fold or cut).  None otherwise."""
+    if "out" in _consoles or sys.stdout.isatty() or "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ:
+        return None
+    cells = [list(columns), *(list(r) for r in rows)]
+    if any(len(r) != len(columns) for r in cells):
+        return None
+    for r in cells:
+        for c in r:
+            if not isinstance(c, str) or not (c.isascii() and c.isprintable()) or "[" in c or ":" in c:
+                return None
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    sep = "   " if heads else "  "  # padding (0, 1) around a one-space rule (SIMPLE_HEAD) or none (no box)
+    total = sum(widths) + len(sep) * (len(widths) - 1)
+    if total > _rich_width():
+        return None
+    lines = [sep.join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in cells]
+    if heads:
+        lines.insert(1, "\u2500" * total)
+    return "\n".join(lines) + "\n"
+
+
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, heads: bool = False, fold: bool = False) -> None:
-    """A table on stdout.  ``heads``: a rule under the column heads; ``fold``: fold long cells instead of cutting them."""
+    """A table on stdout.  ``heads``: a rule under the column heads; ``fold``: fold long cells instead of cutting them.
+
+    In a pipe or a file a simple table is written directly, byte for byte as rich would draw it
+    (``tests/test_cli_app.py`` compares the two), so that ``llmos list`` need not load rich.
+    """
+    rows = list(rows)
+    text = _plain_table(columns, rows, heads)
+    if text is not None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     from rich import box
     from rich.table import Table
 
