@@ -51,6 +51,8 @@ JUNK_NAMES = {".git", ".hg", ".svn", "__pycache__", ".DS_Store", ".pytest_cache"
 JUNK_PATTERNS = ("*.pyc", "*.pyo", f"*{ARCHIVE_SUFFIX}", f"*{ARCHIVE_SUFFIX}.tmp*")
 GZIP_LEVEL = 6
 CHUNK = 1 << 20
+#: findings of one kind listed by ``PackageArchive.findings`` before the rest are counted
+FINDINGS_PER_CODE = 50
 
 
 def archive_filename(name: str, version: str) -> str:
@@ -146,21 +148,36 @@ class PackageArchive:
         """Payload paths (relative, POSIX), in archive order."""
         return list(self._members)
 
-    def findings(self) -> list[Finding]:
-        """Every content problem: hash/size mismatches, extra and missing members."""
+    def findings(self, limit: int | None = FINDINGS_PER_CODE) -> list[Finding]:
+        """Every content problem: hash/size mismatches, extra and missing members.
+
+        At most ``limit`` findings of each kind are listed, then one that
+        counts the rest (a manifest listing 100k missing files gives 51
+        findings, not 100k lines); ``None`` lists them all.
+        """
         out: list[Finding] = []
+        counts: dict[str, int] = {}
+
+        def add(code: str, message: str, name: str) -> None:
+            counts[code] = counts.get(code, 0) + 1
+            if limit is None or counts[code] <= limit:
+                out.append(Finding(code, "error", message, field=f"files.{name}", path=name))
+
         declared = self.manifest.files
         for name, m in self._members.items():
             rec = declared.get(name)
             if rec is None:
-                out.append(Finding("extra-file", "error", "archive member not listed in [files]", field=f"files.{name}", path=name))
+                add("extra-file", "archive member not listed in [files]", name)
             elif m.size != rec.size:
-                out.append(Finding("size-mismatch", "error", f"size {m.size} but [files] says {rec.size}", field=f"files.{name}", path=name))
+                add("size-mismatch", f"size {m.size} but [files] says {rec.size}", name)
             elif m.sha256 != rec.sha256:
-                out.append(Finding("hash-mismatch", "error", "sha256 differs from [files]", field=f"files.{name}", path=name))
+                add("hash-mismatch", "sha256 differs from [files]", name)
         for name in declared:
             if name not in self._members:
-                out.append(Finding("missing-file", "error", "listed in [files] but not in the archive", field=f"files.{name}", path=name))
+                add("missing-file", "listed in [files] but not in the archive", name)
+        for code, n in counts.items():
+            if limit is not None and n > limit:
+                out.append(Finding(code, "error", f"and {n - limit} more like this ({n} in all)", field="files"))
         return out
 
     def verify(self) -> None:
@@ -248,6 +265,29 @@ class PackageArchive:
         raise NotFoundError(f"{self.path}: no member {name}")
 
 
+_PARSED: dict[str, Manifest] = {}
+_PARSED_KEEP = 4
+
+
+def parse_archive_manifest(raw: bytes, origin: str) -> tuple[Manifest | None, list[Finding]]:
+    """``parse_manifest_text`` for an archive's ``llmos.toml``, remembered by its sha256 when it is clean.
+
+    An install reads the same manifest up to three times (``open`` of a
+    local archive, the payload look-up, staging); for 100k files each TOML
+    parse takes seconds.  Only manifests without findings are remembered.
+    """
+    key = hashlib.sha256(raw).hexdigest()
+    hit = _PARSED.get(key)
+    if hit is not None:
+        return hit, []
+    manifest, findings = parse_manifest_text(raw, origin)
+    if manifest is not None and not findings:
+        while len(_PARSED) >= _PARSED_KEEP:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = manifest
+    return manifest, findings
+
+
 def _changed(path: Path, message: str) -> IntegrityError:
     return IntegrityError(f"{path}: {message}", "the archive was modified after it was built (or while llmos read it); rebuild or re-download it")
 
@@ -310,7 +350,7 @@ def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Findi
         name = e.name
         if manifest_bytes is None:
             manifest_bytes = read_manifest_member(ts, e)
-            manifest, findings = parse_manifest_text(manifest_bytes, f"{path}!{MANIFEST_NAME}")
+            manifest, findings = parse_archive_manifest(manifest_bytes, f"{path}!{MANIFEST_NAME}")
             if manifest is not None and not manifest.has_files_table:
                 findings.append(Finding("missing-field", "error", "an archive manifest needs a [files] table (written by `llmos build`)", field="files"))
                 manifest = None

@@ -90,6 +90,13 @@ def human(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover
 
 
+def _plain_relpath(p: str) -> str | None:
+    """``safe_relpath`` without pathlib for the common case (a normalised relative path)."""
+    if p and p[0] != "/" and "\\" not in p and "\0" not in p and all(part not in ("", ".", "..") for part in p.split("/")):
+        return p
+    return safe_relpath(p)
+
+
 class _Raw:
     """Reads the archive file sequentially, hashing and counting every byte."""
 
@@ -335,7 +342,7 @@ class TarStream:
             raise self.bad(f"member path of {len(raw_name)} characters (the limit is {self.limits.max_path} bytes)")
         is_dir = typeflag == b"5" or (typeflag in (b"0", b"\0") and raw_name.endswith("/"))
         rel = raw_name[2:] if raw_name.startswith("./") else raw_name
-        name = safe_relpath(rel.rstrip("/") if is_dir else rel)
+        name = _plain_relpath(rel.rstrip("/") if is_dir else rel)
         if name is None or name != rel.rstrip("/"):
             raise self.bad(f"unsafe member path {raw_name!r} (absolute, '..' or not normalised)", "refusing to unpack it: possible path traversal")
         if typeflag in (b"1", b"2", b"K"):

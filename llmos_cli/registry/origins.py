@@ -40,9 +40,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError, PayloadUnavailable, from_os_error
-from llmos_cli.pkg.archive import read_manifest_member
-from llmos_cli.pkg.external import ExternalPayload, Origin, OriginSyntaxError, declared_payloads, parse_origin
-from llmos_cli.pkg.manifest import MANIFEST_NAME, FileRecord, parse_manifest_text
+from llmos_cli.pkg.archive import parse_archive_manifest, read_manifest_member
+from llmos_cli.pkg.external import ExternalPayload, Origin, OriginSyntaxError, parse_origin
+from llmos_cli.pkg.manifest import MANIFEST_NAME, FileRecord
 from llmos_cli.pkg.tarstream import TarStream
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import download, hub
@@ -284,8 +284,8 @@ def archive_manifest_payloads(path: Path) -> list[ExternalPayload]:
                 return []
     except OSError as exc:
         raise from_os_error(exc, f"reading {path}") from exc
-    manifest, _ = parse_manifest_text(raw, f"{path.name}!{MANIFEST_NAME}")
-    return declared_payloads(manifest.raw) if manifest is not None else []
+    manifest, _ = parse_archive_manifest(raw, f"{path.name}!{MANIFEST_NAME}")  # remembered: staging parses it again
+    return manifest.payloads if manifest is not None else []
 
 
 def ensure_archive_payloads(

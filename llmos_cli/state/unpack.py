@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos_cli.errors import IntegrityError, InvalidPackageError, from_os_error
-from llmos_cli.pkg.archive import declared_total_check, read_manifest_member
-from llmos_cli.pkg.external import declared_payloads
-from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, parse_manifest_text, raise_for
+from llmos_cli.pkg.archive import declared_total_check, parse_archive_manifest, read_manifest_member
+from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, raise_for
 from llmos_cli.pkg.tarstream import LIMITS, EntryReader, TarStream
 from llmos_cli.state.db import InstalledFile
 from llmos_cli.state.store import Store, fsync_dir
@@ -128,7 +127,7 @@ def stage_archive(
     if missing:
         raise _bad(path, f"{missing[0]}: listed in the manifest but missing from the archive ({len(missing)} missing)")
     make_durable(store, files)
-    for p in declared_payloads(manifest.raw):  # [[payload]]: fetched by hash before staging (registry/origins.py)
+    for p in manifest.payloads:  # [[payload]]: fetched by hash before staging (registry/origins.py)
         if p.path in seen or not store.has(p.sha256) or store.path_for(p.sha256).stat().st_size != p.size:
             raise IntegrityError(
                 f"{name} {version}: {p.path}: the payload declared by hash is not in the store", "install it again; its origins are fetched first"
@@ -186,7 +185,7 @@ def _syncfs(fd: int) -> bool:
 
 
 def _read_manifest(path: Path, raw: bytes, name: str, version: str) -> Manifest:
-    manifest, findings = parse_manifest_text(raw, f"{path.name}!{MANIFEST_NAME}")
+    manifest, findings = parse_archive_manifest(raw, f"{path.name}!{MANIFEST_NAME}")
     raise_for(findings, f"{path.name}!{MANIFEST_NAME}")
     assert manifest is not None
     if not manifest.has_files_table:
