@@ -117,6 +117,8 @@ class LongInputReport:
     chunks: int
     used: list[str] = field(default_factory=list)
     parts_answered: list[str] = field(default_factory=list)
+    #: the parts whose answers went into the final (reduce) prompt
+    parts_combined: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +128,7 @@ class LongInputReport:
             "chunks": self.chunks,
             "used": list(self.used),
             "parts_answered": list(self.parts_answered),
+            "parts_combined": list(self.parts_combined),
         }
 
 
@@ -201,7 +204,18 @@ def map_reduce(
         final = Generation(text=text_out, tokens=[], finish_reason="stop", prompt_tokens=0, completion_tokens=0, prompt_s=0.0, generate_s=0.0)
     else:
         notes = [replace(p, text=f"{prompt} {answer}") for p, answer in partials]
-        final = ask("\n\n".join(p for p in (knowledge_text(notes), system) if p), prompt, sp)
+
+        def reduce_system(ns: list[Hit]) -> str:
+            return "\n\n".join(p for p in (knowledge_text(ns), system) if p)
+
+        # the parts' answers are short, but many of them may still not fit: keep the first that do
+        while len(notes) > 1:
+            n = len(engine.prompt_tokens([{"role": "system", "content": reduce_system(notes)}, {"role": "user", "content": prompt}]))
+            if n + reserve <= engine.n_ctx:
+                break
+            notes.pop()
+        report.parts_combined = [p.cite_id for p in notes]
+        final = ask(reduce_system(notes), prompt, sp)
     final = replace(
         final,
         prompt_tokens=final.prompt_tokens + prompt_tokens,
