@@ -141,6 +141,21 @@ def test_a_wrong_type_gives_a_finding_naming_the_field(table, value, field):
     assert [f.field for f in errors] == [field], errors
 
 
+def test_payloads_declared_by_hash_are_typed_and_checked():
+    from llmos_cli.pkg.external import ExternalPayload
+
+    data = json.loads(json.dumps(MODEL))
+    origin = "https://models.example.org/tiny/model.gguf"
+    data["payload"] = [{"path": "model.gguf", "sha256": SHA, "size": 42, "origins": [origin]}]
+    m, findings = validate_manifest(data)
+    assert findings == [] and m is not None
+    assert m.payloads == [ExternalPayload("model.gguf", SHA, 42, (origin,))]
+    data["payload"][0]["sha256"] = "short"
+    m, findings = validate_manifest(data)
+    assert m is None and [(f.code, f.field) for f in findings] == [("field-type", "payload[0].sha256")]
+    assert Manifest.from_table(data).payloads == []  # the lenient reader leaves a bad entry out
+
+
 def test_every_problem_is_reported_at_once():
     data = json.loads(json.dumps(LIBRARY))
     data["package"]["version"] = "one"

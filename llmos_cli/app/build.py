@@ -31,7 +31,7 @@ from llmos_cli.pkg.archive import (
     GZIP_LEVEL,
     archive_filename,
 )
-from llmos_cli.pkg.external import ExternalPayload, declared_payloads
+from llmos_cli.pkg.external import ExternalPayload
 from llmos_cli.pkg.manifest import MANIFEST_NAME, FileRecord, Finding, Manifest, load_manifest, raise_for, safe_relpath
 from llmos_cli.pkg.payload import SourceFile, collect_payload
 from llmos_cli.progress import NullReporter, Reporter
@@ -261,7 +261,7 @@ def _split_external(
 
     ``elsewhere``: local copies outside the folder (``import-model``), by payload path.
     """
-    external = {p.path: p for p in declared_payloads(manifest.raw)}
+    external = {p.path: p for p in manifest.payloads}
     if not external:
         return payload, []
     local = [(f, external[f.rel]) for f in payload if f.rel in external]

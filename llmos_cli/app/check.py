@@ -27,7 +27,6 @@ from llmos_cli.errors import ExitCode, InvalidPackageError, LlmosError, NotFound
 from llmos_cli.gguf_info import read_header
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.archive import PackageArchive
-from llmos_cli.pkg.external import declared_payloads
 from llmos_cli.pkg.manifest import MANIFEST_NAME, Finding, Manifest, load_manifest, parse_manifest_text, safe_relpath
 from llmos_cli.pkg.meta import Req
 from llmos_cli.pkg.payload import collect_payload
@@ -336,7 +335,7 @@ def _train_findings(manifest: Manifest) -> list[Finding]:
 
 def _file_findings(manifest: Manifest, payload: set[str]) -> list[Finding]:
     out: list[Finding] = []
-    payload = payload | {p.path for p in declared_payloads(manifest.raw)}  # [[payload]]: fetched by hash, not carried
+    payload = payload | {p.path for p in manifest.payloads}  # [[payload]]: fetched by hash, not carried
     for fieldname, rel in manifest.named_files():
         norm = safe_relpath(rel)
         if norm is not None and norm not in payload:

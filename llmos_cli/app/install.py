@@ -33,9 +33,9 @@ from llmos_cli.errors import (
 )
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.archive import PackageArchive
+from llmos_cli.pkg.external import payloads_from_json
 from llmos_cli.pkg.meta import PackageMeta, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.pkg.external import declared_payloads, payloads_from_json
 from llmos_cli.registry import lists, origins
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.resolve import (
@@ -226,7 +226,7 @@ class ShowResult:
                 "description": m.description,
                 "archive_sha256": p.archive_sha256,
                 "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in p.files],
-                "payloads": [x.to_json() for x in declared_payloads(p.manifest)],
+                "payloads": [x.to_json() for x in p.typed_manifest.payloads],
             }
         avail = []
         for c in self.available:
@@ -428,7 +428,7 @@ def candidate_payloads(candidate: Any) -> list[Any]:
     """The [[payload]] files a candidate declares by hash: from its index entry, or its local archive's manifest."""
     origin = getattr(candidate, "origin", None)
     if isinstance(origin, LocalOrigin):
-        return declared_payloads(origin.archive.manifest.raw)
+        return origin.archive.manifest.payloads
     entry = getattr(origin, "entry", None)
     return payloads_from_json((getattr(entry, "extra", None) or {}).get("payloads"))
 

@@ -3,7 +3,7 @@
 The manifest is parsed once into one typed object, ``Manifest``, with a
 dataclass per table (``ModelTable``, ``AdapterTable``, ``KnowledgeTable``,
 ``GlossaryTable``, ``PromptTable``, ``ToolDecl``, ``McpDecl``, ``TrainTable``,
-``MergedFrom``, ``ArchiveTable``, ``FileRecord``).  Code reads those fields, never the TOML
+``MergedFrom``, ``ArchiveTable``, ``FileRecord``, ``pkg.external.ExternalPayload``).  Code reads those fields, never the TOML
 tables themselves.
 
 * ``validate_manifest(data)`` returns a ``Manifest`` (or ``None`` when there is
@@ -27,6 +27,7 @@ from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, ToolError
 from llmos_cli.gbnf import call_grammar
+from llmos_cli.pkg.external import ExternalPayload, parse_payloads
 from llmos_cli.pkg.meta import (
     KINDS,
     Dependency,
@@ -58,7 +59,7 @@ _PACKAGE_KEYS = {
     "base",
     "tags",
 }
-_TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "prompt", "tools", "mcp", "train", "merged_from", "files", "archive"}
+_TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "prompt", "tools", "mcp", "train", "merged_from", "files", "archive", "payload"}
 #: ``[archive] compression``: ``auto`` stores mostly-incompressible payloads (GGUF...) in a plain tar
 COMPRESSIONS = ("auto", "gzip", "none")
 _MCP_KEYS = {"name", "command", "tools", "timeout", "description"}
@@ -222,6 +223,8 @@ class Manifest(MetaView):
     train: TrainTable = field(default_factory=TrainTable)
     merged_from: MergedFrom | None = None
     archive: ArchiveTable = field(default_factory=ArchiveTable)
+    #: ``[[payload]]``: files declared by hash and fetched from origins (``pkg/external.py``)
+    payloads: list[ExternalPayload] = field(default_factory=list)
     #: payload path -> record; filled in archives by ``llmos build``
     files: dict[str, FileRecord] = field(default_factory=dict)
     #: the source table, kept only to write it out again (``llmos build``, the state database)
@@ -368,6 +371,7 @@ class _Parser:
         elif meta.kind == "library":
             self._library_sections(meta)
         files = self._files()
+        self._payloads()
         self._archive()
         if any(f.severity == "error" for f in self.findings):
             return None
@@ -649,6 +653,13 @@ class _Parser:
             files[p] = FileRecord(rec["sha256"], rec["size"])
         return files
 
+    def _payloads(self) -> list[ExternalPayload]:
+        """``[[payload]]``: path, sha256, size and pinned origins of each file declared by hash."""
+        payloads, problems = parse_payloads(self.data.get("payload"))
+        for code, severity, fieldname, message in problems:
+            self.findings.append(Finding(code, severity, message, field=fieldname))
+        return payloads
+
     def _archive(self) -> None:
         t = self.data.get("archive")
         if t is None:
@@ -681,6 +692,7 @@ class _Parser:
             train=_train_table(data),
             merged_from=_merged_from(data),
             archive=_archive_table(data),
+            payloads=parse_payloads(data.get("payload"))[0],
             files=files,
             raw=data,
         )

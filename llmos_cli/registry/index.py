@@ -27,7 +27,6 @@ from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError
 from llmos_cli.fileio import write_atomic
 from llmos_cli.paths import get_paths
 from llmos_cli.pkg.archive import ARCHIVE_SUFFIX, PackageArchive
-from llmos_cli.pkg.external import declared_payloads
 from llmos_cli.pkg.manifest import safe_relpath
 from llmos_cli.pkg.meta import MetaView, PackageMeta, RelationError
 from llmos_cli.progress import NullReporter, Reporter
@@ -178,7 +177,7 @@ def entry_from_archive(archive: Any, filename: str) -> IndexEntry:
                 extra[k] = v
     if m.tags is not None:
         extra["tags"] = list(m.tags)
-    payloads = declared_payloads(m.raw)  # [[payload]] by hash: for show, install -s and mirror
+    payloads = m.payloads  # [[payload]] by hash: for show, install -s and mirror
     if payloads:
         extra["payloads"] = [p.to_json() for p in payloads]
     return IndexEntry(m.meta, filename, archive.size, archive.sha256, extra)
