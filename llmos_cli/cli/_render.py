@@ -2,7 +2,7 @@
 
 - :func:`line` -- one line of data on stdout (no markup, no highlighting);
 - :func:`note` -- one line of message on stderr;
-- :func:`warn` -- ``warning: ...`` on stderr;
+- :func:`warn` -- ``warning: ...`` on stderr; :func:`finding` -- a check finding (error/warning);
 - :func:`table` -- a table of data on stdout;
 - :func:`kv` -- a ``Key: value`` block on stdout;
 - :func:`simulated` -- the closing "Simulation only" note.
@@ -61,6 +61,14 @@ def note(text: str, *, soft_wrap: bool | None = None) -> None:
 
 def simulated() -> None:
     note(SIMULATED)
+
+
+def finding(severity: str, text: str) -> None:
+    """``error ...`` (red) or ``warning ...`` (yellow) on stderr, as ``llmos check`` lists its findings."""
+    from rich.markup import escape
+
+    colour = "red" if severity == "error" else "yellow"
+    err().print(f"[{colour}]{severity}[/] {escape(text)}", highlight=False)
 
 
 def _rich_width() -> int:

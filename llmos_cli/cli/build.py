@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, err, run_command
-from llmos_cli.cli._render import human_size, line, note
+from llmos_cli.cli._common import JsonOpt, RichReporter, SimulateOpt, YesOpt, run_command
+from llmos_cli.cli._render import finding, human_size, line, note
 
 
 def build(
@@ -55,13 +55,9 @@ def check(
         return check_path(path, base)
 
     def human(rep_: Any) -> None:
-        from rich.markup import escape
-
         for f in rep_.findings:
             where = f.field or f.path or ""
-            colour = "red" if f.severity == "error" else "yellow"
-            text = escape(f"[{f.code}] {where + ': ' if where else ''}{f.message}")
-            err().print(f"[{colour}]{f.severity}[/] {text}", highlight=False)
+            finding(f.severity, f"[{f.code}] {where + ': ' if where else ''}{f.message}")
         n_err, n_warn = len(rep_.errors()), len(rep_.warnings())
         if rep_.ok:
             line(f"{rep_.path}: ok ({n_warn} warning(s))")
