@@ -161,9 +161,6 @@ class LazyCommands(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(set(self._entries) | set(self._loaded))
 
-    def loaded(self) -> list[str]:
-        return list(self._loaded)
-
 
 class LazyGroup(typer.core.TyperGroup):
     """The root group: commands from :data:`COMMANDS`, imported only when run."""
