@@ -136,13 +136,13 @@ class NetworkError(LlmosError):
     slug = "network"
 
 
-class DependentsError(LlmosError):
 class PayloadUnavailable(NetworkError):
     """No origin of a payload declared by hash delivered its bytes (exit NETWORK)."""
 
     slug = "payload_unavailable"
 
 
+class DependentsError(LlmosError):
     exit_code = ExitCode.DEPENDENTS
     slug = "has_dependents"
 
