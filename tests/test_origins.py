@@ -310,3 +310,11 @@ def test_file_origin_and_link(cli, write_source, tmp_path, llmos_home):
     assert cli("install", str(archive), "-y").exit_code == 0
     assert blob_path(llmos_home).read_bytes() == BLOB
     assert blob_path(llmos_home).stat().st_ino != src.stat().st_ino  # copied (hashed while copied)
+
+
+def test_a_payload_declared_by_hash_is_never_also_carried(cli, write_source, tmp_path):
+    extra = {**payload([DEAD]), "files": {"data/weights.bin": {"sha256": SHA, "size": len(BLOB)}}}
+    folder = write_source(tmp_path / "src", "twice-lib", extra=extra, files={"docs/a.md": "# a\n"})
+    r = cli("check", str(folder), "--json")
+    assert r.exit_code == int(ExitCode.CHECK_FAILED), r
+    assert ("duplicate", "payload[0].path") in {(f["code"], f["field"]) for f in r.json()["data"]["findings"]}

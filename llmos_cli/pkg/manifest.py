@@ -371,7 +371,9 @@ class _Parser:
         elif meta.kind == "library":
             self._library_sections(meta)
         files = self._files()
-        self._payloads()
+        for i, p in enumerate(self._payloads()):
+            if p.path in files:
+                self.err("duplicate", f"payload[{i}].path", f"{p.path} is declared by hash and also carried in [files]")
         self._archive()
         if any(f.severity == "error" for f in self.findings):
             return None
