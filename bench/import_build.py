@@ -83,7 +83,8 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     started = time.perf_counter()
-    trees = [("this commit", REPO)] + ([(f"before ({args.before.name})", args.before.resolve())] if args.before else [])
+    # the older code first (its gzip build is the slow part), then this commit's
+    trees = ([(f"before ({args.before.name})", args.before.resolve())] if args.before else []) + [("this commit", REPO)]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="llmos-bench-big-", dir="/tmp") as t:
         tmp = Path(t)
@@ -97,13 +98,17 @@ def main() -> int:
             rows.append([who, what, f"{secs:.1f}", f"{size / 1e6 / secs:.0f}", f"{base / secs:.2f}" if base else "1.00"])
 
         copy = tmp / "copy.gguf"
-        cp = timed(["cp", str(gguf_path), str(copy)])
-        drop(copy)
-        cp_sync = timed(["sh", "-c", f"cp {gguf_path} {copy} && sync {copy}"])
-        drop(copy)
-        row("coreutils", "cp FILE COPY (baseline)", cp, None)
-        row("coreutils", "cp FILE COPY && sync COPY", cp_sync, cp)
+
+        def copies() -> tuple[float, float]:
+            a = timed(["cp", str(gguf_path), str(copy)])
+            drop(copy)
+            b = timed(["sh", "-c", f"cp {gguf_path} {copy} && sync {copy}"])
+            drop(copy)
+            return a, b
+
+        cps = [copies()]  # once before and once after the llmos runs: the best of each counts
         results: dict[tuple[str, str], float] = {}
+        llmos_rows: list[tuple[str, str, str]] = []
         for who, root in trees:
             env = dict(os.environ, NO_COLOR="1", PYTHONPATH=str(root))
             llmos = [sys.executable, "-m", "llmos_cli"]
@@ -116,25 +121,32 @@ def main() -> int:
             os.link(gguf_path, src / "model.gguf")  # the package folder holds the file (no copy)
             home = tmp / "home"
             e = dict(env, LLMOS_HOME=str(home))
-            results[(who, "build")] = b = timed([*llmos, "build", str(src), "-o", str(tmp / "out")], e, root)
-            row(who, "llmos build (model package)", b, cp)
+            results[(who, "build")] = timed([*llmos, "build", str(src), "-o", str(tmp / "out")], e, root)
+            llmos_rows.append((who, "llmos build (model package)", "build"))
             drop(tmp / "out")
             drop(src)
             drop(home)
-            results[(who, "import")] = i = timed([*llmos, "import-model", str(gguf_path), "--name", "big", "-y"], e, root)
-            row(who, "llmos import-model FILE", i, cp)
+            results[(who, "import")] = timed([*llmos, "import-model", str(gguf_path), "--name", "big", "-y"], e, root)
+            llmos_rows.append((who, "llmos import-model FILE", "import"))
             drop(home)
-            if who == "this commit":
-                results[(who, "link")] = k = timed([*llmos, "import-model", str(gguf_path), "--name", "big", "--link", "-y"], e, root)
-                row(who, "llmos import-model FILE --link", k, cp)
+            has_link = "--link" in subprocess.run([*llmos, "import-model", "--help"], env=e, cwd=root, capture_output=True, text=True).stdout
+            if who == "this commit" and has_link:
+                results[(who, "link")] = timed([*llmos, "import-model", str(gguf_path), "--name", "big", "--link", "-y"], e, root)
+                llmos_rows.append((who, "llmos import-model FILE --link", "link"))
                 drop(home)
+        cps.append(copies())
+        cp, cp_sync = min(c[0] for c in cps), min(c[1] for c in cps)
+        row("coreutils", "cp FILE COPY (baseline; best of 2)", cp, None)
+        row("coreutils", "cp FILE COPY && sync COPY (best of 2)", cp_sync, cp)
+        for who, what, key in llmos_rows:
+            row(who, what, results[(who, key)], cp)
     took = time.perf_counter() - started
     load = os.getloadavg()[0]
     new_b, new_i = results[("this commit", "build")], results[("this commit", "import")]
     verdict = f"build {cp / new_b:.2f}x, import-model {cp / new_i:.2f}x of `cp` ({'met' if min(cp / new_b, cp / new_i) >= 0.8 else 'NOT met'})"
     body = (
-        f"One GGUF of {gb:.2f} GB (a real header, then random bytes) on /tmp, one run of each, in this order; outputs are deleted "
-        f"after each step. The whole run took {took:.0f} s (load average {load:.1f} at the end, on a machine shared with other jobs).\n\n"
+        f"One GGUF of {gb:.2f} GB (a real header, then random bytes) on /tmp; `cp` before and after the llmos runs (best of 2), "
+        f"one run of each llmos command, the older code first; outputs are deleted after each step. The whole run took {took:.0f} s (load average {load:.1f} at the end, on a machine shared with other jobs).\n\n"
         + table(["code", "what", "seconds", "MB/s", "x cp"], rows)
         + f"\nTarget: build and import-model >= 0.8x of `cp`. Result: {verdict}.\n"
         "What changed: an archive whose payload is mostly incompressible is a plain tar (no gzip), written with a 4 MiB copy "
