@@ -303,3 +303,50 @@ def test_hostile_archive_listed_in_an_index_is_refused(name, tmp_path, cli, llmo
     after = snapshot(llmos_home)
     assert after["store"] == before["store"]
     assert after["db"]["packages"] == before["db"]["packages"] and after["db"]["files"] == before["db"]["files"]
+
+
+# ---------------------------------------------------------------- the limits themselves
+
+
+def _read_all(path: Path, limits) -> int:
+    from llmos_cli.pkg.tarstream import TarStream
+
+    n = 0
+    with open(path, "rb") as fh:
+        ts = TarStream(fh, path.name, limits)
+        for e in ts:
+            if not e.is_dir:
+                ts.read_all()
+            n += 1
+        ts.finish()
+    return n
+
+
+def test_member_count_and_global_header_limits(tmp_path):
+    from llmos_cli.errors import InvalidPackageError
+    from llmos_cli.pkg.tarstream import Limits
+
+    files = {f"f{i}.txt": b"x" for i in range(20)}
+    p = hostile.write(tmp_path / "many.llmos", [hostile.tar_bytes(files)])
+    assert _read_all(p, Limits(max_members=21)) == 21
+    with pytest.raises(InvalidPackageError, match="more than 20 members"):
+        _read_all(p, Limits(max_members=20))
+    g = hostile.pax({"comment": "hello"}, b"g")
+    p = hostile.gz(tmp_path / "globals.llmos", [g] * 3 + [hostile.member("llmos.toml", hostile.manifest({})), hostile.END])
+    assert _read_all(p, Limits(max_global=3)) == 1
+    with pytest.raises(InvalidPackageError, match="more than 2 global PAX headers"):
+        _read_all(p, Limits(max_global=2))
+
+
+def test_ratio_cap_applies_to_compressed_archives_only(tmp_path):
+    from llmos_cli.errors import InvalidPackageError
+    from llmos_cli.pkg.tarstream import Limits
+
+    raw = hostile.tar_bytes({"zeros.bin": bytes(1 << 20)})
+    plain = hostile.write(tmp_path / "plain.llmos", [raw])
+    packed = hostile.write(tmp_path / "packed.llmos", [gzip.compress(raw)])
+    tight = Limits(max_ratio=10, ratio_floor=0)
+    assert _read_all(plain, tight) == 2
+    with pytest.raises(InvalidPackageError, match="decompression bomb"):
+        _read_all(packed, tight)
+    assert _read_all(packed, Limits()) == 2  # the 64 MiB floor: small archives are never capped
