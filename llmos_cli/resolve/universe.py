@@ -41,8 +41,16 @@ class MemorySource:
     def __init__(self, candidates: Iterable[Candidate] = ()):
         self._by_name: dict[str, list[Candidate]] = {}
         self._providers: dict[str, list[Candidate]] = {}
-        for cand in candidates:
-            self.add(cand)
+        by_name, providers = self._by_name, self._providers
+        for cand in candidates:  # add() inlined: this loop runs once per version of a registry
+            meta = cand.meta
+            got = by_name.get(meta.name)
+            if got is None:
+                by_name[meta.name] = [cand]
+            else:
+                got.append(cand)
+            for virt in meta.provides:  # keyed by the plain name: two Provides of one name differ by version
+                providers.setdefault(str(virt), []).append(cand)
 
     def add(self, cand: Candidate) -> None:
         self._by_name.setdefault(cand.meta.name, []).append(cand)
