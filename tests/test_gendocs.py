@@ -68,3 +68,10 @@ def test_man_page_renders():
     assert res.returncode == 0, res.stderr
     assert "EXIT STATUS" in res.stdout
     assert "UNSATISFIABLE" in res.stdout
+
+
+def test_every_exit_code_is_described_in_the_man_page():
+    from llmos_cli.errors import ExitCode
+
+    missing = [c.name for c in ExitCode if not _gendocs.EXIT_HELP.get(c.name)]
+    assert missing == [], f"add a line for {missing} to EXIT_HELP in llmos_cli/cli/_gendocs.py"

@@ -224,31 +224,35 @@ def _roff(text: str) -> str:
     return "\n".join(("\\&" + ln if ln.startswith((".", "'")) else ln) for ln in text.split("\n"))
 
 
+#: One line per exit code for the man page (``tests/test_gendocs.py`` checks every ExitCode has one).
+EXIT_HELP = {
+    "OK": "success",
+    "FAILURE": "unexpected internal error",
+    "USAGE": "bad command-line usage",
+    "NOT_FOUND": "unknown package, model, library, source, tool or file",
+    "UNSATISFIABLE": "no installable set of packages (missing dependency, conflict, hold)",
+    "INVALID_PACKAGE": "malformed manifest or archive, unsafe paths, unreadable GGUF",
+    "INTEGRITY": "hash or size mismatch; a tampered or missing installed file",
+    "LOCKED": "another llmos process holds the state lock",
+    "STATE": "state database missing, corrupt or from a newer llmos",
+    "IO": "no space, no permission, other operating-system errors",
+    "CHECK_FAILED": "llmos check found errors",
+    "ABI": "an adapter does not fit its base model",
+    "RUNTIME": "llama.cpp failed (model load, device, generation)",
+    "CONTEXT": "the prompt does not fit the context window",
+    "TOOL": "a tool is not allowed, unknown or failed",
+    "TRUST": "signature, key, rollback or expiry problem",
+    "NETWORK": "download failed, timed out or sent the wrong bytes",
+    "DEPENDENTS": "removal refused because installed packages need the package",
+    "ABORTED": "declined, or a confirmation was needed and stdin is not a terminal",
+    "NOT_GROUNDED": "llmos run --grounded: no answer supported by the attached libraries (abstained)",
+    "INTERRUPTED": "interrupted (Ctrl-C)",
+}
+
+
 def man(tree: Cmd) -> str:
     from llmos_cli.errors import ExitCode
 
-    exit_help = {
-        "OK": "success",
-        "FAILURE": "unexpected internal error",
-        "USAGE": "bad command-line usage",
-        "NOT_FOUND": "unknown package, model, library, source, tool or file",
-        "UNSATISFIABLE": "no installable set of packages (missing dependency, conflict, hold)",
-        "INVALID_PACKAGE": "malformed manifest or archive, unsafe paths, unreadable GGUF",
-        "INTEGRITY": "hash or size mismatch; a tampered or missing installed file",
-        "LOCKED": "another llmos process holds the state lock",
-        "STATE": "state database missing, corrupt or from a newer llmos",
-        "IO": "no space, no permission, other operating-system errors",
-        "CHECK_FAILED": "llmos check found errors",
-        "ABI": "an adapter does not fit its base model",
-        "RUNTIME": "llama.cpp failed (model load, device, generation)",
-        "CONTEXT": "the prompt does not fit the context window",
-        "TOOL": "a tool is not allowed, unknown or failed",
-        "TRUST": "signature, key, rollback or expiry problem",
-        "NETWORK": "download failed, timed out or sent the wrong bytes",
-        "DEPENDENTS": "removal refused because installed packages need the package",
-        "ABORTED": "declined, or a confirmation was needed and stdin is not a terminal",
-        "INTERRUPTED": "interrupted (Ctrl-C)",
-    }
     o = [
         f'.TH LLMOS 1 "" "llmos {__version__}" "User Commands"',
         ".SH NAME",
@@ -280,7 +284,7 @@ def man(tree: Cmd) -> str:
             o += [".TP", "\\fB" + _roff(", ".join(opt.names)) + "\\fR" + val, _roff(opt.help + (f" One of: {', '.join(opt.choices)}." if opt.choices else ""))]
     o.append(".SH EXIT STATUS")
     for code in ExitCode:
-        o += [".TP", f"\\fB{int(code)}\\fR ({code.name})", _roff(exit_help.get(code.name, ""))]
+        o += [".TP", f"\\fB{int(code)}\\fR ({code.name})", _roff(EXIT_HELP.get(code.name, ""))]
     o += [
         ".SH ENVIRONMENT",
         ".TP",
