@@ -137,13 +137,11 @@ class Bench:
 
 def _needs(lib_dir: Path, other: str, pkgs: dict[str, Path]) -> bool:
     """Does the library depend on ``other`` (by name or a virtual name ``other`` provides)?"""
-    import tomllib
-
-    from llmos_cli.pkg.meta import Req
+    from llmos_cli.pkg.manifest import Manifest
 
     def names(d: Path) -> tuple[list[str], list[str]]:
-        pkg = tomllib.loads((d / "llmos.toml").read_text())["package"]
-        return [Req.parse(a.strip()).name for dep in pkg.get("depends", []) for a in dep.split("|")], [pkg["name"], *pkg.get("provides", [])]
+        meta = Manifest.read_folder(d).meta
+        return [a.name for dep in meta.depends for a in dep.alternatives], [meta.name, *meta.provides]
 
     wants, _ = names(lib_dir)
     _, offers = names(pkgs[other])
