@@ -119,6 +119,23 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(registry, tmp_path):
     assert pkgcache.ListCache.open(cache, lists.list_path(paths, "test").read_bytes(), "x") is not None
 
 
+def test_a_cache_damaged_inside_fails_cleanly_and_is_rebuilt_next_time(registry, cli):
+    from llmos_cli.errors import ExitCode
+
+    cache = lists.cache_path(get_paths(), "test")
+    conn = sqlite3.connect(cache)
+    conn.execute("""UPDATE pkg SET record = '{"name": "Bad!"}' WHERE name = 'exim'""")
+    conn.commit()
+    conn.close()
+    r = cli("install", "-s", "mailer")
+    assert r.exit_code == ExitCode.STATE, r
+    assert "package cache" in r.stderr and "run the command again" in r.stderr and "Traceback" not in r.stderr
+    assert not cache.exists()
+    r = cli("install", "-s", "mailer")
+    assert r.exit_code == 0, r
+    assert cache.is_file()
+
+
 def test_no_writable_cache_falls_back_to_the_list(registry):
     paths = get_paths()
     cache = lists.cache_path(paths, "test")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import InvalidPackageError, LlmosError
+from llmos_cli.errors import InvalidPackageError, LlmosError, StateError
 from llmos_cli.fileio import atomic_path
 from llmos_cli.registry.index import Index, IndexEntry
 
@@ -117,8 +117,9 @@ class ListCache:
     most once, so the same name always yields the same candidate objects.
     """
 
-    def __init__(self, conn: sqlite3.Connection, info: ListInfo, origin: str, make: Make | None = None):
+    def __init__(self, conn: sqlite3.Connection, info: ListInfo, origin: str, make: Make | None = None, path: Path | None = None):
         self.conn = conn
+        self.path = path
         self.info = info
         self.origin = origin
         self.make: Make = make or (lambda e: e)
@@ -144,41 +145,56 @@ class ListCache:
         except (sqlite3.Error, ValueError, TypeError, KeyError):
             conn.close()
             return None
-        return cls(conn, info, origin)
+        return cls(conn, info, origin, path=cache)
 
     def close(self) -> None:
         self.conn.close()
 
     # ------------------------------------------------------------ records
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.Error:
+            # derived data, damaged after it was opened (its header read fine): drop it so the next run rebuilds it
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+            raise StateError(
+                f"{self.origin}: its package cache {self.path.name if self.path else ''} is damaged and was removed",
+                "run the command again: llmos rebuilds the cache from the list",
+            ) from None
+
     def _entry(self, rowid: int, record: str) -> Any:
         obj = self._objs.get(rowid)
         if obj is None:
             try:
-                d = json.loads(record)
-            except ValueError:
-                raise InvalidPackageError(f"{self.origin}: damaged cache record", "run `llmos update`") from None
-            obj = self._objs[rowid] = self.make(IndexEntry.from_json(d, self.origin))
+                entry = IndexEntry.from_json(json.loads(record), self.origin)
+            except (ValueError, InvalidPackageError):
+                # the list passed these checks when the cache was built: the cache itself is damaged
+                if self.path is not None:
+                    self.path.unlink(missing_ok=True)
+                raise StateError(f"{self.origin}: a damaged package cache record; the cache was removed", "run the command again: llmos rebuilds it") from None
+            obj = self._objs[rowid] = self.make(entry)
         return obj
 
     def named(self, name: str) -> Sequence[Any]:
         got = self._named.get(name)
         if got is None:
-            rows = self.conn.execute("SELECT id, record FROM pkg WHERE name = ?", (name,)).fetchall()
+            rows = self._query("SELECT id, record FROM pkg WHERE name = ?", (name,))
             got = self._named[name] = [self._entry(i, r) for i, r in rows]
         return got
 
     def providing(self, virtual: str) -> Sequence[Any]:
         got = self._providing.get(virtual)
         if got is None:
-            rows = self.conn.execute("SELECT pkg.id, pkg.record FROM prov JOIN pkg ON pkg.id = prov.pkg WHERE prov.virtual = ?", (virtual,)).fetchall()
+            rows = self._query("SELECT pkg.id, pkg.record FROM prov JOIN pkg ON pkg.id = prov.pkg WHERE prov.virtual = ?", (virtual,))
             got = self._providing[virtual] = [self._entry(i, r) for i, r in rows]
         return got
 
     def names(self) -> set[str]:
-        return {n for (n,) in self.conn.execute("SELECT DISTINCT name FROM pkg UNION SELECT DISTINCT virtual FROM prov")}
+        return {n for (n,) in self._query("SELECT DISTINCT name FROM pkg UNION SELECT DISTINCT virtual FROM prov")}
 
     def __iter__(self) -> Iterator[Any]:
-        for i, r in self.conn.execute("SELECT id, record FROM pkg ORDER BY id"):
+        for i, r in self._query("SELECT id, record FROM pkg ORDER BY id"):
             yield self._entry(i, r)
 
 
