@@ -18,7 +18,7 @@ import json
 import sqlite3
 import struct
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,9 @@ def tensor_info(name: str, shape: tuple[int, ...], type_id: int = 0, offset: int
 ADAPTER_KVS = [kv_str("general.architecture", "llama"), kv_str("general.type", "adapter"), kv_str("adapter.type", "lora")]
 
 
-def gguf(kvs: list[bytes], tensors: list[bytes] = (), *, data: bytes = b"", n_kv: int | None = None, n_tensors: int | None = None, version: int = 3) -> bytes:
+def gguf(
+    kvs: list[bytes], tensors: Sequence[bytes] = (), *, data: bytes = b"", n_kv: int | None = None, n_tensors: int | None = None, version: int = 3
+) -> bytes:
     """A GGUF file: header, key/values, tensor infos, padding to 32, tensor data."""
     head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv)
     body = head + b"".join(kvs) + b"".join(tensors)

@@ -18,14 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
-from llmos_cli.pkg.manifest import Manifest
-from llmos_cli.pkg.meta import MetaView, PackageMeta
+from llmos_cli.pkg.meta import PackageMeta
 
 SCHEMA_VERSION = 1
 
@@ -507,6 +505,7 @@ class StateDB:
             "INSERT INTO history(started, command, argv, status, actions) VALUES(?,?,?,?,?)",
             (now_iso(), command, json.dumps(argv), "pending", json.dumps(actions)),
         )
+        assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
     def finish_history(self, txid: int, status: str) -> None:
