@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
-from llmos_cli.pkg.meta import PackageMeta
+from llmos_cli.pkg.manifest import Manifest
+from llmos_cli.pkg.meta import MetaView, PackageMeta
 
 SCHEMA_VERSION = 1
 
