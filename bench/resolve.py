@@ -396,7 +396,7 @@ def setup_home(code: Path, home: Path, registry: Path) -> dict:
         f"lists.add_source(p, db, 'big', {str(registry)!r}, allow_unsigned=True)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(code), "LLMOS_HOME": str(home)}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=code)  # "-c" puts the cwd first on sys.path
     return _child(code, ["--child", "lists", "--mode", "update", "--root", "-"], home)
 
 
