@@ -10,11 +10,13 @@ One thread per loaded model runs ``Scheduler.loop``.  Every iteration is one
   tokens it has generated plus its prompt length divided by
   ``prefill_weight`` (a long prompt "skips" the first levels, as FastServe's
   skip-join does).  Its level is 0 below ``quantum`` units of service, then
-  one more for each doubling.  A step decodes only the jobs of the best
-  (lowest) non-empty level, oldest first, at most ``max_batch`` of them, so
-  a short request that arrives while long ones run starts at level 0 and
-  runs alone until it is done or sinks to their level.  Jobs at one level
-  advance together and so stay batched together.
+  one more for each doubling.  Within a level, a job whose token budget
+  (``max_tokens``) ends within one quantum goes first: its size is known to
+  be small, unlike FastServe's jobs.  A step decodes only the jobs of the
+  best (level, known-short) rank, oldest first, at most ``max_batch`` of
+  them, so a short request that arrives while long ones run is decoded
+  alone until it is done or sinks to their rank.  Jobs of one rank advance
+  together and so stay batched together.
 * **Preemption at token granularity.**  Jobs left out of a step keep their
   KV cache and continue at a later step.  When every slot is taken and a
   waiting job has a better level than a running one, the worst running job
@@ -213,8 +215,16 @@ class Scheduler:
         for job in [j for j in self.running if j.cancelled]:
             self._retire_locked(job, "cancelled")
 
-    def _order(self, job: Job) -> tuple[int, float]:
-        return (self.level(job), job.arrival)
+    def finishing(self, job: Job) -> bool:
+        """True when the job's token budget ends within one quantum: its size is known to be small."""
+        return job.budget - len(job.generated) <= max(1, self.options.quantum)
+
+    def rank(self, job: Job) -> tuple[int, int]:
+        """(MLFQ level, 0 for a job that is known to end within a quantum, else 1): lower runs first."""
+        return (self.level(job), 0 if self.finishing(job) else 1)
+
+    def _order(self, job: Job) -> tuple[int, int, float]:
+        return (*self.rank(job), job.arrival)
 
     def _admit(self) -> None:
         self.waiting.sort(key=self._order)
@@ -222,7 +232,7 @@ class Scheduler:
             best = self.waiting[0]
             if not self.free_slots:
                 worst = max(self.running, key=self._order, default=None)
-                if worst is None or self.level(best) >= self.level(worst):
+                if worst is None or self.rank(best) >= self.rank(worst):
                     return
                 self._preempt(worst)
             job = self.waiting.pop(0)
@@ -243,8 +253,8 @@ class Scheduler:
     def _pick(self) -> list[Job]:
         if not self.running:
             return []
-        best = min(self.level(j) for j in self.running)
-        top = [j for j in self.running if self.level(j) == best]
+        best = min(self.rank(j) for j in self.running)
+        top = [j for j in self.running if self.rank(j) == best]
         groups: dict[AdapterKey, list[Job]] = {}
         for j in sorted(top, key=lambda j: j.arrival):
             groups.setdefault(j.adapters, []).append(j)
