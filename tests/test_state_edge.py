@@ -119,7 +119,8 @@ def test_a_locked_database_is_exit_7(cli, llmos_proc, llmos_home, tmp_path, writ
     con.execute("BEGIN EXCLUSIVE")
     con.execute("INSERT INTO settings(key, value) VALUES('x', 'y')")
     try:
-        for args in (("list",), ("verify",), ("install", _build(cli, tmp_path, write_source, "beta"), "-y"), ("history",)):
+        beta = _build(cli, tmp_path, write_source, "beta")
+        for args in (("list",), ("verify",), ("install", beta, "-y"), ("history",), ("tools", "list"), ("query", "alpha"), ("stack",)):
             r = llmos_proc(*args, env={"LLMOS_LOCK_TIMEOUT": "0.5"})
             _one_line(r, ExitCode.LOCKED, "locked")
     finally:
