@@ -194,3 +194,19 @@ def test_stop_strings_and_streaming_pieces(kit, sched):
     _wait([j])
     assert j.finish_reason == "stop" and j.text == text[: text.index(stop)]
     assert "".join(pieces) == j.text
+
+
+def test_a_request_known_to_be_short_goes_before_a_new_long_one(kit, sched):
+    eng = kit[3]
+    long_params = SamplingParams(max_tokens=300, temperature=0.0)
+    old = sched.submit(Job(eng.tokenize("old and long"), long_params))
+    while len(old.generated) < 40:
+        time.sleep(0.002)
+    new_long = Job(eng.tokenize("new and long"), long_params)
+    short = Job(eng.tokenize("short"), SamplingParams(max_tokens=4, temperature=0.0))
+    sched.submit(new_long)
+    sched.submit(short)
+    _wait([short, new_long, old])
+    short_steps = [ids for _, ids in sched.trace if short.id in ids]
+    assert short_steps and all(ids == [short.id] for ids in short_steps)  # decoded alone
+    assert short.t_end < min(new_long.t_end, old.t_end)
