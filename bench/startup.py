@@ -72,6 +72,13 @@ class Tree:
     def llmos(self, *args: str, home: Path) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, "-m", "llmos_cli", *args], dict(self.env, LLMOS_HOME=str(home))
 
+    def _run(self, *args: str) -> str:
+        cmd, env = self.llmos(*args, home=self.full_home)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"{self.label}: llmos {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}")
+        return res.stdout
+
     def setup(self, tmp: Path) -> None:
         """Three libraries built and installed into full_home, by this tree's own code."""
         srcs = tmp / f"src-{self.label}"
@@ -79,13 +86,9 @@ class Tree:
         out.mkdir()
         for name, version, deps in PACKAGES:
             src = _write_source(srcs, name, version, deps)
-            cmd, env = self.llmos("build", str(src), "-o", str(out), home=self.full_home)
-            subprocess.run(cmd, env=env, capture_output=True, check=True)
-        archives = sorted(str(p) for p in out.glob("*.llmos"))
-        cmd, env = self.llmos("install", "-y", *archives, home=self.full_home)
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
-        cmd, env = self.llmos("list", "--json", home=self.full_home)
-        listed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            self._run("build", str(src), "-o", str(out))
+        self._run("install", "-y", *sorted(str(p) for p in out.glob("*.llmos")))
+        listed = self._run("list", "--json")
         assert all(name in listed for name, _v, _d in PACKAGES), listed
 
     def cases(self) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -136,6 +139,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     started = time.perf_counter()
+    load_start = _load()
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         modes = [True] + ([False] if args.no_bytecode else [])
@@ -155,24 +159,29 @@ def main() -> int:
         heavy = {k: imported(*c) for k, c in cases.items() if "|" in k}
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     cpu = {k: statistics.median(v) * 1000 for k, v in cpu_times.items()}
-    base = med["python -c pass"]
+    low = {k: min(v) * 1000 for k, v in times.items()}
+
+    def cell(k: str) -> str:
+        return f"{med[k]:.0f} (min {low[k]:.0f}; CPU {cpu[k]:.0f})"
+
     commands = list(Tree("x", REPO, Path("."), True).cases())
     headers = ["command"]
     for key in trees:
-        headers.append(f"{key.replace('-nobc', ' (no bytecode cache)')}: median ms (CPU ms)")
+        headers.append(f"{key.replace('-nobc', ' (no bytecode cache)')}: median ms (min; CPU median)")
     headers.append("heavy or avoidable modules imported (now)")
-    pass_cell = f"{base:.0f} ({cpu['python -c pass']:.0f})"
+    pass_cell = cell("python -c pass")
     rows: list[list[object]] = [["python -c pass", *([pass_cell] * len(trees)), "-"]]
-    for c in commands:
-        rows.append([c, *(f"{med[f'{k}|{c}']:.0f} ({cpu[f'{k}|{c}']:.0f})" for k in trees), ", ".join(heavy[f"now|{c}"]) or "none"])
+    for name in commands:
+        rows.append([name, *(cell(f"{k}|{name}") for k in trees), ", ".join(heavy[f"now|{name}"]) or "none"])
     for r in rows:
         print(" | ".join(str(x) for x in r))
     elapsed = time.perf_counter() - started
     worst = max(med[f"now|{c}"] for c in commands if c != "llmos --version")
     body = table(headers, rows)
     body += (
-        f"\nMedians of {args.runs} interleaved runs per case ({len(cases)} cases): wall-clock, and in brackets "
-        "the CPU time of the process (user + system), which a busy machine inflates less; all in one run of "
+        f"\nMedians of {args.runs} interleaved runs per case ({len(cases)} cases): wall-clock, and in brackets the fastest run "
+        "and the median CPU time of the process (user + system), which a busy machine inflates less; load average "
+        f"{load_start} at the start and {_load()} at the end; all in one run of "
         f"{elapsed:.0f} s; `python -c pass` is the bare interpreter in the same run. "
         f"Target: `llmos --help` and `llmos list` under {TARGET_MS} ms with the bytecode cache "
         f"(slowest now: {worst:.0f} ms, {'met' if worst < TARGET_MS else 'NOT met'}). "
@@ -183,6 +192,13 @@ def main() -> int:
     if not args.no_write:
         write_section("startup", "Start-up time", body)
     return 0
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def _rev(path: Path) -> str:
