@@ -273,3 +273,33 @@ def test_verify_never_reports_a_false_missing_file_during_upgrades(cli, llmos_pr
         assert r.exit_code in (ExitCode.OK, ExitCode.LOCKED), r
     upgrader.wait(timeout=120)
     assert results and ExitCode.INTEGRITY not in results
+
+
+def test_a_raw_sqlite_lock_error_at_the_cli_edge_is_exit_7(cli, llmos_home, tmp_path, write_source, capsys):
+    """A real "database is locked" raised by a query outside ``open_state`` still ends as exit 7, one line, no traceback."""
+    import typer
+
+    from llmos_cli.cli._common import execute
+
+    assert cli("install", _build(cli, tmp_path, write_source, "alpha"), "-y").exit_code == 0
+    holder = sqlite3.connect(llmos_home / "state.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO settings(key, value) VALUES('x', 'y')")
+
+    def work():
+        con = sqlite3.connect(llmos_home / "state.db", timeout=0)
+        try:
+            return con.execute("SELECT COUNT(*) FROM packages").fetchone()
+        finally:
+            con.close()
+
+    try:
+        with pytest.raises(typer.Exit) as ei:
+            execute("list", False, work)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ei.value.exit_code == ExitCode.LOCKED
+    err = capsys.readouterr().err
+    assert "locked" in err and "Traceback" not in err

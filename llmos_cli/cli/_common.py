@@ -226,6 +226,8 @@ def execute(
     rep: RichReporter | None = None,
 ) -> Any:
     """Run ``work`` and render; return its result, or raise ``typer.Exit`` with a non-zero code."""
+    import sqlite3  # lazily: only for mapping state-database errors
+
     try:
         result = work()
     except LlmosError as exc:
@@ -245,6 +247,15 @@ def execute(
 
             traceback.print_exc(file=sys.stderr)
         raise typer.Exit(report_error(command, from_os_error(exc, f"running {command}"), json_mode)) from None
+    except sqlite3.Error as exc:  # the state database read outside open_state: "locked" is exit 7 wherever it surfaces
+        from llmos_cli.paths import get_paths
+        from llmos_cli.state.db import sqlite_error
+
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        raise typer.Exit(report_error(command, sqlite_error(exc, get_paths().db), json_mode)) from None
     code = int(getattr(result, "exit_code", 0) or 0)
     if json_mode:
         warnings = [m for lvl, m in (rep.messages if rep else []) if lvl == "warning"]
