@@ -91,6 +91,15 @@ def _render_tx(result: Any) -> None:
             if origin is not None and hasattr(origin, "source_name"):
                 src = f" [{origin.source_name}]"
             line(f"{a.op} {_action_label(a)} ({a.reason}){src}")
+        for p in getattr(result, "payload_plan", []):  # [[payload]] files declared by hash
+            d = p.to_json()
+            what = f"{d['path']} of {d['package']} ({d['size']} bytes, sha256:{d['sha256'][:16]})"
+            if d["status"] == "present":
+                line(f"payload {what}: already in the store")
+            elif d["status"] == "cached":
+                line(f"payload {what}: in the download cache")
+            else:
+                line(f"fetch {what} from: {', '.join(d['origins'])}", soft_wrap=True)
         simulated()
         return
     if not plan.actions:
@@ -317,6 +326,12 @@ def _render_show(result: Any) -> None:
         for a in data["available"]:
             star = " [installed]" if a["installed"] else ""
             lines.append(f"  {a['version']} from {a.get('source')}{star}")
+    shown = (inst or {}).get("payloads") or (data["available"][0].get("payloads") if data["available"] else None) or []
+    if shown:  # [[payload]] files declared by hash, and where they come from
+        lines.append("Payloads (by hash):")
+        for p in shown:
+            lines.append(f"  {p['path']}  {p['size']} bytes  sha256:{p['sha256'][:16]}")
+            lines += [f"    origin: {o}" for o in p["origins"]]
     if inst and inst.get("description"):
         lines.append("Description:")
         lines += ["  " + line for line in inst["description"].splitlines()]

@@ -120,10 +120,16 @@ def mirror(
         if res.print_uris:
             for item in res.items:
                 line(item.apt_line(), soft_wrap=True)
+            for blob in res.blobs:  # payloads declared by hash: each origin, in the order tried
+                for text in blob.apt_lines():
+                    line(text, soft_wrap=True)
             return
         for item in res.items:
             verb = "would copy" if res.simulate else {"added": "copied", "unchanged": "already there:"}.get(item.status, item.status)
             line(f"{verb} {item.name} {item.version} ({human_size(item.size)})")
+        for blob in res.blobs:
+            verb = "would copy" if res.simulate else {"added": "copied", "unchanged": "already there:"}.get(blob.status, blob.status)
+            line(f"{verb} blob {blob.path} of {blob.package} ({human_size(blob.size)})")
         if not res.simulate:
             how = "the publisher's signed index kept" if res.verbatim and res.signed else ("signed" if res.signed else "unsigned")
             line(f"mirror {res.dest}: index version {res.index_version}, {how}")

@@ -83,6 +83,9 @@ def _render_import(result: Any) -> None:
         simulated()
         return
     _note(f"built {result.archive} in the local registry (source 'local')")
+    stored = {"hardlink": "hard-linked into the store (no copy)", "reflink": "reflinked into the store (no copy)", "copy": "copied into the store once"}
+    if result.stored in stored:
+        _note(f"{result.file.name}: {stored[result.stored]}")
     _note(f"installed {result.name} {result.version}" + ("; it is now the default model" if result.default_set else ""))
 
 
@@ -296,6 +299,13 @@ def import_model(
             help="FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.",
         ),
     ] = False,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Hard-link (or reflink) the GGUF into the store after hashing it instead of copying it (same file system only); do not edit the file in place afterwards.",
+        ),
+    ] = False,
     simulate: SimulateOpt = False,
     yes: YesOpt = False,
     json: JsonOpt = False,
@@ -310,7 +320,7 @@ def import_model(
         from llmos_cli.app import models
 
         do_import = models.import_hf_model if from_hf else models.import_model
-        return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask)
+        return do_import(file, name=name, version=version, summary=summary, license=license, simulate=simulate, reporter=rep, confirm=ask, link=link)
 
     return run_command("import-model", json, work, _render_import)
 
