@@ -78,7 +78,7 @@ _llmos() {
         "llmos hold")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos import-model")
-            COMPREPLY=($(compgen -W "--name --version --summary --license --from-hf --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--name --version --summary --license --from-hf --link --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos index")
             COMPREPLY=($(compgen -W "--sign --expires-days --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos install")

@@ -89,6 +89,7 @@ complete -c llmos -n '__fish_seen_subcommand_from import-model' -l version -r -d
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l summary -r -d 'One-line summary.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l license -r -d 'The model\'s license.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l from-hf -d 'FILE is a Hugging Face Llama checkpoint folder: write its GGUF (tokenizer and chat template included) first; needs the train extra.'
+complete -c llmos -n '__fish_seen_subcommand_from import-model' -l link -d 'Hard-link (or reflink) the GGUF into the store after hashing it instead of copying it (same file system only); do not edit the file in place afterwards.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l simulate -s s -l dry-run -d 'Print the plan and change nothing.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l yes -s y -d 'Answer yes to confirmations; needed when stdin is not a terminal.'
 complete -c llmos -n '__fish_seen_subcommand_from import-model' -l json -d 'Print one JSON object (versioned envelope) on stdout.'
