@@ -107,6 +107,8 @@ COMMANDS: dict[str, Entry] = {
     "import-model": Entry("runtime:import_model", "Turn a local GGUF into a model package (local registry) and install it."),
     "default-model": Entry("runtime:default_model", "Show or set the model `llmos run` uses without --model."),
     "doctor": Entry("runtime:doctor", "Check the llama.cpp build, GPU offload, threads, data directories and the state database."),
+    "serve": Entry("serve:serve", "Serve installed models and stacks over an OpenAI-compatible HTTP API (Ctrl-C stops)."),
+    "logs": Entry("serve:logs", "Show the prompt log: what was asked and answered, by `llmos run` and `llmos serve`."),
     # Knowledge and tools
     "query": Entry("knowledge:query", "Search the attached knowledge without running the model (BM25 over every library's index)."),
     # Libraries

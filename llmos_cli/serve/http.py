@@ -23,13 +23,15 @@ Safety:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import math
+import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -414,7 +416,7 @@ class Server:
                         )
                         out = {"type": "error", "error": err}
                     else:
-                        out = {"type": "result", "result": value.to_json(), "notes": list(value.notes)}
+                        out = {"type": "result", "result": value.to_json(), "notes": list(value.notes), "exit_code": int(getattr(value, "exit_code", 0))}
                     yield (json.dumps(out, ensure_ascii=False) + "\n").encode("utf-8")
                     if kind in ("done", "error"):
                         return
@@ -447,9 +449,24 @@ def serve_forever(server: Server, *, on_ready: Callable[[str], None] | None = No
     """Run uvicorn until Ctrl-C or SIGTERM; the pool is closed afterwards."""
     import uvicorn
 
+    class _Uvicorn(uvicorn.Server):
+        """Ctrl-C and SIGTERM end the server cleanly (exit 0) instead of being raised again after shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
     o = server.options
     config = uvicorn.Config(server.app, host=o.host, port=o.port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-    userver = uvicorn.Server(config)
+    userver = _Uvicorn(config)
     if on_ready is not None:
         on_ready(f"http://{o.host}:{o.port}")
     try:

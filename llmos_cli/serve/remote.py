@@ -28,7 +28,7 @@ from llmos_cli.errors import ExitCode, LlmosError, NetworkError, UsageError
 from llmos_cli.progress import NullReporter, Reporter
 
 RUN_PATH = "/llmos/v1/run"
-PROMPT_OPTION_FIELDS = ("knowledge", "refine", "explain", "tool_choice", "allow_tool", "allow_tools", "chain_limit")
+PROMPT_OPTION_FIELDS = ("knowledge", "refine", "grounded", "long", "input_label", "explain", "tool_choice", "allow_tool", "allow_tools", "chain_limit")
 
 
 def server_from_env(value: str | None) -> str | None:
@@ -72,9 +72,10 @@ class RemoteResult:
 
     KEYS = ("text", "finish_reason", "model", "libraries", "usage", "timings", "device", "seed", "sampling", "extra")
 
-    def __init__(self, data: dict[str, Any], notes: list[str]):
+    def __init__(self, data: dict[str, Any], notes: list[str], exit_code: int = 0):
         self.data = data
         self.notes = notes
+        self.exit_code = exit_code  # a run that answered may still exit non-zero (--grounded abstained)
         for k in self.KEYS:
             setattr(self, k, data.get(k))
 
@@ -138,7 +139,7 @@ def run_remote(
             elif kind == "warning":
                 rep.warn(ev["message"])
             elif kind == "result":
-                result = RemoteResult(ev["result"], ev.get("notes", []))
+                result = RemoteResult(ev["result"], ev.get("notes", []), int(ev.get("exit_code", 0)))
             elif kind == "error":
                 raise _RemoteError(ev["error"])
         if result is None:

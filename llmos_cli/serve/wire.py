@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from llmos_cli.app.options import PromptOptions
+from llmos_cli.app.options import PromptOptions, prompt_options
 from llmos_cli.app.run import RunRequest
 from llmos_cli.errors import UsageError
 from llmos_cli.runtime.engine import SamplingParams
@@ -57,6 +57,8 @@ def _typed(d: dict, key: str, types: Any, default: Any) -> Any:
 def _option_ok(key: str, default: Any, v: Any) -> bool:
     if key == "knowledge":
         return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+    if key in ("long", "input_label"):
+        return isinstance(v, str)
     if key == "tool_choice":
         return v is None or isinstance(v, str)
     if key == "allow_tool":
@@ -82,12 +84,27 @@ def request_from_json(d: Any) -> RunRequest:
     po_in = d.get("prompt_options") or {}
     if not isinstance(po_in, dict):
         raise UsageError("run request: 'prompt_options' must be an object")
-    po = PromptOptions(ask=None)  # the server never asks
+    defaults = PromptOptions()
+    given: dict[str, Any] = {}
     for key in PROMPT_OPTION_FIELDS:
         if key in po_in:
-            if not _option_ok(key, getattr(po, key), po_in[key]):
+            if not _option_ok(key, getattr(defaults, key), po_in[key]):
                 raise UsageError(f"run request: 'prompt_options.{key}' has the wrong type")
-            setattr(po, key, po_in[key])
+            given[key] = po_in[key]
+    # the same checks as llmos run's flags; the server never asks
+    po = prompt_options(
+        knowledge=str(given.get("knowledge", defaults.knowledge)),
+        explain=given.get("explain", defaults.explain),
+        allow_tool=given.get("allow_tool", []),
+        allow_tools=given.get("allow_tools", defaults.allow_tools),
+        tool_choice=given.get("tool_choice", defaults.tool_choice),
+        chain_limit=given.get("chain_limit", defaults.chain_limit),
+        no_refine=not given.get("refine", defaults.refine),
+        grounded=given.get("grounded", defaults.grounded),
+        long=given.get("long", defaults.long),
+        input_label=given.get("input_label", defaults.input_label),
+        ask=None,
+    )
     libs = d.get("libs")
     if libs is not None and (not isinstance(libs, list) or not all(isinstance(x, str) for x in libs)):
         raise UsageError("run request: 'libs' must be a list of strings")
