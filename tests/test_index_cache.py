@@ -189,3 +189,31 @@ def test_plus_in_names_is_quoted_in_urls_and_served(tmp_path, cli):
         assert r.exit_code == 0, r
         assert installed_set(get_paths().home) == {"g++": "12.0", "memtest86+": "6.0"}
         assert ("GET", "pool/g++_12.0.llmos", None) in srv.requests
+
+
+def test_breaks_from_a_manifest_to_show_and_install(tmp_path, cli, write_source):
+    import tomllib
+
+    import tomli_w
+
+    from llmos_cli.app.build import build_package
+    from llmos_cli.registry.index import write_index
+
+    reg = tmp_path / "reg"
+    for name, version in (("plugin", "1.0"), ("plugin", "2.0"), ("host", "2.0")):
+        folder = write_source(tmp_path / "src", name, version)
+        if name == "host":
+            toml = folder / "llmos.toml"
+            data = tomllib.loads(toml.read_text())
+            data["package"]["breaks"] = ["plugin<2"]
+            toml.write_text(tomli_w.dumps(data))
+        build_package(folder, reg / "pool")
+    write_index(reg)
+    use_registry(cli, reg)
+    assert cli("install", "-y", "plugin==1.0").exit_code == 0
+    r = cli("show", "host")
+    assert r.exit_code == 0, r
+    assert "Breaks: plugin<2" in r.stdout
+    r = cli("install", "-y", "host")
+    assert r.exit_code == 0, r
+    assert installed_set(get_paths().home) == {"host": "2.0", "plugin": "2.0"}

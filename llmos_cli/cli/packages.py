@@ -315,6 +315,8 @@ def _render_show(result: Any) -> None:
             lines.append(f"Base: {rel['base']}")
         if rel.get("conflicts"):
             lines.append("Conflicts: " + ", ".join(rel["conflicts"]))
+        if rel.get("breaks"):
+            lines.append("Breaks: " + ", ".join(rel["breaks"]))
         if rel.get("provides"):
             lines.append("Provides: " + ", ".join(rel["provides"]))
     if data["required_by"]:
