@@ -23,6 +23,7 @@ _llmos() {
             "llmos install") path="$path install" ;;
             "llmos key") path="$path key" ;;
             "llmos list") path="$path list" ;;
+            "llmos logs") path="$path logs" ;;
             "llmos merge") path="$path merge" ;;
             "llmos mirror") path="$path mirror" ;;
             "llmos publish") path="$path publish" ;;
@@ -30,6 +31,7 @@ _llmos() {
             "llmos remove") path="$path remove" ;;
             "llmos run") path="$path run" ;;
             "llmos search") path="$path search" ;;
+            "llmos serve") path="$path serve" ;;
             "llmos show") path="$path show" ;;
             "llmos source") path="$path source" ;;
             "llmos stack") path="$path stack" ;;
@@ -52,7 +54,7 @@ _llmos() {
     done
     case "$path" in
         "llmos")
-            COMPREPLY=($(compgen -W "attach autoremove build cache check default-model detach doctor history hold import-model index install key list merge mirror publish query remove run search show source stack tools train unhold update upgrade verify --version -V --verbose -v -h --help" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "attach autoremove build cache check default-model detach doctor history hold import-model index install key list logs merge mirror publish query remove run search serve show source stack tools train unhold update upgrade verify --version -V --verbose -v -h --help" -- "$cur")) ;;
         "llmos attach")
             COMPREPLY=($(compgen -W "--scale --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos autoremove")
@@ -89,6 +91,8 @@ _llmos() {
             COMPREPLY=($(compgen -W "--dir --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos list")
             COMPREPLY=($(compgen -W "--kind -k --json -h --help" -- "$cur")) ;;
+        "llmos logs")
+            COMPREPLY=($(compgen -W "-n --count --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos merge")
             COMPREPLY=($(compgen -W "--output -o --method -m --name --version --weight -w --density --rank --base --seed --force --json --simulate -s --dry-run --yes -y -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos mirror")
@@ -100,9 +104,11 @@ _llmos() {
         "llmos remove")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos run")
-            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --route --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --no-refine --grounded --long --file --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --route --server --no-log --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos search")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+        "llmos serve")
+            COMPREPLY=($(compgen -W "--host --port -p --api-key --parallel --ctx --max-models --memory --keep-alive --max-queue --max-tokens-limit --timeout --max-body --threads --device --gpu-layers --no-log -h --help" -- "$cur")) ;;
         "llmos show")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos source")

@@ -174,6 +174,9 @@ def run_prompt_options(
     chain_limit: int,
     tools_debug: bool,
     no_refine: bool = False,
+    grounded: bool = False,
+    long: str | None = None,
+    input_label: str = "stdin",
 ) -> Any:
     """``PromptOptions`` for ``llmos run`` from its flags, with the terminal's printer and question (asks on a terminal only)."""
     from llmos_cli.app.options import prompt_options
@@ -187,6 +190,9 @@ def run_prompt_options(
         chain_limit=chain_limit,
         tools_debug=tools_debug,
         no_refine=no_refine,
+        grounded=grounded,
+        long=long,
+        input_label=input_label,
         on_event=_tools_debug_printer,
         ask=_ask_on_terminal if _stdin_is_terminal() else None,
     )

@@ -148,7 +148,36 @@ def run(
     gpu_layers: Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
     ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (0: the model's own, at most 4096).")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: half the cores).")] = None,
-    knowledge: Annotated[str, typer.Option("--knowledge", metavar="off|auto|N", help="Retrieved knowledge chunks in the prompt.")] = "auto",
+    knowledge: Annotated[
+        str,
+        typer.Option(
+            "--knowledge",
+            metavar="off|auto|N",
+            help="Retrieved document chunks in the prompt: auto up to 5 relevant ones, N up to N; off turns retrieval off "
+            "(glossary definitions stay: see --no-refine).",
+        ),
+    ] = "auto",
+    no_refine: Annotated[
+        bool,
+        typer.Option("--no-refine", help="Add no glossary definitions of the terms in the prompt (retrieved chunks stay: see --knowledge off)."),
+    ] = False,
+    grounded: Annotated[
+        bool,
+        typer.Option(
+            "--grounded",
+            help="Answer only from retrieved chunks and glossary entries, citing them; otherwise print 'not found in the attached libraries' and exit 19.",
+        ),
+    ] = False,
+    long: Annotated[
+        str,
+        typer.Option(
+            "--long",
+            metavar="index|map-reduce|refuse",
+            help="Input (stdin or --file) longer than the context: index it and use the parts that match the prompt (default), "
+            "answer from each part then combine, or fail (exit 13).",
+        ),
+    ] = "index",
+    file: Annotated[str | None, typer.Option("--file", metavar="PATH", help="Read the input from this file instead of stdin (cited by its name).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the assembled prompt with each part's token count; do not generate.")] = False,
     allow_tool: Annotated[list[str] | None, typer.Option("--allow-tool", metavar="NAME", help="Let this library tool run (repeatable).")] = None,
     allow_tools: Annotated[bool, typer.Option("--allow-tools", help="Let every library tool run, except denied ones.")] = False,
@@ -161,6 +190,11 @@ def run(
         bool,
         typer.Option("--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why."),
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", metavar="URL", help='Send the run to an llmos serve at URL (default: $LLMOS_SERVER; "" runs in-process).'),
+    ] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not write this run to the prompt log (llmos logs).")] = False,
     json: JsonOpt = False,
 ) -> Any:
     """Answer a prompt with the model and its attached libraries (streams to stdout)."""
@@ -178,15 +212,55 @@ def run(
         streamed.append(chunk)
 
     def work(rep: RichReporter) -> Any:
+        from llmos_cli.cli.serve import server_url
+
+        input_text, label = stdin_text, "stdin"
+        if file is not None:  # --file: the input read from a file instead of stdin
+            from llmos_cli.app.longinput import read_input_file
+            from llmos_cli.errors import UsageError
+
+            if stdin_text and stdin_text.strip():
+                raise UsageError("input both piped and given with --file", "give the input one way")
+            input_text, label = read_input_file(file)
+        given: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        url = server_url(server)
+        if url:  # the pipeline runs on the server; this process imports neither it nor llama.cpp
+            from llmos_cli.serve.remote import request_json, run_remote
+
+            body = request_json(
+                prompt=prompt,
+                stdin_text=input_text,
+                system=system,
+                model=model,
+                libs=list(lib) if lib else None,
+                no_libs=no_libs,
+                sampling={"seed": seed, "stop": list(stop or []), **{k: v for k, v in given.items() if v is not None}},
+                explicit_sampling={k for k, v in given.items() if v is not None},
+                route=route,
+                log=not no_log,
+                prompt_options={
+                    "knowledge": knowledge,
+                    "explain": explain,
+                    "allow_tool": list(allow_tool or []),
+                    "allow_tools": allow_tools,
+                    "tool_choice": tool_choice,
+                    "chain_limit": chain_limit,
+                    "refine": not no_refine,
+                    "grounded": grounded,
+                    "long": long,
+                    "input_label": label,
+                },
+            )
+            return run_remote(url, body, on_text=None if json else on_text, reporter=rep)
+
         from llmos_cli.app.run import RunRequest
         from llmos_cli.app.run import run as do_run
         from llmos_cli.cli.knowledge import run_prompt_options
         from llmos_cli.runtime.engine import SamplingParams
 
-        given: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
         req = RunRequest(
             prompt=prompt,
-            stdin_text=stdin_text,
+            stdin_text=input_text,
             system=system,
             model=model,
             libs=list(lib) if lib else None,
@@ -210,8 +284,13 @@ def run(
                 tool_choice=tool_choice,
                 chain_limit=chain_limit,
                 tools_debug=tools_debug,
+                no_refine=no_refine,
+                grounded=grounded,
+                long=long,
+                input_label=label,
             ),
             route=route,
+            log=not no_log,
         )
         return do_run(req, on_text=None if json else on_text, reporter=rep)
 
@@ -227,6 +306,9 @@ def run(
                 sys.stdout.flush()
             except BrokenPipeError:
                 pass
+        cited = (result.extra or {}).get("citations") or []
+        if cited:  # the sources, after the answer, off stdout
+            _note("sources: " + " ".join(cited))
         if STATE.verbose:
             t, u = result.timings, result.usage
             _note(
