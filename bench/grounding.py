@@ -306,6 +306,9 @@ def score(items: list[Item], answers: dict[str, list[dict[str, Any]]]) -> dict[s
             pairs = by.get(name, [])
             res[f"{name} right"] = sum(_correct(r.get("text"), it.answer) for it, r in pairs) / max(1, len(pairs))
             res[f"{name} abstained"] = sum((r.get("grounding") or {}).get("status") == "abstained" for _, r in pairs) / max(1, len(pairs))
+            res[f"{name} wrong"] = sum(
+                not _correct(r.get("text"), it.answer) and (r.get("grounding") or {}).get("status") != "abstained" for it, r in pairs
+            ) / max(1, len(pairs))
         table[cond] = res
     return table
 
@@ -350,7 +353,7 @@ def long_document(seed: int = 7, n_facts: int = 20, words: int = 18_000) -> tupl
     return "\n\n".join(paras), [(q, a) for _, q, a in facts]
 
 
-def long_input(threads: int | None, quick: bool, map_reduce_questions: int = 5) -> dict[str, Any]:
+def long_input(threads: int | None, quick: bool, map_reduce_questions: int = 3) -> dict[str, Any]:
     from llmos_cli.errors import LlmosError
     from llmos_cli.runtime.engine import SamplingParams
 
@@ -416,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer questions (a smoke run)")
     ap.add_argument("--rules-only", action="store_true", help="part 1 only (no model)")
+    ap.add_argument("--dump", help="also write every answer to this JSON file")
     ap.add_argument("--child-items", dest="items", help=argparse.SUPPRESS)
     ap.add_argument("--child-conditions", dest="conditions", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -458,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{label}: {r.stderr[-3000:]}")
                 answers[label] = {"answers": json.loads(r.stdout), "seconds": time.monotonic() - t1}
             result["answers"] = {k: {"scores": score(items, v["answers"]), "seconds": v["seconds"]} for k, v in answers.items()}
+            if args.dump:
+                Path(args.dump).write_text(json.dumps({"items": [asdict(it) for it in items], "answers": answers}))
             result["examples"] = _examples(items, answers)
             old = os.environ.get("LLMOS_HOME")
             os.environ["LLMOS_HOME"] = str(work / "home-new")
@@ -528,10 +534,19 @@ def report(result: dict[str, Any], seconds: float, *, write: bool) -> None:
         text.append(
             "Answers through `llmos run` (in process, greedy, 32 tokens, all four libraries installed; bare = `--no-libs --knowledge off`), "
             'test split. "today" is the code before this change (commit 22b9ccb, a git worktree) on the same questions and registry. '
-            "The demo adapters were not retrained with abstention examples in this run."
+            "The demo adapters were not retrained with abstention examples in this run. "
+            '"wrong" counts answers given (not abstained) that are wrong; with --grounded an abstention replaces an answer the check could not support.'
         )
         text.append("")
-        keys = ["invented confabulated", "general right", "library right", "library abstained", "paraphrase right", "two-fact right"]
+        keys = [
+            "invented confabulated",
+            "general right",
+            "library right",
+            "library wrong",
+            "library abstained",
+            "paraphrase right",
+            "two-fact right",
+        ]
         rows = []
         for label in ("today", "new"):
             for cond, res in (ans.get(label) or {}).get("scores", {}).items():
