@@ -16,6 +16,7 @@ _llmos() {
             "llmos default-model") path="$path default-model" ;;
             "llmos detach") path="$path detach" ;;
             "llmos doctor") path="$path doctor" ;;
+            "llmos export") path="$path export" ;;
             "llmos history") path="$path history" ;;
             "llmos hold") path="$path hold" ;;
             "llmos import-model") path="$path import-model" ;;
@@ -54,7 +55,7 @@ _llmos() {
     done
     case "$path" in
         "llmos")
-            COMPREPLY=($(compgen -W "attach autoremove build cache check default-model detach doctor history hold import-model index install key list logs merge mirror publish query remove run search serve show source stack tools train unhold update upgrade verify --version -V --verbose -v -h --help" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "attach autoremove build cache check default-model detach doctor export history hold import-model index install key list logs merge mirror publish query remove run search serve show source stack tools train unhold update upgrade verify --version -V --verbose -v -h --help" -- "$cur")) ;;
         "llmos attach")
             COMPREPLY=($(compgen -W "--scale --simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos autoremove")
@@ -75,6 +76,8 @@ _llmos() {
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos doctor")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur")) ;;
+        "llmos export")
+            COMPREPLY=($(compgen -W "--format -f --output -o --model -m --base-model --force --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos history")
             COMPREPLY=($(compgen -W "--limit -n --json -h --help" -- "$cur")) ;;
         "llmos hold")
@@ -108,7 +111,7 @@ _llmos() {
         "llmos search")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos serve")
-            COMPREPLY=($(compgen -W "--host --port -p --api-key --parallel --ctx --max-models --memory --keep-alive --max-queue --max-tokens-limit --timeout --max-body --threads --device --gpu-layers --no-log -h --help" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--host --port -p --api-key --parallel --ctx --max-models --memory --keep-alive --max-queue --max-tokens-limit --timeout --max-body --threads --device --gpu-layers --no-log --engine --print --model -m --base-model --max-loras --vllm-arg -h --help" -- "$cur")) ;;
         "llmos show")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos source")

@@ -114,6 +114,7 @@ COMMANDS: dict[str, Entry] = {
     # Libraries
     "train": Entry("train:train", "Fine-tune the library's LoRA adapter on a base model and write it as GGUF into the library."),
     "merge": Entry("train:merge", "Merge several libraries into one (adapters, documents, glossaries, tools); then `llmos build` it."),
+    "export": Entry("export:export", "Export a library's adapter (or a stack of them, cat-merged) as a PEFT adapter folder, for vLLM."),
     # Publishing
     "publish": Entry("remote:publish", "Add packages to a registry (under pool/) and re-index it, signed with --sign."),
     "mirror": Entry("remote:mirror", "Copy a source's packages (or those NAMES need) into a folder registry for offline machines."),

@@ -80,9 +80,28 @@ def serve(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu.")] = "auto",
     gpu_layers: Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all).")] = None,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not write served requests to the prompt log.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="llmos (this server) or vllm (export the adapters as PEFT and run `vllm serve`).")] = "llmos",
+    print_: Annotated[bool, typer.Option("--print", help="With --engine vllm: export, print the vllm serve command, start nothing.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="With --engine vllm: the base model to serve (default: the default model).")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option("--base-model", help="With --engine vllm: Hugging Face id or folder of the base (default: the GGUF's id, else a converted folder)."),
+    ] = None,
+    max_loras: Annotated[int | None, typer.Option("--max-loras", help="With --engine vllm: adapters in one batch (default: up to 4).")] = None,
+    vllm_arg: Annotated[
+        list[str] | None,
+        typer.Option("--vllm-arg", help="With --engine vllm: one more vllm serve argument (repeatable), e.g. --vllm-arg=--tensor-parallel-size=2."),
+    ] = None,
 ) -> Any:
     """Serve installed models and stacks over an OpenAI-compatible HTTP API (Ctrl-C stops)."""
     from llmos_cli.errors import UsageError
+
+    if engine != "llmos" or print_:
+        from llmos_cli.cli.export import serve_vllm
+
+        return serve_vllm(
+            engine=engine, model=model, host=host, port=port, api_key=api_key, print_only=print_, max_loras=max_loras, base_model=base_model, vllm_args=vllm_arg
+        )
 
     def work(rep: RichReporter) -> Any:
         from llmos_cli.serve.http import Server, ServerOptions, serve_forever

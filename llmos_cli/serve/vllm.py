@@ -21,6 +21,7 @@ goes to vLLM as ``VLLM_API_KEY`` in its environment, never on the command line.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -39,7 +40,7 @@ from llmos_cli.runtime.stack import base_matches, build_stack, check_library
 from llmos_cli.state import transaction as tx
 from llmos_cli.train.peft_export import PROVENANCE, vllm_rank
 
-DEFAULT_PORT = 8000
+DEFAULT_PORT = 8080  # llmos serve's, so that clients need no change
 #: at most this many different adapters in one vLLM batch unless --max-loras says otherwise
 MAX_LORAS_CAP = 4
 
@@ -71,6 +72,24 @@ class VllmPlan:
             "launched": self.launched,
             "exit_code": self.exit_code,
         }
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """As ``llmos serve``: binding beyond loopback needs an API key."""
+    if not is_loopback(host) and not api_key:
+        raise UsageError(
+            f"--host {host} is reachable from other machines; refusing to serve it without an API key",
+            "add --api-key KEY (vLLM gets it as VLLM_API_KEY), or bind 127.0.0.1",
+        )
 
 
 def _lib(sl: Any) -> ExportLib:
