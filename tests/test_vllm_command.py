@@ -65,6 +65,7 @@ def test_exact_command_for_the_installed_state(home, cli, llmos_home):
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", "8080",
         "--enable-lora", "--max-lora-rank", "8", "--max-loras", "3",
         "--lora-modules",
+        f"default={ex / 'tiny+lib-a+lib-b'}",
         f"tiny+lib-a={ex / 'tiny+lib-a'}",
         f"tiny+lib-a+lib-b={ex / 'tiny+lib-a+lib-b'}",
         f"tiny+lib-b={ex / 'tiny+lib-b'}",
@@ -83,14 +84,16 @@ def test_scales_detach_earlier_stacks_and_options(home, cli, capsys, llmos_home)
     assert data["argv"][:13] == ["vllm", "serve", "org/tiny-hf", "--served-model-name", "tiny", "--host", "0.0.0.0", "--port", "9000",
                                  "--enable-lora", "--max-lora-rank", "8", "--max-loras"]  # fmt: skip
     assert data["argv"][13] == "1" and data["argv"][-2:] == ["--tensor-parallel-size", "2"]
-    assert sorted(data["lora_modules"]) == ["tiny+lib-a", "tiny+lib-a+lib-b:0.5", "tiny+lib-a:2+lib-b:0.25", "tiny+lib-b:0.5"]
+    assert sorted(data["lora_modules"]) == ["default", "tiny+lib-a", "tiny+lib-a+lib-b:0.5", "tiny+lib-a:2+lib-b:0.25", "tiny+lib-b:0.5"]
+    assert data["lora_modules"]["default"] == data["lora_modules"]["tiny+lib-a+lib-b:0.5"]
     assert not (ex / "hf").exists()  # the base was named: nothing converted
     assert cli("detach", "lib-b").exit_code == 0
     data = _plan(capsys, base_model="org/tiny-hf")
     assert [e["stack"] for e in data["exports"]] == ["tiny+lib-a", "tiny+lib-b:0.5"]  # lib-a alone is the attached stack now
     assert "tiny+lib-a+lib-b:0.5" in data["lora_modules"]  # still served: exported before, sources unchanged
+    assert data["lora_modules"]["default"] == data["lora_modules"]["tiny+lib-a"]
     data = _plan(capsys)  # another base: earlier stacks that name the old one are left out, singles written again
-    assert sorted(data["lora_modules"]) == ["tiny+lib-a", "tiny+lib-b:0.5"] and data["base_model"] == str(ex / "hf")
+    assert sorted(data["lora_modules"]) == ["default", "tiny+lib-a", "tiny+lib-b:0.5"] and data["base_model"] == str(ex / "hf")
     assert sum("exported for base org/tiny-hf" in n for n in data["notes"]) == 2
 
 

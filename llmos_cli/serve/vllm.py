@@ -9,6 +9,8 @@ vLLM reads PEFT adapters (not GGUF) and applies one LoRA per request, so:
   adapter named ``MODEL+LIB1+LIB2:0.5`` (again ``llmos serve``'s name);
 * every stack exported before with ``llmos export A+B`` (without ``-o``) under
   ``$LLMOS_HOME/exports/MODEL/`` is served too, unless a source changed since;
+* the attached stack is also served as ``default`` (in ``llmos serve`` too,
+  ``model: "default"`` is the default model with its attached libraries);
 * the base is served as ``MODEL`` (the bare base: a vLLM LoRA cannot share
   the base's name, so on vLLM ``MODEL`` has no libraries).
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.app.export import ExportLib, ExportResult, export_libs, exports_dir, hf_base
+from llmos_cli.app.export import ExportLib, ExportResult, export_libs, exports_dir, hf_base, stack_id
 from llmos_cli.errors import NotFoundError, RuntimeFailure, UsageError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
@@ -43,6 +45,8 @@ from llmos_cli.train.peft_export import PROVENANCE, vllm_rank
 DEFAULT_PORT = 8080  # llmos serve's, so that clients need no change
 #: at most this many different adapters in one vLLM batch unless --max-loras says otherwise
 MAX_LORAS_CAP = 4
+#: the LoRA name of the attached stack (``model: "default"`` means the same in ``llmos serve``)
+DEFAULT_NAME = "default"
 
 
 @dataclass
@@ -170,6 +174,8 @@ def plan_vllm(
     if len(attached) >= 2:
         exports.append(export_libs([_lib(sl) for sl in attached], minfo, base_model=base_model, reporter=rep, paths=paths))
     modules = {e.stack: str(e.out) for e in exports}
+    if attached:  # "default" is the default model with its attached libraries, as in llmos serve
+        modules[DEFAULT_NAME] = modules[stack_id(minfo.name, [_lib(sl) for sl in attached])]
     shas = {sl.name: sl.adapter.name for sl in singles}
     shas[""] = minfo.path.name if minfo.origin == "installed" else ""
     if exports:
@@ -181,8 +187,9 @@ def plan_vllm(
     modules.update(_earlier_exports(paths, minfo.name, {Path(p).name for p in modules.values()} | set(modules), shas, base, notes))
     argv = [executable, "serve", base, "--served-model-name", minfo.name, "--host", host, "--port", str(port)]
     if modules:
-        ranks = [e.rank for e in exports] + [_rank_of(Path(p)) for n, p in modules.items() if n not in {e.stack for e in exports}]
-        argv += ["--enable-lora", "--max-lora-rank", str(vllm_rank(max(ranks))), "--max-loras", str(max_loras or min(len(modules), MAX_LORAS_CAP))]
+        ranks = [_rank_of(Path(p)) for p in modules.values()]
+        distinct = len(set(modules.values()))
+        argv += ["--enable-lora", "--max-lora-rank", str(vllm_rank(max(ranks))), "--max-loras", str(max_loras or min(distinct, MAX_LORAS_CAP))]
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(modules.items()))]
     else:
         notes.append(f"no library adapter fits {minfo.name}: vLLM serves the bare base")
