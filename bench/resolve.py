@@ -38,6 +38,7 @@ Run: ``python bench/resolve.py --before /tmp/resolver-before`` (writes the
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -252,6 +253,13 @@ def pick_root(records: list[dict], want: int = 200) -> tuple[str, int]:
 # ---------------------------------------------------------------- part 1: the solver alone (child process)
 
 
+def _settle() -> None:
+    """Collect, then freeze what is alive: a full collection over the 500k+ objects of
+    several in-memory registries costs ~0.5 s and would land in a random timed region."""
+    gc.collect()
+    gc.freeze()
+
+
 def memory_child(sizes: list[int], repeat: int) -> list[dict]:
     from llmos_cli.errors import UnsatisfiableError
     from llmos_cli.pkg.meta import PackageMeta, Req
@@ -271,6 +279,7 @@ def memory_child(sizes: list[int], repeat: int) -> list[dict]:
         anchor = {"name": "anchor", "version": "1.0", "kind": "library"}
         universe = load(records + extra + [anchor])
         installed = {"anchor": InstalledInfo(PackageMeta.from_json(anchor), held=True)}
+        _settle()
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             resolve(universe, installed, Request(install=[Req.parse("chain-00")]))
@@ -286,6 +295,7 @@ def memory_child(sizes: list[int], repeat: int) -> list[dict]:
         universe = load(records)
         t_load = time.perf_counter() - t0
         request = Request(install=[Req.parse(root)])
+        _settle()
         t0, c0 = time.perf_counter(), time.process_time()
         plan = resolve(universe, {}, request)
         cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -301,6 +311,7 @@ def memory_child(sizes: list[int], repeat: int) -> list[dict]:
                 oldest[r["name"]] = r
         installed = {name: InstalledInfo(PackageMeta.from_json(r), auto=name != root) for name, r in oldest.items()}
         universe = load(records)
+        _settle()
         t0, c0 = time.perf_counter(), time.process_time()
         up = resolve(universe, installed, Request(upgrade_all=True))
         t_up, up_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -492,7 +503,9 @@ def render(p1: dict[str, list[dict]], p2: dict, runs: int, elapsed: float, load_
         "Per size, `resolve()` of the root whose newest-version closure is nearest 200 packages, on an empty installed set, "
         "from candidates already in memory (index loading excluded; its cost is the last column). *Cold* is the first call "
         "on fresh objects; *warm* the median of 3 more. Then `upgrade_all` with that closure installed at its oldest "
-        "versions, and a request that fails 30 dependencies deep (explanation included).\n\n"
+        "versions, and a request that fails 30 dependencies deep (explanation included). Before each timed call the "
+        "bench collects garbage and freezes what is alive (`gc.freeze()`), so that a full collection over the registries "
+        "held in memory does not land in one of them at random.\n\n"
     )
     rows = []
     for label, rs in p1.items():
