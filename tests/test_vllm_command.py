@@ -143,3 +143,80 @@ def test_bad_serve_options_are_one_line_errors(home, cli, llmos_home):
         assert r.exit_code == code, (args, r)
         assert words in r.stderr and "Traceback" not in r.stderr and r.stdout == "", (args, r.stderr)
     assert not (llmos_home / "exports").exists()
+
+
+class _FakeVllm:
+    """A stand-in for vLLM's OpenAI server on 127.0.0.1 (vLLM needs a GPU): the routes ``llmos run --server`` uses.
+
+    ``/llmos/v1/run`` is a 404 in FastAPI's shape, as on vLLM; ``/v1/models``
+    lists the base without ``parent`` and the LoRAs with it; chat completions
+    stream two pieces, a usage chunk and ``[DONE]``.  Every request is recorded.
+    """
+
+    def __init__(self, ids):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body, ctype="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                seen.append(("GET", self.path, None))
+                data = [{"id": i, "object": "model", "parent": None if "+" not in i and i != "default" else ids[0]} for i in ids]
+                self._send(200, json.dumps({"object": "list", "data": data}).encode())
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen.append(("POST", self.path, body))
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, b'{"detail":"Not Found"}')
+                chunks = [
+                    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}]},
+                    {"choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": "stop"}]},
+                    {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}},
+                ]
+                sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+                self._send(200, sse.encode(), "text/event-stream")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_run_server_against_an_openai_server(cli):
+    """``llmos run --server`` falls back to the OpenAI API where /llmos/v1/run is missing (vLLM), naming stacks as serve --engine vllm does."""
+    fake = _FakeVllm(["tiny", "default", "tiny+lib-a", "tiny+lib-a:0.5+lib-b"])
+    try:
+        r = cli("run", "--server", fake.url, "-t", "0", "--max-tokens", "5", "--system", "Be brief.", "Say hello")
+        assert r.exit_code == 0, r
+        assert r.stdout.startswith("Hello world") and "no knowledge, glossary or tool stages" in r.stderr
+        post = [b for m, p, b in fake.seen if p == "/v1/chat/completions"][-1]
+        assert post["model"] == "default" and post["temperature"] == 0 and post["max_tokens"] == 5 and post["stream"] is True
+        assert post["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+        for args, want in ((["--lib", "lib-a"], "tiny+lib-a"), (["--lib", "lib-a:0.5", "--lib", "lib-b:1"], "tiny+lib-a:0.5+lib-b"), (["--no-libs"], "tiny")):
+            r = cli("run", "--server", fake.url, *args, "--json", "hi")
+            assert r.exit_code == 0, (args, r)
+            data = json.loads(r.stdout)["data"]
+            assert data["text"] == "Hello world" and data["extra"]["served_model"] == want and data["usage"]["total_tokens"] == 9
+            assert [b for m, p, b in fake.seen if p == "/v1/chat/completions"][-1]["model"] == want
+        n = len(fake.seen)
+        for args, code, words in ((["--lib", "lib-b"], 3, "no model 'tiny+lib-b'"), (["--grounded"], 2, "--grounded needs llmos serve")):
+            r = cli("run", "--server", fake.url, *args, "hi")
+            assert r.exit_code == code and words in r.stderr and "Traceback" not in r.stderr, (args, r)
+        assert not [b for m, p, b in fake.seen[n:] if p == "/v1/chat/completions"]  # refused before generating
+    finally:
+        fake.close()

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from llmos_cli.errors import ExitCode, LlmosError, NetworkError, UsageError
 from llmos_cli.progress import NullReporter, Reporter
+from llmos_cli.serve.openai_remote import run_openai
 
 RUN_PATH = "/llmos/v1/run"
 PROMPT_OPTION_FIELDS = ("knowledge", "refine", "grounded", "long", "input_label", "explain", "tool_choice", "allow_tool", "allow_tools", "chain_limit")
@@ -120,6 +121,10 @@ def run_remote(
         resp = conn.getresponse()
         if resp.status != 200:
             raw = resp.read(1_000_000)
+            if resp.status == 404 and b'"llmos"' not in raw:  # not llmos serve: any OpenAI-compatible server (vLLM)
+                conn.close()
+                data, notes = run_openai(url, request, on_text=on_text, reporter=rep, api_key=key, timeout=timeout)
+                return RemoteResult(data, notes)
             try:
                 err = json.loads(raw)["error"]
             except (ValueError, KeyError, TypeError):
