@@ -92,21 +92,31 @@ def test_import_model_copies_once_and_keeps_the_gguf_out_of_the_archive(cli, tmp
     assert r.exit_code == 0, r
     data = r.json()["data"]
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
-    assert data["sha256"] == sha and data["stored"] == "copy"
+    # one copy, made while hashing, into the download cache; the store's blob is a link to it
+    assert data["sha256"] == sha and data["stored"] in ("hardlink", "reflink")
     blob = _blob(llmos_home, sha)
     assert blob.read_bytes() == src.read_bytes() and blob.stat().st_ino != src.stat().st_ino
+    (cached,) = [p for p in (llmos_home / "cache").iterdir() if p.name.endswith("model.gguf")]
+    if data["stored"] == "hardlink":
+        assert cached.stat().st_ino == blob.stat().st_ino and blob.stat().st_nlink == 2
     assert Path(data["archive"]).stat().st_size < 64 * 1024  # the archive holds the manifest, not the weights
     files = {row[1]: row[2] for row in db_rows(llmos_home)["files"] if row[0] == "big"}
     assert files == {"model.gguf": sha}
-    # the copy in the store is independent: editing the original changes nothing installed
+    # the installed copy is independent: editing the original changes nothing installed
     with open(src, "r+b") as fh:
         fh.seek(100)
         fh.write(b"\0" * 8)
     assert cli("verify").exit_code == 0
-    # removed and reinstalled from the local registry: the origin is the file; it changed, so it is refused
+    # removed and reinstalled: the download cache serves it (the changed original is not read)
     assert cli("remove", "big", "-y").exit_code == 0
+    assert not blob.exists()
+    assert cli("install", "big", "-y").exit_code == 0 and blob.read_bytes() == big_gguf.read_bytes()
+    # without the cache, the only origin is the original file, which changed: refused, nothing installed
+    assert cli("remove", "big", "-y").exit_code == 0
+    assert cli("cache", "clean", "-y").exit_code == 0
     r = cli("install", "big", "-y")
-    assert r.exit_code == int(ExitCode.NETWORK) and "payload_unavailable" not in r.stdout and "none of its 1 origin" in " ".join(r.stderr.split())
+    assert r.exit_code == int(ExitCode.NETWORK) and "none of its 1 origin" in " ".join(r.stderr.split())
+    assert not blob.exists()
 
 
 def test_import_model_link_shares_the_inode(cli, tmp_path, big_gguf, llmos_home):

