@@ -321,3 +321,17 @@ def test_check_refuses_bad_adapters(with_tiny, llmos_proc, tmp_path):
         assert r.exit_code == ExitCode.CHECK_FAILED, r
         assert "Traceback" not in r.stderr
         assert needle in r.stdout, r
+
+
+def test_attach_refuses_a_bad_adapter(installed_unchecked, llmos_proc, llmos_home):
+    """A detached library whose adapter llama.cpp cannot run is not put back into runs (exit 11, nothing changed)."""
+    r = llmos_proc("detach", "i32-lib", "f64-lib", "deep-lib")
+    assert r.exit_code == 0, r
+    before = state_snapshot(llmos_home)
+    for name, word in (("i32-lib", "I32"), ("f64-lib", "F64"), ("deep-lib", "nested")):
+        r = llmos_proc("attach", name)
+        one_line_error(r, ExitCode.ABI)
+        assert name in r.stderr and word in r.stderr, r
+    assert state_snapshot(llmos_home) == before
+    r = llmos_proc("run", "hi", "-n", "2")  # the bad libraries stay out of the run
+    assert r.exit_code == 0, r

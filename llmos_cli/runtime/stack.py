@@ -33,7 +33,7 @@ from llmos_cli.gguf_info import read_header
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.meta import RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.runtime.abi import check_adapter
+from llmos_cli.runtime.abi import adapter_problems, check_adapter
 from llmos_cli.runtime.models import ModelInfo, package_file, resolve_model
 from llmos_cli.state import transaction as tx
 
@@ -326,6 +326,9 @@ def _set_attached(
                     "scale": float(new_scale) if new_scale is not None else pkg.effective_scale(),
                 }
             )
+        if attached:
+            for c in changed:  # never put an adapter llama.cpp cannot load or run back into runs
+                _refuse_unusable_adapter(paths, db.get(c["name"], with_files=True))
         result = AttachResult(command, changed, unchanged, simulate)
         if simulate or not changed:
             return result
@@ -340,6 +343,23 @@ def _set_attached(
         argv = ["llmos", command, *wanted] + (["--scale", str(scale)] if scale is not None else [])
         result.txid = tx.record_simple(db, command, argv, records, apply)
         return result
+
+
+def _refuse_unusable_adapter(paths: Paths, pkg: Any) -> None:
+    """``AbiError`` when a library's adapter is unreadable or not a usable LoRA (whatever the model)."""
+    lib = _library(paths, pkg, None)
+    if lib.adapter is None:
+        return
+    try:
+        problems = [p.message for p in adapter_problems(read_header(lib.adapter, with_vocab=False))]
+    except InvalidPackageError as exc:
+        problems = [exc.message]
+    if problems:
+        raise AbiError(
+            f"library {lib.name} {lib.version}: its adapter cannot be used: {problems[0]}",
+            f"install a version with a valid adapter, or remove it with `llmos remove {lib.name}`",
+            details={"library": lib.name, "problems": problems},
+        )
 
 
 def attach(
