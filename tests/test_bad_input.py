@@ -307,7 +307,7 @@ def test_no_permission_to_write_the_store(reg, llmos_home):
         )
         if p.returncode == 99:
             pytest.skip("cannot drop capabilities here, and root ignores file modes")
-        from conftest import CliResult
+        from tests.conftest import CliResult
 
         r = CliResult(p.returncode, p.stdout, p.stderr)
         assert_error(r, ExitCode.IO, "permission denied")
@@ -358,7 +358,7 @@ def test_no_space_left(tmp_path, reg, cli, llmos_home, monkeypatch):
                 preexec_fn=limit,
                 timeout=120,
             )
-            from conftest import CliResult
+            from tests.conftest import CliResult
 
             assert_error(CliResult(p.returncode, p.stdout, p.stderr), ExitCode.IO, "while")
             assert installed_state(llmos_home) == before
