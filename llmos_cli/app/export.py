@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import AbiError, NotFoundError, UsageError
-from llmos_cli.fileio import sha256_file
+from llmos_cli.fileio import sha256_file, write_atomic
 from llmos_cli.gguf_info import read_header
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.meta import RelationError, Req
@@ -213,7 +213,7 @@ def hf_base(minfo: ModelInfo, paths: Paths, base_model: str | None, reporter: Re
         pass
     reporter.info(f"converting {minfo.name} to a Hugging Face folder for vLLM and peft: {folder}")
     res = write_hf_base(minfo.path, folder)
-    stamp.write_text(json.dumps({"gguf_sha256": sha, "model": minfo.name, "version": minfo.version, "tokenizer": res.tokenizer}) + "\n")
+    write_atomic(stamp, (json.dumps({"gguf_sha256": sha, "model": minfo.name, "version": minfo.version, "tokenizer": res.tokenizer}) + "\n").encode())
     return str(folder), "converted", res.warnings
 
 
