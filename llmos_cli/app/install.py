@@ -45,6 +45,7 @@ from llmos_cli.resolve import (
     ChainSource,
     InstalledInfo,
     MemorySource,
+    Op,
     Plan,
     Request,
     autoremovable,
@@ -589,7 +590,7 @@ def _removal_plan(metas: list[PackageMeta], reason: str) -> Any:
             order.append(n)
             left.pop(n)
     by_name = {m.name: m for m in metas}
-    actions = [Action("remove", n, by_name[n].version, None, None, True, reason) for n in order]
+    actions = [Action(Op.REMOVE, n, by_name[n].version, None, None, True, reason) for n in order]
     return Plan(actions=actions, unneeded=[])
 
 

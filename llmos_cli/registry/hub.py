@@ -117,7 +117,7 @@ def _progress_class(reporter: Reporter, label: str) -> type:
 
     class _Bar:
         def __init__(self, *args: Any, total: int | None = None, initial: int = 0, **kwargs: Any) -> None:
-            self._cm = reporter.task(label, total=total, unit="bytes")
+            self._cm: Any = reporter.task(label, total=total, unit="bytes")
             self._task = self._cm.__enter__()
             if initial:
                 self._task.advance(initial)

@@ -523,6 +523,6 @@ def load_llama_from_gguf(path: str | Path, dtype: Any = None) -> Any:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     with torch.no_grad():
         model.load_state_dict(tensors, strict=True)
-    model = model.to(dtype or torch.float32)
+    model = model.to(dtype or torch.float32)  # type: ignore[arg-type]  # transformers' overloads of .to
     model.eval()
     return model

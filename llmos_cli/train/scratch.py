@@ -69,7 +69,7 @@ def llama_config(**kw: Any) -> Any:
     """A transformers LlamaConfig with small-model defaults."""
     from transformers import LlamaConfig
 
-    defaults = dict(
+    defaults: dict[str, Any] = dict(
         vocab_size=512,
         hidden_size=64,
         intermediate_size=128,
