@@ -671,20 +671,20 @@ def show(name: str, *, reporter: Reporter | None = None, paths: Paths | None = N
     paths = _paths(paths)
     with tx.open_state(paths, "show", write=False, reporter=rep) as db:
         installed = db.get(name, with_files=True)
-        universe = _universe(paths, db, rep)
+        universe = _resolver_universe(paths, db, rep)  # lazy: only this name's records are parsed
         infos = _installed_infos(db)
         all_installed = db.installed()
     available = sorted(
-        (c for c in universe if c.meta.name == name),
+        universe.named(name),
         key=lambda c: (c.meta.parsed_version, c.priority),
         reverse=True,
     )
     provided_by = sorted(
-        {f"{c.meta.name} {c.meta.version}" for c in universe if name in c.meta.provides}
+        {f"{c.meta.name} {c.meta.version}" for c in universe.providing(name)}
         | {f"{p.name} {p.version} (installed)" for p in all_installed.values() if name in p.meta.provides}
     )
     if installed is None and not available and not provided_by:
-        names = {c.meta.name for c in universe} | set(all_installed)
+        names = set(universe.names()) | set(all_installed)
         raise NotFoundError(f"unknown package {name!r}", _did_you_mean(name, names) or "try `llmos search`, or `llmos update` to refresh the indexes")
     required_by = reverse_dependents(infos, name) if installed is not None else []
     return ShowResult(name, installed, available, provided_by, sorted(required_by))
