@@ -107,7 +107,7 @@ _llmos() {
         "llmos remove")
             COMPREPLY=($(compgen -W "--simulate -s --dry-run --yes -y --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos run")
-            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --no-refine --grounded --long --file --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --route --server --no-log --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--system -s --max-tokens -n --temperature -t --top-p --seed --stop --model -m --lib -l --no-libs --device --gpu-layers --ctx --threads --knowledge --no-refine --grounded --long --file --explain --allow-tool --allow-tools --tool-choice --chain-limit --tools-debug --no-builtin-tools --route --server --no-log --json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos search")
             COMPREPLY=($(compgen -W "--json -h --help" -- "$cur") $(compgen -f -- "$cur")) ;;
         "llmos serve")

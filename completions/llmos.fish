@@ -199,6 +199,7 @@ complete -c llmos -n '__fish_seen_subcommand_from run' -l allow-tools -d 'Let ev
 complete -c llmos -n '__fish_seen_subcommand_from run' -l tool-choice -r -d 'Let the model choose, forbid tools, or force a call of NAME.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l chain-limit -r -d 'Most rounds of tool calls.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l tools-debug -d 'Print tool calls and results on stderr.'
+complete -c llmos -n '__fish_seen_subcommand_from run' -l no-builtin-tools -d 'Offer only the libraries\' tools: leave out the built-in calculator and lookup.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l route -d 'Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why.'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l server -r -d 'Send the run to an llmos serve at URL (default: $LLMOS_SERVER; "" runs in-process).'
 complete -c llmos -n '__fish_seen_subcommand_from run' -l no-log -d 'Do not write this run to the prompt log (llmos logs).'

@@ -11,7 +11,9 @@ Supported JSON-schema subset: ``type`` (one or a list), ``properties``,
 ``required``, ``additionalProperties`` (extra keys are never generated),
 ``items``, ``minItems``/``maxItems``, ``enum``, ``const``, ``anyOf``/``oneOf``,
 a one-element ``allOf``, local ``$ref`` to ``$defs``/``definitions``, string
-``minLength``/``maxLength`` and ``format`` date/time/date-time/uuid, integer
+``minLength``/``maxLength`` (a string without ``maxLength`` is capped at
+``DEFAULT_MAX_STRING`` characters, so an unclosed string ends) and
+``format`` date/time/date-time/uuid, integer
 and number (integer ranges up to 1000 values and numbers within [0, 1] are
 exact; otherwise the sign is left out when ``minimum >= 0`` and the digits are
 bounded by ``maximum``).  Bounds the grammar only approximates (wide numeric
@@ -86,11 +88,14 @@ MAX_EXPLICIT_REPEAT = 256
 #: integer ranges up to this span are written out exactly as alternatives
 MAX_INT_ALTERNATIVES = 1000
 MAX_RULES = 2000
+#: a string without maxLength is capped at this many characters in a call grammar, so an
+#: unclosed string cannot run to the token cap (jsonschema still sees the schema as written)
+DEFAULT_MAX_STRING = 256
 
 _PRIMITIVES = {
     "ws": '" "?',
     "char": r'[^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
-    "string": r'"\"" char* "\""',
+    "string": r'"\"" char{0,256} "\""',  # DEFAULT_MAX_STRING
     "integer": r'"-"? ( "0" | [1-9] [0-9]{0,15} )',
     "number": r'"-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,15} )? ( [eE] [-+]? [0-9]{1,3} )?',
     "boolean": '"true" | "false"',
@@ -268,9 +273,11 @@ class _Builder:
         if not isinstance(lo, int) or lo < 0 or (hi is not None and (not isinstance(hi, int) or hi < lo)):
             raise self.fail(path, "minLength/maxLength must be non-negative integers with minLength <= maxLength")
         if lo == 0 and hi is None:
-            return self.primitive("string")
+            return self.primitive("string")  # capped at DEFAULT_MAX_STRING characters
         self.primitive("char")
-        if hi is not None and hi <= MAX_EXPLICIT_REPEAT:
+        if hi is None:
+            hi = max(lo, DEFAULT_MAX_STRING)  # no maxLength: capped, never unbounded
+        if hi <= MAX_EXPLICIT_REPEAT:
             rep = f"char{{{lo},{hi}}}"
         elif lo <= MAX_EXPLICIT_REPEAT:
             rep = f"char{{{lo},}}"

@@ -33,6 +33,8 @@ class PromptOptions:
     #: --allow-tool NAME (repeatable) and --allow-tools
     allow_tool: list[str] = field(default_factory=list)
     allow_tools: bool = False
+    #: False with --no-builtin-tools: the built-in calculator and lookup are not offered
+    builtin_tools: bool = True
     #: --chain-limit N
     chain_limit: int = DEFAULT_CHAIN_LIMIT
     #: --tools-debug: calls and results on stderr (through on_event)
@@ -51,6 +53,7 @@ def prompt_options(
     tool_choice: str | None = None,
     chain_limit: int = DEFAULT_CHAIN_LIMIT,
     tools_debug: bool = False,
+    no_builtin_tools: bool = False,
     no_refine: bool = False,
     grounded: bool = False,
     long: str | None = None,
@@ -74,6 +77,7 @@ def prompt_options(
         tool_choice=tool_choice,
         allow_tool=list(allow_tool or []),
         allow_tools=allow_tools,
+        builtin_tools=not no_builtin_tools,
         chain_limit=chain_limit,
         tools_debug=tools_debug,
         on_event=on_event if tools_debug else None,

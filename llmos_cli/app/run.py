@@ -217,6 +217,8 @@ def run(
     for note in stack.notes:  # libraries left out of the run, and why
         rep.warn(note + "; its documents and glossary still serve" if " left out: " in note else note)
     apply_model_defaults(req, stack.model.parameters, req.explicit_sampling)
+    if not system_parts and stack.model.system_prompt:
+        system_parts = [stack.model.system_prompt]  # the model package's default ([prompt] system); -s replaces it
     _validate(req)  # again: the package's parameters may be out of range too
     require_fits(stack)
 

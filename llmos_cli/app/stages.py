@@ -211,18 +211,24 @@ def _map_reduce_generation(prompt: str, text: str, opts: Any) -> Callable[[Any, 
 
 def _toolset(ctx: Any, opts: Any, libraries: list[Any]) -> Any:
 
-    ts = ToolSet.for_run(libraries)
+    ts = ToolSet.for_run(libraries, builtins=getattr(opts, "builtin_tools", True))
     for w in ts.warnings:
         ctx.reporter.warn(w)
     try:
         for name in opts.allow_tool:
             ts.resolve(name)  # a typo in --allow-tool is an error, not a silent no-op
-        if opts.tool_choice not in (None, "auto", "none"):
-            ts.resolve(opts.tool_choice)
+        forced = ts.resolve(opts.tool_choice) if opts.tool_choice not in (None, "auto", "none") else None
     except BaseException:
         ts.close()
         raise
+    # only the tools that may run (or may still be asked about on a terminal) are described to the model
+    policy = _policy(ctx, opts)
+    ts.specs = [s for s in ts.specs if s is forced or policy.offers(s)]
     return ts
+
+
+def _policy(ctx: Any, opts: Any) -> Policy:
+    return Policy(allow=frozenset(opts.allow_tool), allow_all=opts.allow_tools, stored=load_stored(ctx.paths), ask=opts.ask)
 
 
 def _loop_generation(toolset: Any, opts: Any, libraries: list[Any]) -> Callable[[Any, Any], Any]:
@@ -230,12 +236,7 @@ def _loop_generation(toolset: Any, opts: Any, libraries: list[Any]) -> Callable[
 
         if opts.chain_limit < 0:
             raise UsageError(f"--chain-limit must be 0 or more, not {opts.chain_limit}")
-        policy = Policy(
-            allow=frozenset(opts.allow_tool),
-            allow_all=opts.allow_tools,
-            stored=load_stored(ctx.paths),
-            ask=opts.ask,
-        )
+        policy = _policy(ctx, opts)
         loop_opts = LoopOptions(
             tool_choice=opts.tool_choice or "auto",
             chain_limit=opts.chain_limit,

@@ -186,6 +186,9 @@ def run(
     ] = None,
     chain_limit: Annotated[int, typer.Option("--chain-limit", help="Most rounds of tool calls.")] = 5,
     tools_debug: Annotated[bool, typer.Option("--tools-debug", help="Print tool calls and results on stderr.")] = False,
+    no_builtin_tools: Annotated[
+        bool, typer.Option("--no-builtin-tools", help="Offer only the libraries' tools: leave out the built-in calculator and lookup.")
+    ] = False,
     route: Annotated[
         bool,
         typer.Option("--route", help="Apply only the attached libraries relevant to this prompt (glossary and knowledge match); --json says which and why."),
@@ -245,6 +248,7 @@ def run(
                     "allow_tools": allow_tools,
                     "tool_choice": tool_choice,
                     "chain_limit": chain_limit,
+                    "builtin_tools": not no_builtin_tools,
                     "refine": not no_refine,
                     "grounded": grounded,
                     "long": long,
@@ -284,6 +288,7 @@ def run(
                 tool_choice=tool_choice,
                 chain_limit=chain_limit,
                 tools_debug=tools_debug,
+                no_builtin_tools=no_builtin_tools,
                 no_refine=no_refine,
                 grounded=grounded,
                 long=long,

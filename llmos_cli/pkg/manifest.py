@@ -63,7 +63,7 @@ _TOP_KEYS = {"schema", "package", "model", "adapter", "knowledge", "glossary", "
 #: ``[archive] compression``: ``auto`` stores mostly-incompressible payloads (GGUF...) in a plain tar
 COMPRESSIONS = ("auto", "gzip", "none")
 _MCP_KEYS = {"name", "command", "tools", "timeout", "description"}
-_TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _LIBRARY_ONLY = ("adapter", "knowledge", "glossary", "tools", "mcp")
 
 
@@ -590,7 +590,7 @@ class _Parser:
             if isinstance(tn, str) and tn:
                 names.add(tn)
                 if not _TOOL_NAME_RE.match(tn):
-                    self.err("invalid-name", f"tools[{i}].name", "must start with a letter and hold only letters, digits, '_' and '-' (64 at most)")
+                    self.err("invalid-name", f"tools[{i}].name", "must start with a letter and hold only letters, digits, '_', '-' and '.' (64 at most)")
             if "timeout" in t and not _timeout_ok(t["timeout"]):
                 self.err("field-type", f"tools[{i}].timeout", "must be a number of seconds, more than 0 and at most 300")
             params = t.get("parameters")

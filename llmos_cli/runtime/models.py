@@ -56,6 +56,8 @@ class ModelInfo:
     provides: tuple[str, ...] = ()
     #: the InstalledPackage (None for a model given as a file path)
     package: Any = field(default=None, repr=False)
+    #: the package's default system prompt ([prompt] system), used when the run gives none
+    system_prompt: str | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -111,7 +113,19 @@ def model_from_package(paths: Paths, pkg: Any) -> ModelInfo:
         origin="installed",
         provides=tuple(pkg.meta.provides),
         package=pkg,
+        system_prompt=_package_system_prompt(paths, pkg),
     )
+
+
+def _package_system_prompt(paths: Paths, pkg: Any) -> str | None:
+    prompt = pkg.typed_manifest.prompt
+    rel = prompt.system if prompt is not None else None
+    if not rel:
+        return None
+    try:
+        return package_file(paths, pkg, rel).read_text(encoding="utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{pkg.name}: system prompt {rel} is not UTF-8 text", f"run `llmos verify {pkg.name}`") from None
 
 
 def model_from_file(path: Path) -> ModelInfo:

@@ -99,6 +99,7 @@ def request_from_json(d: Any) -> RunRequest:
         allow_tools=given.get("allow_tools", defaults.allow_tools),
         tool_choice=given.get("tool_choice", defaults.tool_choice),
         chain_limit=given.get("chain_limit", defaults.chain_limit),
+        no_builtin_tools=not given.get("builtin_tools", defaults.builtin_tools),
         no_refine=not given.get("refine", defaults.refine),
         grounded=given.get("grounded", defaults.grounded),
         long=given.get("long", defaults.long),

@@ -14,7 +14,8 @@ Each format knows the text written before a forced call (``prefix``: the
 loop puts it at the end of the prompt and the grammar generates only the
 JSON object), the text after it (``suffix``), the key holding the arguments,
 and how to parse calls out of free text.  Malformed calls are returned with
-an ``error`` so the loop can hand the error back to the model.
+an ``error`` so the loop can hand the error back to the model, and with the
+tool name they began with when it can still be read (``"name": "..."``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,15 @@ def _decode_object(text: str) -> tuple[Any, int]:
     return dec.raw_decode(text)
 
 
+_NAME_RX = re.compile(r'"name"\s*:\s*"([A-Za-z][A-Za-z0-9_.-]{0,63})"')
+
+
+def _name_in(text: str) -> str:
+    """The tool name a call that is not valid JSON started with ("" when none is readable)."""
+    m = _NAME_RX.search(text)
+    return m.group(1) if m else ""
+
+
 def _to_call(obj: Any, raw: str, keys: tuple[str, ...]) -> ParsedCall:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ParsedCall("", {}, raw, error='a call must be a JSON object with a "name" string')
@@ -130,7 +140,7 @@ def _parse_hermes(text: str, fmt: CallFormat) -> list[ParsedCall]:
         try:
             obj, _ = _decode_object(body)
         except ValueError as exc:
-            calls.append(ParsedCall("", {}, m.group(0), error=f"the call is not valid JSON ({exc.msg})"))
+            calls.append(ParsedCall(_name_in(body), {}, m.group(0), error=f"the call is not valid JSON ({exc.msg})"))
             continue
         calls.append(_to_call(obj, m.group(0), ("arguments", "parameters")))
     return calls
@@ -149,7 +159,7 @@ def _parse_llama3(text: str, fmt: CallFormat) -> list[ParsedCall]:
             obj, end = _decode_object(rest)
         except ValueError as exc:
             if '"name"' in rest[:200]:
-                calls.append(ParsedCall("", {}, rest, error=f"the call is not valid JSON ({exc.msg})"))
+                calls.append(ParsedCall(_name_in(rest), {}, rest, error=f"the call is not valid JSON ({exc.msg})"))
             break
         if not (isinstance(obj, dict) and "name" in obj and ("parameters" in obj or "arguments" in obj)):
             break
@@ -166,7 +176,7 @@ def _parse_mistral(text: str, fmt: CallFormat) -> list[ParsedCall]:
     try:
         obj, end = _decode_object(body)
     except ValueError as exc:
-        return [ParsedCall("", {}, text[i:], error=f"the call list is not valid JSON ({exc.msg})")]
+        return [ParsedCall(_name_in(body), {}, text[i:], error=f"the call list is not valid JSON ({exc.msg})")]
     raw = "[TOOL_CALLS]" + body[:end]
     items = obj if isinstance(obj, list) else [obj]
     return [_to_call(o, raw, ("arguments", "parameters")) for o in items]

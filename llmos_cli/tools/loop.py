@@ -22,7 +22,13 @@ first token is generated, so an inexpressible schema fails early and a
 malformed grammar never reaches the sampler.  What goes wrong inside a round
 (a call that does not parse, an unknown tool name, invalid arguments, a tool
 that fails, hangs, floods or prints junk) is handed back to the model as an
-error result; only a permission that nobody can grant stops the run.
+error result; a permission that nobody can grant stops the run, and so does a
+call that still cannot be read after the model was asked once to repair it
+(``ToolError``, exit 14: more rounds only repeat the failure).
+
+Only the tools the permission policy allows (or may still ask about on a
+terminal) are described to the model; denied tools and tools nobody can allow
+in this run stay out of the prompt.  A forced tool must be allowed.
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ def execute_calls(
     policy: Policy,
     round_no: int = 1,
     event: Callable[[str, dict[str, Any]], None] | None = None,
+    offered: Sequence[str] | None = None,
 ) -> list[ToolCallRecord]:
     """Run parsed calls; every failure becomes an error result for the model.
 
@@ -160,9 +167,12 @@ def execute_calls(
             out.append(ToolCallRecord(round_no, call, None, result))
             continue
         spec = toolset.get(call.name)
+        if spec is not None and offered is not None and spec.name not in offered:
+            spec = None  # a tool the model was not told about is unknown to it
         emit("call", {"round": round_no, "name": call.name, "arguments": call.arguments})
         if spec is None:
-            result = ToolResult(False, error=f"unknown tool {call.name!r}; the tools are: {', '.join(toolset.names()) or 'none'}")
+            names = [n for n in toolset.names() if offered is None or n in offered]
+            result = ToolResult(False, error=f"unknown tool {call.name!r}; the tools are: {', '.join(names) or 'none'}")
         elif not policy.check(spec):
             result = ToolResult(False, error=f"the user did not allow tool {call.name!r} to run")
         else:
@@ -202,7 +212,10 @@ def run_tool_loop(
             options.on_event(kind, data)
 
     convo = [copy.deepcopy(dict(m)) for m in messages]
-    tools_oa = toolset.openai() if use_tools else None
+    offered = [s.name for s in toolset.specs if options.policy.offers(s) or s is forced]
+    tools_oa = toolset.openai(only=offered) if use_tools else None
+    if use_tools and not tools_oa:
+        use_tools = False
     records: list[ToolCallRecord] = []
     prompts: list[str] = []
     rounds = 0
@@ -210,6 +223,7 @@ def run_tool_loop(
     prompt_s = gen_s = 0.0
     last_prompt_tokens = 0
     limit_reached = False
+    repaired = False  # one repair of an unreadable call is asked for; a second failure ends the run
     while True:
         force_now = forced if rounds == 0 else None
         parse_calls = use_tools and rounds < options.chain_limit
@@ -236,6 +250,11 @@ def run_tool_loop(
         if force_now is not None:
             reply = fmt.prefix + reply + fmt.suffix
         calls = fmt.parse(reply) if parse_calls else []
+        if force_now is not None:
+            # a forced call that could not be read keeps the forced tool's name in the records
+            for c in calls:
+                if c.error is not None and not c.name:
+                    c.name = force_now.name
         if not calls:
             if use_tools and not parse_calls and rounds >= options.chain_limit and rounds > 0:
                 limit_reached = True
@@ -254,7 +273,7 @@ def run_tool_loop(
                 prompts=prompts,
             )
         rounds += 1
-        records_now = execute_calls(calls, toolset, options.policy, rounds, event)
+        records_now = execute_calls(calls, toolset, options.policy, rounds, event, offered)
         records.extend(records_now)
         results = [(r.call, r.result) for r in records_now if r.call.error is None]
         bad = [r.call for r in records_now if r.call.error is not None]
@@ -271,5 +290,14 @@ def run_tool_loop(
                     convo.append(tool_message(call, _cap(result.model_text())))
         if bad:
             errors = "; ".join(c.error or "" for c in bad)
+            if repaired:
+                # the model was already asked once to repair an unreadable call: more rounds repeat it
+                names = sorted({c.name for c in bad if c.name}) or ([forced.name] if forced is not None else ["?"])
+                raise ToolError(
+                    f"the model's call of {', '.join(names)} could not be read, again after one repair ({errors}); no answer",
+                    "try --tool-choice auto or none, a larger --max-tokens, or a model trained for tool calls",
+                    details={"tool": names[0], "tool_calls": [r.to_json() for r in records], "rounds": rounds},
+                )
+            repaired = True
             convo.append({"role": "assistant", "content": reply})
             convo.append({"role": "user", "content": f"Your tool call could not be read ({errors}). Answer directly or make a valid call."})

@@ -77,6 +77,11 @@ class Policy:
             return "allowed" if self._answers[spec.key] else "denied"
         return "ask"
 
+    def offers(self, spec: ToolSpec) -> bool:
+        """Whether the model is told about ``spec``: allowed, or undecided with a terminal to ask."""
+        st = self.status(spec)
+        return st == "allowed" or (st == "ask" and self.ask is not None)
+
     def check(self, spec: ToolSpec) -> bool:
         """True to run, False when denied; raises ``ToolError`` when nobody can be asked."""
         st = self.status(spec)

@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-#: tool names the model sees (OpenAI function-name rules)
-NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+#: tool names the model sees: OpenAI's function-name rules plus dots (``math.factorial``, as MCP servers and
+#: function-calling benchmarks name tools); 64 characters at most
+NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 300.0
 DEFAULT_MAX_OUTPUT = 64 * 1024
