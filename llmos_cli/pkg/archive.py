@@ -26,7 +26,6 @@ import os
 import stat
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,23 +96,22 @@ def _bad(path: Path, message: str, hint: str | None = None) -> InvalidPackageErr
     return InvalidPackageError(f"{path}: {message}", hint or "the archive is damaged or was not made by `llmos build`")
 
 
-@dataclass
-class _Member:
-    name: str
-    size: int
-    sha256: str
+#: payload member -> (size, sha256 digest bytes); compact, since an archive may hold 100k members
+_Members = dict[str, tuple[int, bytes]]
 
 
 class PackageArchive:
     """A package archive opened for reading; validated on ``open``."""
 
-    def __init__(self, path: Path, manifest: Manifest, sha256: str, size: int, members: dict[str, _Member], manifest_bytes: bytes):
+    def __init__(self, path: Path, manifest: Manifest, sha256: str, size: int, members: _Members, manifest_bytes: bytes):
         self.path = path
         self.manifest = manifest
         self.sha256 = sha256
         self.size = size
         self._members = members
-        self.manifest_bytes = manifest_bytes
+        #: the manifest member is compared by digest when the archive is read again (not kept: up to 12 MiB)
+        self.manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+        self.manifest_size = len(manifest_bytes)
 
     # -------------------------------------------------------- open
 
@@ -138,6 +136,7 @@ class PackageArchive:
             ts = TarStream(fh, str(path), archive_size=size)
             manifest_bytes, manifest, findings, members = _scan(path, ts)
             digest, _n = ts.finish()
+        findings = cap_findings(findings)
         if manifest is None:
             return None, findings
         return cls(path, manifest, digest, size, members, manifest_bytes), findings
@@ -164,13 +163,13 @@ class PackageArchive:
                 out.append(Finding(code, "error", message, field=f"files.{name}", path=name))
 
         declared = self.manifest.files
-        for name, m in self._members.items():
+        for name, (msize, mdigest) in self._members.items():
             rec = declared.get(name)
             if rec is None:
                 add("extra-file", "archive member not listed in [files]", name)
-            elif m.size != rec.size:
-                add("size-mismatch", f"size {m.size} but [files] says {rec.size}", name)
-            elif m.sha256 != rec.sha256:
+            elif msize != rec.size:
+                add("size-mismatch", f"size {msize} but [files] says {rec.size}", name)
+            elif mdigest.hex() != rec.sha256:
                 add("hash-mismatch", "sha256 differs from [files]", name)
         for name in declared:
             if name not in self._members:
@@ -207,7 +206,7 @@ class PackageArchive:
                 name = e.name
                 if first:
                     first = False
-                    if name != MANIFEST_NAME or e.size != len(self.manifest_bytes) or ts.read_all() != self.manifest_bytes:
+                    if name != MANIFEST_NAME or e.size != self.manifest_size or hashlib.sha256(ts.read_all()).hexdigest() != self.manifest_sha256:
                         raise _changed(self.path, f"{MANIFEST_NAME} differs from the one read before")
                     continue
                 if name == MANIFEST_NAME or name in seen:
@@ -263,6 +262,21 @@ class PackageArchive:
             gen.close()
 
         raise NotFoundError(f"{self.path}: no member {name}")
+
+
+def cap_findings(findings: list[Finding], limit: int = FINDINGS_PER_CODE) -> list[Finding]:
+    """At most ``limit`` findings of each code (and severity), then one that counts the rest."""
+    out: list[Finding] = []
+    counts: dict[tuple[str, str], int] = {}
+    for f in findings:
+        key = (f.code, f.severity)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] <= limit:
+            out.append(f)
+    for (code, severity), n in counts.items():
+        if n > limit:
+            out.append(Finding(code, severity, f"and {n - limit} more like this ({n} in all)"))
+    return out
 
 
 _PARSED: dict[str, Manifest] = {}
@@ -336,11 +350,17 @@ def read_manifest_member(ts: TarStream, e: Entry) -> bytes:
     data = ts.read_all()
     if len(data) != e.size:
         raise ts.bad("truncated archive")
+    pairs = data.count(b"=")
+    if pairs > ts.limits.max_manifest_pairs:
+        raise ts.bad(
+            f"{MANIFEST_NAME} holds {pairs} key/value pairs (the limit is {ts.limits.max_manifest_pairs})",
+            "refused before parsing it: see docs/security.md, Limits",
+        )
     return data
 
 
-def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Finding], dict[str, _Member]]:
-    members: dict[str, _Member] = {}
+def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Finding], _Members]:
+    members: _Members = {}
     manifest_bytes: bytes | None = None
     manifest: Manifest | None = None
     findings: list[Finding] = []
@@ -363,7 +383,7 @@ def _scan(path: Path, ts: TarStream) -> tuple[bytes, Manifest | None, list[Findi
         hr.drain()
         if hr.n != e.size:
             raise _bad(path, "truncated archive")
-        members[name] = _Member(name, hr.n, hr.h.hexdigest())
+        members[name] = (hr.n, hr.h.digest())
     if manifest_bytes is None:
         raise _bad(path, f"no {MANIFEST_NAME} in the archive")
     return manifest_bytes, manifest, findings, members

@@ -56,8 +56,10 @@ _DAMAGED = "the archive is damaged or was not made by `llmos build`"
 class Limits:
     """Caps on what an archive may declare (documented in docs/security.md, "Limits")."""
 
-    #: ``llmos.toml`` of the archive (100k files take about 11 MB)
-    max_manifest: int = 16 << 20
+    #: ``llmos.toml`` of the archive (100k files with short paths take about 11 MB; parsing 12 MiB of TOML takes ~250 MB)
+    max_manifest: int = 12 << 20
+    #: ``=`` signs in it (each key/value pair has one; 100k files take 300k): a cheap bound on what parsing it costs
+    max_manifest_pairs: int = 400_000
     #: tar members (files and folders), extended headers not counted
     max_members: int = 250_000
     #: a member's path in bytes (after PAX ``path`` or a GNU longname)
