@@ -320,6 +320,13 @@ def manifest_too_big(p: Path) -> Path:
     return gz(p, [header("llmos.toml", size), (b"#" * MiB, size // MiB), END])
 
 
+def manifest_too_many_pairs(p: Path) -> Path:
+    """A 5 MB llmos.toml of 500k tiny unknown keys (a 990k-key one took 605 s to check): refused before parsing."""
+    keys = b"".join(b"k%x=1\n" % i for i in range(500_000))
+    m = manifest({"a.txt": b"hello\n"}).replace(b"[files", keys + b"[files", 1)
+    return gz(p, [member("llmos.toml", m), member("a.txt", b"hello\n"), END])
+
+
 def path_too_long(p: Path) -> Path:
     long = "d/" * 2500 + "a.txt"
     return gz(p, [_head({long: b"hello\n"}), pax({"path": long}), member("x", b"hello\n"), END])
@@ -437,6 +444,7 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "manifest_declares_too_much": (manifest_declares_too_much, "declared sizes"),
     "plain_declared_beyond_file": (plain_declared_beyond_file, "declared sizes"),
     "manifest_too_big": (manifest_too_big, "header/manifest limits"),
+    "manifest_too_many_pairs": (manifest_too_many_pairs, "header/manifest limits"),
     "path_too_long": (path_too_long, "header/manifest limits"),
     "gzip_no_trailer": (gzip_no_trailer, "damaged gzip"),
     "gzip_short_trailer": (gzip_short_trailer, "damaged gzip"),
