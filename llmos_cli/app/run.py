@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos_cli.app import route, runlog, stages
-from llmos_cli.errors import UsageError
+from llmos_cli.errors import ContextOverflow, UsageError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.runtime.engine import EngineOptions, Generation, LlamaCppEngine, SamplingParams, plan_device
@@ -171,6 +171,14 @@ def apply_model_defaults(req: RunRequest, parameters: dict[str, Any], explicit: 
         setattr(req.sampling, key, int(value) if key in ("max_tokens", "top_k") else float(value))
 
 
+def _hint_longer_context(exc: ContextOverflow, ctx_train: int | None, n_ctx: int) -> None:
+    """Name --ctx in the hint when the model was trained for more context than this run uses."""
+    if ctx_train and ctx_train > int(n_ctx) and "--ctx" not in (exc.hint or ""):
+        more = f"the model supports {ctx_train} tokens of context and this run uses {n_ctx}: try --ctx {ctx_train}"
+        exc.hint = f"{more}; or {exc.hint}" if exc.hint else more
+        exc.details = {**exc.details, "n_ctx": int(n_ctx), "context_length": int(ctx_train)}
+
+
 def _validate(req: RunRequest) -> None:
     s = req.sampling
     if s.max_tokens is not None and s.max_tokens < 0:
@@ -251,10 +259,19 @@ def run(
             system_parts=system_parts,
             generate=single_generation,
         )
-        for stage in [*(stages if stages is not None else _provider_stages(ctx)), *(more_stages or [])]:
-            stage(ctx)
-        gen_fn = ctx.generate or single_generation
-        gen = gen_fn(ctx, on_text)
+        try:
+            for stage in [*(stages if stages is not None else _provider_stages(ctx)), *(more_stages or [])]:
+                stage(ctx)
+            gen_fn = ctx.generate or single_generation
+            gen = gen_fn(ctx, on_text)
+        except ContextOverflow as exc:
+            _hint_longer_context(exc, ctx_train, engine.n_ctx)
+            raise
+        if gen.finish_reason != "explain" and not gen.text.strip():
+            rep.warn(
+                f"the model gave an empty answer ({gen.completion_tokens} completion tokens, finish reason {gen.finish_reason}); "
+                "try another --system prompt, a higher --temperature or a larger --max-tokens"
+            )
         device_info = {
             "device": engine.device.device,
             "n_gpu_layers": engine.device.n_gpu_layers,
