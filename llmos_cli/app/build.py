@@ -321,8 +321,8 @@ def build_package(
     """
     src = Path(src).resolve()
     manifest, payload, notes = plan_build(src, reporter)
-    for f in notes:
-        reporter.warn(str(f))
+    for note in notes:
+        reporter.warn(str(note))
     payload, external = _split_external(manifest, payload, payload_files)
     for rel, data in sorted(_generated_artifacts(manifest, src).items()):
         payload.append(SourceFile(rel, None, data=bytes(data)))
@@ -387,7 +387,7 @@ def build_package(
 
 def _write_tar(fileobj: Any, manifest_bytes: bytes, payload: list[SourceFile], mtime: int, task: Any, stamps: dict[str, tuple[int, int, int]]) -> None:
     with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.copybufsize = COPY_BUFSIZE
+        tar.copybufsize = COPY_BUFSIZE  # type: ignore[attr-defined]  # exists since Python 3.8, missing from typeshed
         tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False, mtime), io.BytesIO(manifest_bytes))
         for f in payload:
             rec = f.record
