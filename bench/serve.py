@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section
@@ -78,11 +79,12 @@ def post(port: int, path: str, body: dict, timeout: float = 600) -> dict:
         conn.close()
 
 
-def wait_up(port: int, path: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_up(port: int, path: str, proc: subprocess.Popen, log: Any, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            log.seek(0)
+            raise RuntimeError(f"the server exited: {log.read().decode(errors='replace')[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", path)
@@ -222,8 +224,10 @@ def process_times(home: Path, model: str, url: str, runs: int, threads: int) -> 
 
 class Served:
     def __init__(self, cmd: list[str], env: dict, port: int, health: str):
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        wait_up(port, health, self.proc)
+        # stderr to a file: a server that logs a lot would block on a full pipe
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log, stdin=subprocess.DEVNULL)
+        wait_up(port, health, self.proc, self.log)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -231,6 +235,7 @@ class Served:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
 
 
 def bench_model(label: str, home: Path, model: str, model_path: Path, args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -343,7 +348,7 @@ def bench_model(label: str, home: Path, model: str, model_path: Path, args: argp
                 len(peer_loaded),
                 f"{pct(peer_loaded, 50) * 1000:.0f}",
                 f"{pct(peer_loaded, 99) * 1000:.0f}",
-                f"{pct(peer_loaded, 99) / u99:.2f}× llmos unloaded p99",
+                f"{pct(peer_loaded, 99) * 1000 / u99:.2f}× llmos unloaded p99",
             ]
         )
     body += "\nShort requests (8 tokens), one after another:\n\n" + table(["setting", "requests", "p50 ms", "p99 ms", "ratio"], lat_rows)

@@ -362,3 +362,12 @@ def test_remote_errors_keep_their_exit_codes(live):
     with pytest.raises(LlmosError) as ei:
         run_remote(live.url, request_json(prompt="x", model="no-such-model"))
     assert ei.value.exit_code == 3 and "no-such-model" in ei.value.message
+
+
+def test_request_time_limit_gives_408_and_frees_the_slot(home):
+    with running(home, timeout=0.5, pool={"slots": 1, "seq_ctx": 1024}) as lv:
+        r = lv.post("/v1/completions", _long(n=1000))
+        assert r.status == 408 and r.json()["error"]["code"] == "timeout"
+        job = lv.server.jobs[-1]
+        assert job.finish_reason == "cancelled" and len(job.generated) < 1000
+        assert lv.post("/v1/completions", _long(n=2)).status == 200
