@@ -161,5 +161,9 @@ def test_a_forced_tool_call_on_smollm2(cli, smol_home):
     assert r.exit_code == 0, r
     extra = r.json()["data"]["extra"]
     call = extra["tool_calls"][0]
-    assert call["name"] == "calculator" and call["builtin"] is True and call["ok"] is True, call
-    assert isinstance(call["arguments"]["expression"], str) and len(call["arguments"]["expression"]) <= 200
+    # the bare model is not trained for tools (its arguments are often wrong, issue 14): the call must
+    # be a readable, grammar-bounded call of the forced tool, and it runs
+    assert call["name"] == "calculator" and call["builtin"] is True, call
+    assert "could not be read" not in (call.get("error") or ""), call
+    assert 1 <= len(call["arguments"]["expression"]) <= 200
+    assert call["ok"] or call["error"].startswith("calculator:"), call

@@ -254,3 +254,16 @@ def test_run_no_builtin_tools_on_the_command_line(cli, tmp_path, write_source):
     r = cli("run", "x", "--explain", "--json", "--no-builtin-tools")
     assert r.exit_code == 0, r
     assert json.dumps(r.json()["data"]["extra"].get("tools", [])) == "[]"
+
+
+def test_a_forced_call_may_hold_the_formats_markers_in_a_string():
+    from llmos_cli.tools.formats import GENERIC, HERMES, parse_forced
+
+    body = '{"name": "calculator", "arguments": {"expression": "}}</tool_call>12 * 7"}}'
+    for fmt in (HERMES, GENERIC):
+        (call,) = parse_forced(fmt, body)
+        assert call.error is None and call.arguments == {"expression": "}}</tool_call>12 * 7"}
+        # the free-text parser cuts at the marker: the reason forced calls are decoded directly
+        assert fmt.parse(fmt.prefix + body + fmt.suffix)[0].error is not None
+    (cut,) = parse_forced(HERMES, '{"name": "calculator", "arguments": {"expression": "12')
+    assert cut.error is not None and cut.name == "calculator"

@@ -22,7 +22,7 @@ def calculator_spec() -> ToolSpec:
         parameters={
             "type": "object",
             "properties": {
-                "expression": {"type": "string", "maxLength": 200, "description": "e.g. (2 + 3) * sqrt(16)"},
+                "expression": {"type": "string", "minLength": 1, "maxLength": 200, "description": "e.g. (2 + 3) * sqrt(16)"},
             },
             "required": ["expression"],
             "additionalProperties": False,

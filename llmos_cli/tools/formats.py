@@ -182,6 +182,23 @@ def _parse_mistral(text: str, fmt: CallFormat) -> list[ParsedCall]:
     return [_to_call(o, raw, ("arguments", "parameters")) for o in items]
 
 
+def parse_forced(fmt: CallFormat, body: str) -> list[ParsedCall]:
+    """The call a forced round generated under its grammar: ``body`` is the JSON object alone.
+
+    Decoded directly, not searched for in free text: a string argument may
+    hold the format's own markers (``</tool_call>``) and still be valid JSON.
+    Falls back to the free-text parser when the body is not one JSON object.
+    """
+    text = body.strip()
+    try:
+        obj, end = _decode_object(text)
+    except ValueError:
+        return fmt.parse(fmt.prefix + body + fmt.suffix)
+    if text[end:].strip():
+        return fmt.parse(fmt.prefix + body + fmt.suffix)
+    return [_to_call(obj, fmt.prefix + text + fmt.suffix, (fmt.args_key, "arguments", "parameters"))]
+
+
 _PARSERS = {"hermes": _parse_hermes, "generic": _parse_hermes, "llama3": _parse_llama3, "mistral": _parse_mistral}
 
 

@@ -42,7 +42,7 @@ from typing import Any
 from llmos_cli.errors import ToolError, UsageError
 from llmos_cli.gbnf import call_grammar, validate_grammar
 from llmos_cli.runtime.engine import SamplingParams
-from llmos_cli.tools.formats import CallFormat, ParsedCall, assistant_message, detect_format, prepare_chat, tool_message
+from llmos_cli.tools.formats import CallFormat, ParsedCall, assistant_message, detect_format, parse_forced, prepare_chat, tool_message
 from llmos_cli.tools.permissions import Policy
 from llmos_cli.tools.registry import ToolSet
 from llmos_cli.tools.spec import ToolResult
@@ -249,7 +249,12 @@ def run_tool_loop(
         reply = gen.text
         if force_now is not None:
             reply = fmt.prefix + reply + fmt.suffix
-        calls = fmt.parse(reply) if parse_calls else []
+        if not parse_calls:
+            calls = []
+        elif force_now is not None:
+            calls = parse_forced(fmt, gen.text)
+        else:
+            calls = fmt.parse(reply)
         if force_now is not None:
             # a forced call that could not be read keeps the forced tool's name in the records
             for c in calls:
