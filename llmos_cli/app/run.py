@@ -42,6 +42,9 @@ from llmos_cli.runtime.engine import EngineOptions, Generation, LlamaCppEngine, 
 from llmos_cli.runtime.stack import build_stack, require_fits
 from llmos_cli.state import transaction as tx
 
+#: sampling fields a model package may default in ``[model.parameters]``
+MODEL_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+
 
 @dataclass
 class RunRequest:
@@ -154,10 +157,6 @@ class RunResult:
 def _provider_stages(ctx: RunContext) -> list[Stage]:
     """The default pre-generation stages: routing first (retrieval then searches only the routed libraries), then knowledge and tools."""
     return [*route.run_stages(ctx), *stages.run_stages(ctx)]
-
-
-#: sampling fields a model package may default in ``[model.parameters]``
-MODEL_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 
 
 def apply_model_defaults(req: RunRequest, parameters: dict[str, Any], explicit: set[str]) -> None:

@@ -159,7 +159,7 @@ def knowledge_stage(ctx: Any) -> None:
         raise
     if ap is None:  # --long map-reduce
         close_all()
-        ctx.generate = _map_reduce_generation(prompt, stdin, opts)
+        ctx.generate = _map_reduce_generation(prompt, stdin or "", opts)
         return
     for w in ap.warnings:
         ctx.reporter.warn(w)

@@ -228,7 +228,8 @@ class _Both:
     """A per-file byte task that also moves the overall one."""
 
     def __init__(self, task: Task, total: Task) -> None:
-        self.task, self.total, self.done = task, total, 0
+        self.task, self.total = task, total
+        self.done: float = 0
 
     def advance(self, n: float = 1) -> None:
         self.task.advance(n)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 from llmos_cli.errors import RuntimeFailure
 
@@ -50,7 +50,7 @@ def _compile(template: str) -> Any:
     class _GenerationTag(jinja2.ext.Extension):
         """transformers' ``{% generation %}...{% endgeneration %}`` marks: render the body."""
 
-        tags: ClassVar[set[str]] = {"generation"}
+        tags = {"generation"}  # noqa: RUF012  (jinja2's Extension declares it so)
 
         def parse(self, parser: Any) -> Any:
             lineno = next(parser.stream).lineno

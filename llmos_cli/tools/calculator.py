@@ -146,10 +146,10 @@ def _eval(node: ast.AST, depth: int) -> int | float:
         except OverflowError:
             raise CalcError("result too large") from None
     if isinstance(node, ast.UnaryOp):
-        op = _UNARY.get(type(node.op))
-        if op is None:
+        uop = _UNARY.get(type(node.op))
+        if uop is None:
             raise CalcError(f"unsupported operator {type(node.op).__name__}")
-        return op(_eval(node.operand, depth + 1))
+        return uop(_eval(node.operand, depth + 1))
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]

@@ -131,6 +131,7 @@ def run_command(spec: ToolSpec, arguments: dict[str, Any]) -> ToolResult:
         t_out.start()
         t_err.start()
         try:
+            assert proc.stdin is not None  # opened with stdin=PIPE
             proc.stdin.write(payload)
             proc.stdin.close()
         except (BrokenPipeError, OSError):
@@ -148,7 +149,8 @@ def run_command(spec: ToolSpec, arguments: dict[str, Any]) -> ToolResult:
         t_err.join(timeout=2)
         for s in (proc.stdout, proc.stderr):
             try:
-                s.close()
+                if s is not None:
+                    s.close()
             except OSError:
                 pass
         seconds = time.monotonic() - start
@@ -172,7 +174,7 @@ def run_command(spec: ToolSpec, arguments: dict[str, Any]) -> ToolResult:
             return ToolResult(False, error=f"tool {spec.name!r} printed nothing (a JSON value was expected)", seconds=seconds, stderr=stderr)
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             return ToolResult(False, error=f"tool {spec.name!r} did not print valid JSON ({exc.msg} at char {exc.pos})", seconds=seconds, stderr=stderr)
         return ToolResult(True, value=value, seconds=seconds, stderr=stderr)
     finally:

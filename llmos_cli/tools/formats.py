@@ -140,7 +140,7 @@ def _parse_hermes(text: str, fmt: CallFormat) -> list[ParsedCall]:
         try:
             obj, _ = _decode_object(body)
         except ValueError as exc:
-            calls.append(ParsedCall(_name_in(body), {}, m.group(0), error=f"the call is not valid JSON ({exc.msg})"))
+            calls.append(ParsedCall(_name_in(body), {}, m.group(0), error=f"the call is not valid JSON ({getattr(exc, 'msg', exc)})"))
             continue
         calls.append(_to_call(obj, m.group(0), ("arguments", "parameters")))
     return calls
@@ -159,7 +159,7 @@ def _parse_llama3(text: str, fmt: CallFormat) -> list[ParsedCall]:
             obj, end = _decode_object(rest)
         except ValueError as exc:
             if '"name"' in rest[:200]:
-                calls.append(ParsedCall(_name_in(rest), {}, rest, error=f"the call is not valid JSON ({exc.msg})"))
+                calls.append(ParsedCall(_name_in(rest), {}, rest, error=f"the call is not valid JSON ({getattr(exc, 'msg', exc)})"))
             break
         if not (isinstance(obj, dict) and "name" in obj and ("parameters" in obj or "arguments" in obj)):
             break
@@ -176,7 +176,7 @@ def _parse_mistral(text: str, fmt: CallFormat) -> list[ParsedCall]:
     try:
         obj, end = _decode_object(body)
     except ValueError as exc:
-        return [ParsedCall(_name_in(body), {}, text[i:], error=f"the call list is not valid JSON ({exc.msg})")]
+        return [ParsedCall(_name_in(body), {}, text[i:], error=f"the call list is not valid JSON ({getattr(exc, 'msg', exc)})")]
     raw = "[TOOL_CALLS]" + body[:end]
     items = obj if isinstance(obj, list) else [obj]
     return [_to_call(o, raw, ("arguments", "parameters")) for o in items]

@@ -174,8 +174,7 @@ class McpServer:
         except Exception as exc:
             return ToolResult(False, error=f"tool {tool!r} ({self.label}) failed: {exc}", seconds=time.monotonic() - start)
         seconds = time.monotonic() - start
-        texts = [getattr(c, "text", None) for c in (res.content or [])]
-        texts = [t for t in texts if isinstance(t, str)]
+        texts: list[str] = [t for t in (getattr(c, "text", None) for c in (res.content or [])) if isinstance(t, str)]
         if _attr(res, "is_error", "isError", default=False):
             return ToolResult(False, error=f"tool {tool!r} reported an error: {' '.join(texts)[:2000]}", seconds=seconds)
         structured = _attr(res, "structured_content", "structuredContent", default=None)

@@ -84,7 +84,9 @@ class GGUFTokenizer:
         buf = (llama_cpp.ctypes.c_char * 256)()
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         n = llama_cpp.llama_token_to_piece(vocab, token, buf, 256, 0, True)
-        return bytes(buf[: max(n, 0)]).decode("utf-8", errors="replace")
+        return bytes(buf[: max(n, 0)]).decode(  # type: ignore[arg-type]  # a ctypes char array slice is bytes
+            "utf-8", errors="replace"
+        )
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self._llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
@@ -500,17 +502,17 @@ class Sampler:
     def encode_record(self, rec: Record, *, with_context: bool = False) -> Encoded:
         if rec.is_qa:
             msgs = self._qa_messages(rec, with_context=with_context)
-            key = None if len(msgs) > 2 else ("qa", msgs[0]["content"], rec.answer)
+            key: tuple[Any, ...] | None = None if len(msgs) > 2 else ("qa", msgs[0]["content"], rec.answer)
             if key and key in self._cache:
                 return self._cache[key]
             enc = encode_chat(self.tok, msgs)
             if key:
                 self._cache[key] = enc
             return enc
-        key = ("chat", id(rec))
-        if key not in self._cache:
-            self._cache[key] = encode_chat(self.tok, rec.messages, rec.tools)
-        return self._cache[key]
+        chat_key = ("chat", id(rec))
+        if chat_key not in self._cache:
+            self._cache[chat_key] = encode_chat(self.tok, rec.messages, rec.tools)
+        return self._cache[chat_key]
 
     def draw(self) -> Encoded:
         for _ in range(50):
