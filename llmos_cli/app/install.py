@@ -37,6 +37,7 @@ from llmos_cli.pkg.external import payloads_from_json
 from llmos_cli.pkg.meta import PackageMeta, RelationError, Req
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.registry import lists, origins
+from llmos_cli.registry.index import IndexEntry
 from llmos_cli.registry.kinds import make_source
 from llmos_cli.resolve import (
     Action,
@@ -54,7 +55,7 @@ from llmos_cli.resolve import (
 )
 from llmos_cli.runtime.abi import validate_staged
 from llmos_cli.state import transaction as tx
-from llmos_cli.state.db import InstalledPackage, StateDB
+from llmos_cli.state.db import InstalledPackage, SourceRow, StateDB
 from llmos_cli.state.store import Store
 
 ARCHIVE_SUFFIX = ".llmos"
@@ -70,8 +71,8 @@ LOCAL_SOURCE = "local-archive"
 class IndexOrigin:
     """A candidate listed in a source's index."""
 
-    entry: Any  # llmos_cli.registry.index.IndexEntry
-    source: Any  # llmos_cli.state.db.SourceRow
+    entry: IndexEntry
+    source: SourceRow
 
     @property
     def source_name(self) -> str:
@@ -95,7 +96,7 @@ class IndexOrigin:
 class LocalOrigin:
     """A ``.llmos`` archive named on the command line (already opened and verified)."""
 
-    archive: Any  # llmos_cli.pkg.archive.PackageArchive
+    archive: PackageArchive
 
     @property
     def source_name(self) -> str:
@@ -129,7 +130,7 @@ class Proposal:
     """A plan about to run, with what the user asked for (for the confirmation rule)."""
 
     command: str
-    plan: Any  # llmos_cli.resolve.Plan
+    plan: Plan
     requested: set[str]
 
     def extras(self) -> list[Any]:

@@ -12,7 +12,7 @@ from llmos_cli.errors import UsageError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.pkg.meta import KINDS
 from llmos_cli.progress import Reporter
-from llmos_cli.state import transaction as tx
+from llmos_cli.state import session
 from llmos_cli.state.db import InstalledPackage
 
 
@@ -33,7 +33,7 @@ def list_installed(kind: str | None = None, *, reporter: Reporter | None = None,
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}", f"use one of: {', '.join(KINDS)}")
     paths = paths or get_paths()
-    with tx.open_state(paths, "list", write=False, reporter=reporter) as db:
+    with session.open_state(paths, "list", write=False, reporter=reporter) as db:
         pkgs = [p for p in db.installed().values() if kind is None or p.kind == kind]
         counts = {r[0]: int(r[1]) for r in db.conn.execute("SELECT package, COUNT(*) FROM files GROUP BY package")}
     return ListResult(pkgs, kind, counts)

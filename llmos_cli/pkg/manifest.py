@@ -31,6 +31,7 @@ from llmos_cli.pkg.external import ExternalPayload, parse_payloads
 from llmos_cli.pkg.meta import (
     KINDS,
     Dependency,
+    FileRecord,
     MetaView,
     PackageMeta,
     Provide,
@@ -84,17 +85,6 @@ class Finding:
 
 
 # ---------------------------------------------------------------- the typed tables
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """One entry of ``[files]``: a payload file's sha256 and size."""
-
-    sha256: str
-    size: int
-
-    def to_json(self) -> dict:
-        return {"sha256": self.sha256, "size": self.size}
 
 
 @dataclass(frozen=True)

@@ -267,3 +267,14 @@ class MetaView:
     @property
     def kind(self) -> str:
         return self.meta.kind
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One entry of ``[files]``: a payload file's sha256 and size."""
+
+    sha256: str
+    size: int
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "size": self.size}

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
 from llmos_cli.paths import Paths
-from llmos_cli.pkg.manifest import Manifest
 from llmos_cli.pkg.meta import MetaView, PackageMeta
+
+if TYPE_CHECKING:
+    from llmos_cli.pkg.manifest import Manifest
 
 SCHEMA_VERSION = 1
 
@@ -263,6 +265,10 @@ class InstalledPackage(MetaView):
     @cached_property
     def typed_manifest(self) -> Manifest:
         """The stored manifest's typed view (it was validated when the package was installed)."""
+        # The one start-up exception to top-level imports: the manifest schema is loaded on
+        # first use, so that `llmos list` (a start-up benchmark) does not pay for it.
+        from llmos_cli.pkg.manifest import Manifest
+
         return Manifest.from_table(self.manifest)
 
     def effective_scale(self) -> float:

@@ -26,7 +26,7 @@ from typing import IO
 
 from llmos_cli.errors import IntegrityError, from_os_error
 from llmos_cli.paths import Paths
-from llmos_cli.pkg.manifest import FileRecord
+from llmos_cli.pkg.meta import FileRecord
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
