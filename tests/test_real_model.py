@@ -167,3 +167,22 @@ def test_a_forced_tool_call_on_smollm2(cli, smol_home):
     assert "could not be read" not in (call.get("error") or ""), call
     assert 1 <= len(call["arguments"]["expression"]) <= 200
     assert call["ok"] or call["error"].startswith("calculator:"), call
+
+
+def test_a_model_packages_system_prompt_is_the_default(cli, tmp_path, write_source):
+    write_tiny_llama(tmp_path / "m.gguf", n_ctx=512)
+    folder = write_source(
+        tmp_path / "src",
+        "sysmodel",
+        kind="model",
+        files={"model.gguf": (tmp_path / "m.gguf").read_bytes(), "prompt.md": "Answer in one short sentence.\n"},
+        extra={"model": {"file": "model.gguf", "parameters": {"temperature": 0.0}}, "prompt": {"system": "prompt.md"}},
+    )
+    assert cli("build", str(folder), "-o", str(tmp_path / "out")).exit_code == 0
+    assert cli("install", str(tmp_path / "out" / "sysmodel_1.0.0.llmos"), "-y").exit_code == 0
+    r = cli("run", "hi", "--explain", "--json")
+    assert r.exit_code == 0, r
+    assert r.json()["data"]["extra"]["explain"]["system"] == "Answer in one short sentence."
+    r = cli("run", "hi", "--explain", "--json", "-s", "Be terse.")
+    assert r.exit_code == 0, r
+    assert r.json()["data"]["extra"]["explain"]["system"] == "Be terse."
