@@ -22,7 +22,6 @@ timestamps, then optimised and VACUUMed.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos_cli.errors import InvalidPackageError
+from llmos_cli.fileio import atomic_path
 from llmos_cli.knowledge.glossary import parse_glossary
 from llmos_cli.pkg.manifest import safe_relpath
 
@@ -177,16 +177,11 @@ def write_index(
     """
     import hashlib
     import sqlite3
-    import tempfile
 
     docs = sorted(documents)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".knowledge-", suffix=".sqlite.incomplete", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     counts = {"documents": 0, "chunks": 0, "words": 0}
-    try:
-        tmp.unlink()
+    with atomic_path(out, suffix=".sqlite.incomplete") as tmp:
+        tmp.unlink()  # SQLite creates it
         conn = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             conn.execute("PRAGMA page_size=4096")
@@ -238,10 +233,6 @@ def write_index(
             conn.execute("VACUUM")
         finally:
             conn.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return counts
 
 

@@ -104,6 +104,10 @@ class Engine(Protocol):
         grammar: str | None = None,
     ) -> Generation: ...
 
+    def check_fits(self, n_prompt: int) -> None:
+        """Raise ``ContextOverflowError`` (with a hint) when ``n_prompt`` tokens leave no room to answer."""
+        ...
+
     def close(self) -> None: ...
 
 

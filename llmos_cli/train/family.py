@@ -16,12 +16,12 @@ Adapters trained apart interfere when they are attached together (docs/training.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmos_cli.errors import InvalidPackageError, UsageError
+from llmos_cli.fileio import atomic_path
 from llmos_cli.pkg.manifest import load_manifest
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.train._deps import require_train_extra
@@ -151,12 +151,8 @@ def cotrain_round(
             "companion_data_fraction": opts.data_fraction,
             "replay_fraction": opts.replay_fraction,
         }
-        tmp = m.adapter.with_name(m.adapter.name + ".cotrain.tmp")
-        try:
+        with atomic_path(m.adapter, suffix=".cotrain.tmp") as tmp:
             res = train_library(m.src, base, overrides=over, device=device, threads=threads, out=tmp, evaluate=False, reporter=reporter, paths=paths)
-            os.replace(tmp, m.adapter)
-        finally:
-            tmp.unlink(missing_ok=True)
         res.adapter = m.adapter
         out.append(res)
     return out
