@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from llmos_cli.app.options import LONG_MODES
-from llmos_cli.errors import IOFailure, NotFoundError, UsageError
+from llmos_cli.errors import ContextOverflow, IOFailure, NotFoundError, UsageError
 from llmos_cli.knowledge.glossary import Glossary
 from llmos_cli.knowledge.indexer import write_index
 from llmos_cli.knowledge.retrieve import DEFAULT_RELEVANCE, Hit, KnowledgeIndex, search
 from llmos_cli.prompt.assemble import knowledge_text
+from llmos_cli.prompt.grounding import _abstains
 from llmos_cli.runtime.engine import Generation, SamplingParams
 
 #: input chunks offered to the budget in ``index`` mode (best first; the budget keeps what fits)
@@ -159,7 +160,6 @@ def map_reduce(
     on_part: Callable[[int, int], None] | None = None,
 ) -> tuple[Generation, LongInputReport]:
     """Answer ``prompt`` from each part of ``text`` (map), then from the parts' answers (reduce)."""
-    from llmos_cli.prompt.grounding import _abstains
 
     engine = ctx.engine
     sp = ctx.request.sampling
@@ -168,8 +168,6 @@ def map_reduce(
     overhead = len(engine.prompt_tokens(frame + [{"role": "user", "content": prompt}]))
     room = engine.n_ctx - reserve - overhead - 16
     if room < 32:
-        from llmos_cli.errors import ContextOverflow
-
         raise ContextOverflow(
             f"--long map-reduce: the prompt and system text leave {room} tokens of the context for each part of the input",
             "lower --max-tokens, shorten the prompt, or use --long index",

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from llmos_cli.errors import IntegrityError, NetworkError, NotFoundError, PayloadUnavailable, from_os_error
+from llmos_cli.fileio import sha256_file
 from llmos_cli.pkg.archive import parse_archive_manifest, read_manifest_member
 from llmos_cli.pkg.external import ExternalPayload, Origin, OriginSyntaxError, parse_origin
 from llmos_cli.pkg.manifest import MANIFEST_NAME, FileRecord
@@ -358,7 +359,6 @@ def fetch_blob_file(
     from the download cache or the origins (through a throw-away store); ``copy``
     writes the file atomically.
     """
-    from llmos_cli.fileio import sha256_file
 
     try:
         if target.is_file() and target.stat().st_size == p.size and sha256_file(target)[0] == p.sha256:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from llmos_cli.errors import IntegrityError, from_os_error
+from llmos_cli.fileio import sha256_file
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import FileRecord
 
@@ -204,8 +205,6 @@ class Store:
             return "present"
         if link:
             if not verified:
-                from llmos_cli.fileio import sha256_file
-
                 try:
                     got, n = sha256_file(path)
                 except OSError as exc:

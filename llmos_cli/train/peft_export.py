@@ -34,7 +34,7 @@ from typing import Any
 from llmos_cli.errors import InvalidPackageError
 from llmos_cli.fileio import atomic_dir
 from llmos_cli.train._deps import require_train_extra
-from llmos_cli.train.convert import LlamaHParams, gguf_state_dict, hf_tensor_names
+from llmos_cli.train.convert import LlamaHParams, gguf_state_dict, hf_tensor_names, hparams_from_gguf
 from llmos_cli.train.export import LoraPair, read_lora_gguf
 
 #: ``--max-lora-rank`` values vLLM accepts
@@ -56,8 +56,6 @@ def vllm_rank(rank: int) -> int:
 def hparams_of(base_gguf: str | Path) -> LlamaHParams:
     """Shapes of a Llama GGUF base (head counts for the q/k permutation, layer count for names)."""
     from gguf import GGUFReader
-
-    from llmos_cli.train.convert import hparams_from_gguf
 
     return hparams_from_gguf(GGUFReader(str(base_gguf), "r"))
 
