@@ -364,7 +364,7 @@ def test_no_space_left(tmp_path, reg, cli, llmos_home, monkeypatch):
             assert installed_state(llmos_home) == before
     finally:
         if mounted:
-            subprocess.run(["umount", str(tiny)], check=False)
+            subprocess.run(["umount", "-l", str(tiny)], check=False)  # lazily: the in-process run may still hold a handle
 
 
 # ---------------------------------------------------------------- a registry that lists a crafted archive

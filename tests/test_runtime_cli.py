@@ -357,3 +357,27 @@ def test_model_package_parameters_are_run_defaults(cli, models, llmos_proc, tmp_
     data = json.loads(r.stdout)["data"]
     assert data["sampling"]["temperature"] == 0.7 and data["sampling"]["max_tokens"] == 4
     assert data["sampling"]["top_p"] == 0.5
+
+
+def test_the_model_asked_for_by_name_is_the_default_over_dependencies(cli, models, tmp_path):
+    """Two models installed, one by name and one only as a library's base: runs use the one asked for."""
+    from tests.helpers.installtools import build_registry, use_registry
+
+    reg = build_registry(
+        tmp_path,
+        [
+            {"name": "tiny", "version": "1.0", "kind": "model", "files": {"tiny.gguf": models["base"].path.read_bytes()}, "extra": {"model": {"file": "tiny.gguf"}}},
+            {"name": "other", "version": "1.0", "kind": "model", "files": {"other.gguf": models["other"].path.read_bytes()}, "extra": {"model": {"file": "other.gguf"}}},
+            {"name": "lib", "version": "1.0", "kind": "library", "base": "other"},
+        ],
+    )
+    use_registry(cli, reg)
+    assert cli("install", "-y", "tiny").exit_code == 0
+    assert cli("install", "-y", "lib").exit_code == 0  # brings "other" as its base, marked automatic
+    listed = {p["name"]: p for p in cli("list", "--json").json()["data"]["packages"]}
+    assert listed["other"]["auto"] is True and listed["tiny"]["auto"] is False
+    assert cli("stack", "--json").json()["data"]["model"]["name"] == "tiny"
+    # asking for the second one by name makes the choice ambiguous again: llmos says so
+    assert cli("install", "-y", "other").exit_code == 0
+    r = cli("stack", "--json")
+    assert r.exit_code == ExitCode.USAGE and "none is the default" in r.stderr

@@ -7,8 +7,9 @@ model's file on disk is ``Store(paths).path_for(<sha256 of that file>)``.
 
 The default model is the ``default_model`` setting.  When it is unset (or
 names a model no longer installed) and exactly one model is installed, that
-one is the default; with several, a run needs ``--model`` or
-``llmos default-model NAME``.  ``--model`` also accepts the path of a
+one is the default.  With several, the one model the user asked for by name
+(the others were installed automatically, as dependencies of libraries) is the
+default; otherwise a run needs ``--model`` or ``llmos default-model NAME``.  ``--model`` also accepts the path of a
 ``.gguf`` file, which runs it without installing it (handy for trying a file
 before ``import-model``).
 
@@ -159,6 +160,9 @@ def default_model_name(db: Any) -> str | None:
         return name
     if len(models) == 1:
         return next(iter(models))
+    manual = [n for n, p in models.items() if not p.auto]
+    if len(manual) == 1:  # the others came in as dependencies (apt's auto mark)
+        return manual[0]
     return None
 
 
