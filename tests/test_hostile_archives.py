@@ -2,7 +2,7 @@
 
 The inputs come from the generators in ``tests/hostile`` (no binary blobs).
 Bombs run as real ``llmos`` subprocesses so that their peak RSS can be read
-(``os.wait4`` gives the rusage of that one child); the rest run in-process.
+(``os.wait4`` in a small wrapper gives the rusage of that one child); the rest run in-process.
 The property for each: a documented exit code (check: 10, install: 5 or 6),
 one ``error:`` line and no traceback, and the state (database rows and the
 store's files) unchanged.
@@ -32,25 +32,45 @@ TIME_LIMIT_S = 60
 MEASURED = {"memory bomb", "time bomb", "decompression bomb", "malformed sparse header", "declared sizes", "damaged gzip"}
 
 
+#: Runs ``llmos ARGS`` as its own child and reports that child's peak RSS and exit status.  Linux
+#: carries a process's peak RSS across fork and exec, so a child forked straight from this (large)
+#: pytest process would report pytest's memory; forked from a freshly started wrapper it reports
+#: its own (plus the wrapper's ~10 MB).
+_WRAPPER = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "llmos_cli", *sys.argv[2:]])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    fh.write(f"{ru.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def run_measured(args: list[str], *, timeout: float = TIME_LIMIT_S) -> tuple[int, str, str, float, float]:
     """Run ``llmos ARGS``; (exit code, stdout, stderr, peak RSS in MB, seconds). A signal gives a negative code."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as td:
+        report = Path(td) / "rusage"
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "llmos_cli", *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(os.environ))
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                p.kill()
-                os.wait4(p.pid, 0)
-                pytest.fail(f"llmos {' '.join(args)} ran for more than {timeout} s")
-            time.sleep(0.02)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _WRAPPER, str(report), *args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ),
+            start_new_session=True,
+        )
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            pytest.fail(f"llmos {' '.join(args)} ran for more than {timeout} s")
         seconds = time.monotonic() - t0
+        maxrss_kb, code = (int(v) for v in report.read_text().split())
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), ru.ru_maxrss / 1024, seconds
+        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace"), maxrss_kb / 1024, seconds
 
 
 def assert_clean_error(code: int, stderr: str, allowed: set[int]) -> None:
