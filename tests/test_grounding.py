@@ -199,6 +199,7 @@ def test_grounded_supported_answer_cites_its_chunk(demo):
     assert "[med-lib:" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("question", ["What does Zorbatrix treat?", "What is the capital of France?"])
 def test_grounded_abstains_with_its_exit_code(demo, question):
     r = demo("run", "--grounded", question, "--json")

@@ -91,7 +91,11 @@ def initialised(cli, llmos_home):
     return llmos_home
 
 
-@pytest.mark.parametrize("name", sorted(hostile.CORPUS))
+@pytest.mark.parametrize(
+    "name",
+    # the measured (subprocess) cases are slow; the quick loop keeps the in-process ones
+    [pytest.param(n, marks=pytest.mark.slow) if hostile.CORPUS[n][1] in MEASURED else n for n in sorted(hostile.CORPUS)],
+)
 def test_hostile_archive_is_refused(name, tmp_path, cli, initialised):
     gen, cls = hostile.CORPUS[name]
     path = gen(tmp_path / f"{name}.llmos")
@@ -235,6 +239,7 @@ def _wait_for_pending(home: Path, timeout: float = 30) -> None:
     pytest.fail("the install never started its transaction")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["rename", "rewrite"])
 def test_archive_swapped_between_verify_and_unpack_is_refused(how, tmp_path, cli, llmos_home):
     """Item 11: the file is swapped after the index check; staging hashes what it unpacks and refuses it."""
@@ -296,6 +301,7 @@ def test_local_archive_swapped_after_open_is_refused(tmp_path, cli, llmos_home, 
 @pytest.mark.parametrize(
     "name", ["pax_bomb", "gzip_bomb_lying", "gzip_bomb_padding", "sparse_gnu_bad_map", "sparse_terabyte", "gzip_bad_crc", "gzip_no_trailer"]
 )
+@pytest.mark.slow
 def test_hostile_archive_listed_in_an_index_is_refused(name, tmp_path, cli, llmos_home):
     """The index is honest about the hostile file's size and sha256 (a hostile publisher): staging still refuses it."""
     import hashlib

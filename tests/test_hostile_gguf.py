@@ -291,6 +291,7 @@ def installed_unchecked(cli, with_tiny, tmp_path):
     return libs
 
 
+@pytest.mark.slow
 def test_stack_and_run_refuse_bad_adapters(installed_unchecked, llmos_proc):
     """Attached (the default) or named with --lib: refused before llama.cpp sees the file (used to exit 139)."""
     r = llmos_proc("stack", "--json")

@@ -60,6 +60,7 @@ def hub(tmp_path, llmos_proc):
         yield h
 
 
+@pytest.mark.slow
 def test_publish_update_install_upgrade(hub, archives, cli, llmos_home):
     pub = cli("key", "generate", "pub").stdout.strip()
     r = hub.run("publish", *_first(archives), "--to", f"hf://{REPO}", "--sign", "pub", "--json")
@@ -114,6 +115,7 @@ def test_offline_from_the_hub_cache(hub, archives, cli, llmos_home, tmp_path, mo
     assert "HF_HUB_OFFLINE" in _err(r)
 
 
+@pytest.mark.slow
 def test_revision_pinning(hub, archives, cli, llmos_home):
     r = hub.run("publish", *_first(archives), "--to", f"hf://{REPO}", "--json")
     first_commit = r.json()["data"]["commit"]
@@ -127,6 +129,7 @@ def test_revision_pinning(hub, archives, cli, llmos_home):
     assert dict((row[0], row[1]) for row in db_rows(llmos_home)["packages"])["med-lib"] == "1.0.0"
 
 
+@pytest.mark.slow
 def test_tampered_archive_on_the_hub(hub, archives, cli, llmos_home, tmp_path):
     pub = cli("key", "generate", "pub").stdout.strip()
     assert hub.run("publish", *_first(archives), "--to", f"hf://{REPO}", "--sign", "pub").exit_code == 0
@@ -164,6 +167,7 @@ def _normal(obj):
     return obj
 
 
+@pytest.mark.slow
 def test_dir_http_hf_behave_the_same(hub, archives, cli, llmos_proc, tmp_path, monkeypatch):
     transcripts = {}
     for kind in ("dir", "http", "hf"):

@@ -881,6 +881,7 @@ def _brute_force(universe, inst, request):
     return best
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_property_plans_are_consistent_and_optimal(scenario):

@@ -366,8 +366,20 @@ def test_the_model_asked_for_by_name_is_the_default_over_dependencies(cli, model
     reg = build_registry(
         tmp_path,
         [
-            {"name": "tiny", "version": "1.0", "kind": "model", "files": {"tiny.gguf": models["base"].path.read_bytes()}, "extra": {"model": {"file": "tiny.gguf"}}},
-            {"name": "other", "version": "1.0", "kind": "model", "files": {"other.gguf": models["other"].path.read_bytes()}, "extra": {"model": {"file": "other.gguf"}}},
+            {
+                "name": "tiny",
+                "version": "1.0",
+                "kind": "model",
+                "files": {"tiny.gguf": models["base"].path.read_bytes()},
+                "extra": {"model": {"file": "tiny.gguf"}},
+            },
+            {
+                "name": "other",
+                "version": "1.0",
+                "kind": "model",
+                "files": {"other.gguf": models["other"].path.read_bytes()},
+                "extra": {"model": {"file": "other.gguf"}},
+            },
             {"name": "lib", "version": "1.0", "kind": "library", "base": "other"},
         ],
     )

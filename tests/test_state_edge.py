@@ -70,6 +70,7 @@ def _one_line(r, code: int, *needles: str) -> None:
 # ---------------------------------------------------------------- item 6: empty or foreign state.db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"not a database, just text\n" * 10], ids=["zero-bytes", "not-sqlite"])
 def test_damaged_state_db_is_refused_and_nothing_is_deleted(cli, llmos_proc, llmos_home, tmp_path, write_source, content):
     a = _build(cli, tmp_path, write_source, "alpha")
@@ -112,6 +113,7 @@ def test_first_use_by_several_processes_at_once(tmp_path):
         con.close()
 
 
+@pytest.mark.slow
 def test_a_locked_database_is_exit_7(cli, llmos_proc, llmos_home, tmp_path, write_source):
     assert cli("install", _build(cli, tmp_path, write_source, "alpha"), "-y").exit_code == 0
     con = sqlite3.connect(llmos_home / "state.db", isolation_level=None)

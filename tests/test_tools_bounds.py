@@ -87,6 +87,7 @@ def test_strings_without_max_length_are_capped_in_the_grammar():
     assert "char*" not in g
 
 
+@pytest.mark.slow
 def test_a_forced_call_closes_its_string_and_ends(qwen, lib):
     ts = ToolSet.for_run([lib])
     try:
@@ -143,6 +144,7 @@ def test_an_unreadable_forced_call_keeps_the_tool_name_and_gets_one_repair(qwen,
     assert len(res.prompts) >= 2 and "Your tool call could not be read" in res.prompts[1]
 
 
+@pytest.mark.slow
 def test_a_second_unreadable_call_ends_the_run_with_the_tool_exit_code(qwen, lib):
     ts = ToolSet.for_run([lib])
     engine = _Scripted(qwen, {0: UNCLOSED, 1: "<tool_call>\n" + UNCLOSED})

@@ -81,6 +81,7 @@ def _options(**kw) -> LoopOptions:
     return LoopOptions(**kw)
 
 
+@pytest.mark.slow
 def test_forced_call_goes_round_the_whole_loop(family, weather_lib):
     fmt_name, engine = family
     _, _, tools_marker, result_marker = FAMILIES[fmt_name]
@@ -152,6 +153,7 @@ def qwen(llama_sdist, tmp_path_factory):
     engine.close()
 
 
+@pytest.mark.slow
 def test_not_allowed_without_a_terminal_fails_naming_the_flag(qwen, weather_lib):
     ts = ToolSet.for_run([weather_lib])
     try:

@@ -78,6 +78,7 @@ def test_lists_only_the_declared_tools_with_their_schemas(units):
     assert units.get("hidden") is None
 
 
+@pytest.mark.slow
 def test_calls_results_errors_and_timeouts(units):
     r = units.call(units.get("convert"), {"value": 10, "unit": "mi"})
     assert r.ok, r.error
@@ -109,6 +110,7 @@ def test_server_problems_are_clear_errors(tmp_path, write_source):
         ToolSet.for_run([_lib(tmp_path / "b", write_source, command=["python", "mcp/crash.py"])])
 
 
+@pytest.mark.slow
 def test_forced_mcp_call_round_the_loop(tmp_path, write_source, llama_sdist):
     model = write_real_vocab_model(tmp_path / "m.gguf", llama_sdist, "qwen2", "Qwen-Qwen2.5-7B-Instruct", n_ctx=2048)
     ts = ToolSet.for_run([_lib(tmp_path, write_source, tools=("convert",))])
