@@ -29,7 +29,19 @@ from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.serve.openai_remote import run_openai
 
 RUN_PATH = "/llmos/v1/run"
-PROMPT_OPTION_FIELDS = ("knowledge", "refine", "grounded", "long", "input_label", "explain", "tool_choice", "allow_tool", "allow_tools", "chain_limit", "builtin_tools")
+PROMPT_OPTION_FIELDS = (
+    "knowledge",
+    "refine",
+    "grounded",
+    "long",
+    "input_label",
+    "explain",
+    "tool_choice",
+    "allow_tool",
+    "allow_tools",
+    "chain_limit",
+    "builtin_tools",
+)
 
 
 def server_from_env(value: str | None) -> str | None:
