@@ -80,6 +80,17 @@ class Generation:
     generate_s: float  # the remaining tokens
 
 
+def require_room(n_prompt: int, n_ctx: int, hint: str) -> None:
+    """Raise ``ContextOverflow`` when ``n_prompt`` tokens leave no room in a context of ``n_ctx``."""
+    if n_prompt >= n_ctx:
+        over = n_prompt - n_ctx + 1
+        raise ContextOverflow(
+            f"the prompt is {n_prompt} tokens but the context holds {n_ctx}: {over} token{'s' if over != 1 else ''} too many",
+            hint,
+            details={"prompt_tokens": n_prompt, "n_ctx": n_ctx, "over_by": over},
+        )
+
+
 class Engine(Protocol):
     """What a run needs from an inference backend (llama.cpp now; a server later)."""
 
@@ -538,14 +549,7 @@ class LlamaCppEngine:
     # ------------------------------------------------------------ generation
 
     def check_fits(self, n_prompt: int) -> None:
-        n_ctx = self.n_ctx
-        if n_prompt >= n_ctx:
-            over = n_prompt - n_ctx + 1
-            raise ContextOverflow(
-                f"the prompt is {n_prompt} tokens but the context holds {n_ctx}: {over} token{'s' if over != 1 else ''} too many",
-                "shorten the input, or raise the context with --ctx (up to the model's own)",
-                details={"prompt_tokens": n_prompt, "n_ctx": n_ctx, "over_by": over},
-            )
+        require_room(n_prompt, self.n_ctx, "shorten the input, or raise the context with --ctx (up to the model's own)")
 
     def _grammar(self, grammar: str) -> Any:
         self.check_grammar(grammar)

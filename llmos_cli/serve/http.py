@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import math
 import signal
@@ -44,13 +43,14 @@ from starlette.routing import Route
 
 from llmos_cli.app import run as app_run
 from llmos_cli.app import runlog
-from llmos_cli.errors import LlmosError, UsageError
+from llmos_cli.errors import LlmosError
 from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.runtime.models import installed_models
 from llmos_cli.runtime.stack import build_stack
 from llmos_cli.serve import openai as oa
 from llmos_cli.serve import remote, wire
+from llmos_cli.serve.bind import check_bind, is_loopback  # noqa: F401  (check_bind: tests and cli call it here)
 from llmos_cli.serve.pool import Pool, PoolOptions
 from llmos_cli.serve.scheduler import Job
 from llmos_cli.state import logs
@@ -67,24 +67,6 @@ class ServerOptions:
     max_queue: int = 64
     log: bool = True
     pool: PoolOptions = field(default_factory=PoolOptions)
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, api_key: str | None) -> None:
-    """Binding beyond loopback needs an API key."""
-    if not is_loopback(host) and not api_key:
-        raise UsageError(
-            f"--host {host} is reachable from other machines; refusing to serve it without an API key",
-            "add --api-key KEY (clients send Authorization: Bearer KEY), or bind 127.0.0.1",
-        )
 
 
 class _Collect(NullReporter):

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmos_cli.errors import ContextOverflow, ExitCode, LlmosError, RuntimeFailure
+from llmos_cli.errors import ExitCode, LlmosError, RuntimeFailure
 from llmos_cli.gguf_info import read_header
 from llmos_cli.progress import NullReporter, Reporter
-from llmos_cli.runtime.engine import EngineOptions, Generation, LlamaCppEngine, SamplingParams
+from llmos_cli.runtime.engine import EngineOptions, Generation, LlamaCppEngine, SamplingParams, require_room
 from llmos_cli.serve.batch import BatchContext
 from llmos_cli.serve.scheduler import AdapterKey, Job, Scheduler, SchedulerOptions
 
@@ -319,14 +319,7 @@ class PooledEngine:
         return self.lm.engine.prompt_tokens(messages, tools=tools)
 
     def check_fits(self, n_prompt: int) -> None:
-        n_ctx = self.n_ctx
-        if n_prompt >= n_ctx:
-            over = n_prompt - n_ctx + 1
-            raise ContextOverflow(
-                f"the prompt is {n_prompt} tokens but the context holds {n_ctx}: {over} token{'s' if over != 1 else ''} too many",
-                "shorten the input (the server's --ctx sets the context of each request)",
-                details={"prompt_tokens": n_prompt, "n_ctx": n_ctx, "over_by": over},
-            )
+        require_room(n_prompt, self.n_ctx, "shorten the input (the server's --ctx sets the context of each request)")
 
     def set_adapters(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
         key = adapter_key(adapters)

@@ -23,7 +23,6 @@ goes to vLLM as ``VLLM_API_KEY`` in its environment, never on the command line.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shlex
@@ -39,6 +38,7 @@ from llmos_cli.paths import Paths, get_paths
 from llmos_cli.progress import NullReporter, Reporter
 from llmos_cli.runtime.models import resolve_model
 from llmos_cli.runtime.stack import base_matches, build_stack, check_library
+from llmos_cli.serve.bind import check_bind as _check_bind
 from llmos_cli.state import transaction as tx
 from llmos_cli.train.peft_export import PROVENANCE, vllm_rank
 
@@ -78,22 +78,9 @@ class VllmPlan:
         }
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, api_key: str | None) -> None:
     """As ``llmos serve``: binding beyond loopback needs an API key."""
-    if not is_loopback(host) and not api_key:
-        raise UsageError(
-            f"--host {host} is reachable from other machines; refusing to serve it without an API key",
-            "add --api-key KEY (vLLM gets it as VLLM_API_KEY), or bind 127.0.0.1",
-        )
+    _check_bind(host, api_key, "vLLM gets it as VLLM_API_KEY")
 
 
 def _lib(sl: Any) -> ExportLib:
