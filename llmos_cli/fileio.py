@@ -31,6 +31,20 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (best effort where unsupported)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """Write ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
@@ -58,14 +72,7 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError):
             raise from_os_error(exc, f"writing {path}") from exc
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    fsync_dir(path.parent)  # make the rename itself durable
 
 
 def write_atomic(path: Path, data: bytes) -> None:

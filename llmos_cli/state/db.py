@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmos_cli.errors import IOFailure, LlmosError, LockedError, StateError, from_os_error
+from llmos_cli.fileio import fsync_dir
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import MetaView, PackageMeta
 
@@ -170,26 +171,13 @@ def _create_db(paths: Paths) -> None:
             with state_lock(paths, "creating the state database"):
                 if not db.exists():
                     os.replace(tmp, db)
-        _fsync_dir(paths.home)
+        fsync_dir(paths.home)
     finally:
         for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm"), tmp.with_name(tmp.name + "-journal")):
             try:
                 p.unlink()
             except OSError:
                 pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _PERM_HINT = "check the permissions of LLMOS_HOME, or point LLMOS_HOME somewhere writable"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from llmos_cli.errors import IntegrityError, from_os_error
-from llmos_cli.fileio import sha256_file
+from llmos_cli.fileio import fsync_dir, sha256_file
 from llmos_cli.paths import Paths
 from llmos_cli.pkg.meta import FileRecord
 
@@ -37,20 +37,6 @@ def _check_sha(sha: str) -> str:
     if not isinstance(sha, str) or not _SHA_RE.match(sha):
         raise IntegrityError(f"not a sha256 digest: {sha!r}")
     return sha
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable (best effort where unsupported)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _FICLONE = 0x40049409  # linux/fs.h: clone a whole file (btrfs, XFS, bcachefs...)

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos_cli.errors import IntegrityError, InvalidPackageError, from_os_error
+from llmos_cli.fileio import fsync_dir
 from llmos_cli.pkg.archive import declared_total_check, parse_archive_manifest, read_manifest_member
 from llmos_cli.pkg.manifest import MANIFEST_NAME, Manifest, raise_for
 from llmos_cli.pkg.tarstream import LIMITS, EntryReader, TarStream
 from llmos_cli.state.db import InstalledFile
-from llmos_cli.state.store import Store, fsync_dir
+from llmos_cli.state.store import Store
 
 MAX_MANIFEST = LIMITS.max_manifest
 _SWAPPED = "the archive changed after it was verified (or the index is stale); run `llmos update` and try again"
