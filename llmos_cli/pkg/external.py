@@ -205,11 +205,6 @@ def parse_payloads(value: Any) -> tuple[list[ExternalPayload], list[Problem]]:
     return out, problems
 
 
-def declared_payloads(raw: Any) -> list[ExternalPayload]:
-    """The valid ``[[payload]]`` entries of a raw manifest table."""
-    return parse_payloads(raw.get("payload") if isinstance(raw, dict) else None)[0]
-
-
 def payloads_from_json(value: Any) -> list[ExternalPayload]:
     """The ``payloads`` list of an index entry (already checked by its publisher); junk is skipped."""
     if not isinstance(value, list):
